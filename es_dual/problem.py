@@ -1,0 +1,168 @@
+"""The one place where a call's arguments are checked (DESIGN.md, decision 6).
+
+Every backend receives a :class:`Problem` built here, so a refused call raises before any backend
+touches ``out``. Messages name the argument, what was expected and what was given. Nothing here reads
+tensor *contents*: that would need a device-to-host copy (see ``check_contents`` for the opt-in).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SCALE_BLOCK = 128  # K (and N, for weights) elements per scale; fixed by the tensor contract
+DIM_MULTIPLE = 16  # n and k: FP8 rows must be 16-byte aligned for TMA and vector loads
+PTR_ALIGN = 16  # bytes; a, b and out start on a 16-byte boundary (TMA descriptors need it)
+FP8 = torch.float8_e4m3fn
+OUT_DTYPES = (torch.bfloat16, torch.float16)
+OFFSET_DTYPES = (torch.int32, torch.int64)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Sizes of one grouped GEMM call; everything a backend needs to choose and launch, no contents."""
+
+    total_m: int
+    n: int
+    k: int
+    num_experts: int
+    out_dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def mean_tokens(self) -> float:
+        """Mean tokens per expert: what the host may know about the routing without a sync."""
+        return self.total_m / self.num_experts
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"{tuple(t.shape)} {t.dtype} on {t.device} with strides {tuple(t.stride())}"
+
+
+def _expect_tensor(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+
+
+def _expect_dtype(name: str, t: torch.Tensor, allowed: tuple) -> None:
+    if t.dtype not in allowed:
+        want = " or ".join(str(d) for d in allowed)
+        raise TypeError(f"{name}: expected dtype {want}, got {t.dtype}")
+
+
+def _expect_shape(name: str, t: torch.Tensor, shape: tuple) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def _expect_contiguous(name: str, t: torch.Tensor) -> None:
+    if not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous (row-major) tensor, got {_describe(t)}")
+
+
+def _expect_aligned(name: str, t: torch.Tensor) -> None:
+    if t.numel() and t.data_ptr() % PTR_ALIGN:
+        raise ValueError(
+            f"{name}: expected a data pointer aligned to {PTR_ALIGN} bytes, got address "
+            f"{t.data_ptr():#x} (storage offset {t.storage_offset()})"
+        )
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    start = t.data_ptr()
+    return start, start + t.numel() * t.element_size()
+
+
+def _overlaps(x: torch.Tensor, y: torch.Tensor) -> bool:
+    if x.numel() == 0 or y.numel() == 0 or x.device != y.device:
+        return False
+    (x0, x1), (y0, y1) = _span(x), _span(y)
+    return x0 < y1 and y0 < x1
+
+
+def check_inputs(a, a_scale, b, b_scale, expert_offsets, out=None, out_dtype=torch.bfloat16) -> Problem:
+    """Check every argument against the tensor contract of DESIGN.md and return the call's sizes.
+
+    Raises ``TypeError`` for a wrong type or dtype and ``ValueError`` for anything else.
+    When ``out`` is given, its dtype is the output dtype and ``out_dtype`` is ignored.
+    """
+    named = {"a": a, "a_scale": a_scale, "b": b, "b_scale": b_scale, "expert_offsets": expert_offsets}
+    for name, t in named.items():
+        _expect_tensor(name, t)
+    if out is not None:
+        _expect_tensor("out", out)
+        named["out"] = out
+
+    _expect_dtype("a", a, (FP8,))
+    _expect_dtype("b", b, (FP8,))
+    _expect_dtype("a_scale", a_scale, (torch.float32,))
+    _expect_dtype("b_scale", b_scale, (torch.float32,))
+    _expect_dtype("expert_offsets", expert_offsets, OFFSET_DTYPES)
+    if out is not None:
+        _expect_dtype("out", out, OUT_DTYPES)
+        out_dtype = out.dtype
+    elif out_dtype not in OUT_DTYPES:
+        raise TypeError(f"out_dtype: expected torch.bfloat16 or torch.float16, got {out_dtype}")
+
+    device = a.device
+    for name, t in named.items():
+        if t.device != device:
+            raise ValueError(f"{name}: expected a tensor on {device} (the device of a), got one on {t.device}")
+
+    if a.dim() != 2:
+        raise ValueError(f"a: expected 2 dimensions (total_m, k), got shape {tuple(a.shape)}")
+    if b.dim() != 3:
+        raise ValueError(f"b: expected 3 dimensions (num_experts, n, k), got shape {tuple(b.shape)}")
+    total_m, k = a.shape
+    num_experts, n, k_b = b.shape
+    if k_b != k:
+        raise ValueError(f"b: expected k = {k} (a.shape[1]) in shape (num_experts, n, k), got shape {tuple(b.shape)}")
+    if num_experts < 1:
+        raise ValueError(f"b: expected at least one expert, got shape {tuple(b.shape)}")
+    for dim_name, size in (("n", n), ("k", k)):
+        if size <= 0 or size % DIM_MULTIPLE:
+            raise ValueError(f"b: expected {dim_name} to be a positive multiple of {DIM_MULTIPLE}, got {dim_name} = {size}")
+    _expect_shape("a_scale", a_scale, (total_m, cdiv(k, SCALE_BLOCK)))
+    _expect_shape("b_scale", b_scale, (num_experts, cdiv(n, SCALE_BLOCK), cdiv(k, SCALE_BLOCK)))
+    _expect_shape("expert_offsets", expert_offsets, (num_experts + 1,))
+    if out is not None:
+        _expect_shape("out", out, (total_m, n))
+
+    for name, t in named.items():
+        _expect_contiguous(name, t)
+    for name in ("a", "b", "out"):
+        if name in named:
+            _expect_aligned(name, named[name])
+    if out is not None:
+        for name, t in named.items():
+            if name != "out" and _overlaps(out, t):
+                raise ValueError(f"out: expected memory disjoint from the inputs, but it overlaps {name}")
+
+    return Problem(total_m, n, k, num_experts, out_dtype, device)
+
+
+def check_contents(a_scale, b_scale, expert_offsets, total_m: int) -> None:
+    """Opt-in checks of tensor contents (they copy to the host, so they are off by default).
+
+    Offsets must start at 0, be non-decreasing and end at total_m; scales must be finite and >= 0.
+    """
+    offs = expert_offsets.tolist()
+    if offs[0] != 0:
+        raise ValueError(f"expert_offsets: expected offsets[0] == 0, got {offs[0]}")
+    if offs[-1] != total_m:
+        raise ValueError(f"expert_offsets: expected offsets[-1] == total_m == {total_m}, got {offs[-1]}")
+    drops = [e for e in range(len(offs) - 1) if offs[e + 1] < offs[e]]
+    if drops:
+        e = drops[0]
+        raise ValueError(
+            f"expert_offsets: expected non-decreasing offsets, got offsets[{e}] = {offs[e]} > offsets[{e + 1}] = {offs[e + 1]}"
+        )
+    for name, s in (("a_scale", a_scale), ("b_scale", b_scale)):
+        bad = ~torch.isfinite(s) | (s < 0)
+        if bool(bad.any()):
+            index = tuple(int(i) for i in bad.nonzero()[0].tolist())
+            raise ValueError(f"{name}: expected finite scales >= 0, got {s[index].item()} at index {index}")

@@ -1,0 +1,44 @@
+"""The reference grouped GEMM: plain torch, float32 math on the dequantized inputs, a loop over experts.
+
+It reads ``expert_offsets`` on the host (``.tolist()``), which is fine for a reference and the reason it is
+never the fast path. It runs on the CPU and on any GPU.
+"""
+from __future__ import annotations
+
+import torch
+
+from .problem import check_inputs
+from .quant import dequantize_per_block, dequantize_per_token_group
+
+
+def grouped_gemm_fp8_reference(a, a_scale, b, b_scale, expert_offsets, *, out=None, out_dtype=torch.bfloat16):
+    """out[offs[e]:offs[e+1]] = (dequant(a)[rows] @ dequant(b[e]).T).to(out_dtype) for every expert e."""
+    problem = check_inputs(a, a_scale, b, b_scale, expert_offsets, out, out_dtype)
+    if out is None:
+        out = torch.empty(problem.total_m, problem.n, dtype=problem.out_dtype, device=problem.device)
+    run_reference(a, a_scale, b, b_scale, expert_offsets, out)
+    return out
+
+
+def run_reference(a, a_scale, b, b_scale, expert_offsets, out) -> None:
+    """The loop itself, on already validated inputs; writes only the rows that belong to an expert."""
+    offs = expert_offsets.tolist()
+    a_deq = dequantize_per_token_group(a, a_scale)
+    for e in range(b.shape[0]):
+        lo, hi = offs[e], offs[e + 1]
+        if hi <= lo:
+            continue
+        b_deq = dequantize_per_block(b[e], b_scale[e])
+        # float32 all the way: TF32 would add ~1e-3 relative error and measure the reference, not the kernel.
+        out[lo:hi] = _matmul_fp32(a_deq[lo:hi], b_deq.T).to(out.dtype)
+
+
+def _matmul_fp32(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if x.is_cuda:
+        saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            return x @ y
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = saved
+    return x @ y

@@ -1,0 +1,75 @@
+"""Launcher of the Triton grouped GEMM: tile choice from what the host knows, grid upper bound, launch.
+
+The host knows total_m, n, k and E, never the per-expert counts, so the tile is chosen from the mean
+tokens per expert and the grid is sized by the bound sum_e cdiv(m_e, BLOCK_M) <= cdiv(total_m, BLOCK_M) + E.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from ..problem import SCALE_BLOCK, Problem, cdiv
+from .kernel import grouped_gemm_fp8_kernel
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    max_mean_tokens: float  # the first row whose bound is >= total_m / E is used
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+    def __post_init__(self):
+        # one scale group per K block; tl.dot needs every tile side >= 16
+        ok = (
+            SCALE_BLOCK % self.block_k == 0
+            and min(self.block_m, self.block_n, self.block_k) >= 16
+            and all(x & (x - 1) == 0 for x in (self.block_m, self.block_n, self.block_k))
+        )
+        if not ok:
+            raise ValueError(f"invalid Triton tile configuration {self}")
+
+
+# Why these rows: an expert's rows are padded up to BLOCK_M, so BLOCK_M follows the typical expert size
+# to keep padding waste low on decode-like routings; BLOCK_N = 128 matches one weight-scale block.
+TILE_CONFIGS = (
+    TileConfig(max_mean_tokens=16, block_m=16, block_n=128, block_k=128, num_warps=4, num_stages=4),
+    TileConfig(max_mean_tokens=32, block_m=32, block_n=128, block_k=128, num_warps=4, num_stages=4),
+    TileConfig(max_mean_tokens=64, block_m=64, block_n=128, block_k=128, num_warps=4, num_stages=4),
+    TileConfig(max_mean_tokens=float("inf"), block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=3),
+)
+
+
+def choose_config(problem: Problem) -> TileConfig:
+    return next(c for c in TILE_CONFIGS if problem.mean_tokens <= c.max_mean_tokens)
+
+
+@functools.lru_cache(maxsize=None)
+def _has_fp8_tensor_cores(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return True  # the interpreter computes FP8 dots on the CPU
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def grouped_gemm_triton(problem: Problem, a, a_scale, b, b_scale, expert_offsets, out, *, upcast=None, config=None) -> None:
+    """Launch on already validated inputs. ``upcast`` forces (True) or forbids (False) the bf16 path;
+    ``config`` overrides the tile table (for tuning)."""
+    config = config or choose_config(problem)
+    if upcast is None:
+        upcast = not _has_fp8_tensor_cores(problem.device)
+    num_experts = problem.num_experts
+    grid = (cdiv(problem.total_m, config.block_m) + num_experts, cdiv(problem.n, config.block_n))
+    grouped_gemm_fp8_kernel[grid](
+        a, a_scale, b, b_scale, expert_offsets, out,
+        problem.total_m, problem.n, problem.k, num_experts,
+        a.stride(0), a_scale.stride(0), b.stride(0), b.stride(1), b_scale.stride(0), b_scale.stride(1), out.stride(0),
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+        SCALE_BLOCK=SCALE_BLOCK, EXPERT_CHUNK=min(max(triton.next_power_of_2(num_experts), 16), 1024), UPCAST=upcast,
+        SOFTWARE_BF16_ROUNDING=problem.device.type == "cpu" and problem.out_dtype == torch.bfloat16,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )

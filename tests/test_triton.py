@@ -1,0 +1,123 @@
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import es_dual
+from es_dual.problem import check_inputs
+from es_dual.triton_ref.launch import TILE_CONFIGS, grouped_gemm_triton
+from support import assert_matches, make_inputs, needs_gpu, offsets_of, poisoned_out, reference64, routings
+
+ON_GPU = torch.cuda.is_available()
+# The interpreter runs every program in numpy: CI shapes stay small; the GPU takes larger ones.
+N_CHOICES = (16, 48, 128, 144, 256) + ((512, 784) if ON_GPU else ())
+K_CHOICES = (16, 112, 128, 160, 384) + ((1024, 2064) if ON_GPU else ())
+MAX_EXPERTS = 64 if ON_GPU else 8
+MAX_TOKENS = 600 if ON_GPU else 140
+BOUNDARIES = tuple(sorted({c.block_m for c in TILE_CONFIGS}))
+OUT_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _run(inputs, out_dtype, backend="triton"):
+    total_m, n = inputs["a"].shape[0], inputs["b"].shape[1]
+    out = poisoned_out(total_m, n, out_dtype, inputs["a"].device)
+    result = es_dual.grouped_gemm_fp8(**inputs, out=out, backend=backend)
+    assert result is out
+    return out
+
+
+@pytest.mark.parametrize("num_experts", [1, 3])
+def test_zero_tokens_returns_empty(device, num_experts):
+    inputs = make_inputs([0] * num_experts, 48, 128, seed=0, device=device)
+    out = es_dual.grouped_gemm_fp8(**inputs, backend="triton")
+    assert out.shape == (0, 48) and out.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("counts", [[1], [0, 1], [1, 0], [0, 0, 17, 0], [16, 16], [17, 15, 0, 33]])
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES)
+def test_small_routings(device, counts, out_dtype):
+    inputs = make_inputs(counts, 144, 160, seed=len(counts), device=device)
+    assert_matches(_run(inputs, out_dtype), reference64(inputs))
+
+
+@given(
+    counts=routings(MAX_EXPERTS, MAX_TOKENS, BOUNDARIES),
+    n=st.sampled_from(N_CHOICES),
+    k=st.sampled_from(K_CHOICES),
+    out_dtype=st.sampled_from(OUT_DTYPES),
+    offsets_dtype=st.sampled_from([torch.int32, torch.int64]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_triton_against_reference(device, counts, n, k, out_dtype, offsets_dtype, seed):
+    inputs = make_inputs(counts, n, k, seed, device)
+    inputs["expert_offsets"] = inputs["expert_offsets"].to(offsets_dtype)
+    assert_matches(_run(inputs, out_dtype), reference64(inputs))
+
+
+@given(counts=routings(MAX_EXPERTS, MAX_TOKENS, BOUNDARIES), k=st.sampled_from(K_CHOICES), seed=st.integers(0, 2**31 - 1))
+def test_exact_inputs_bit_equal_to_reference(device, counts, k, seed):
+    """Small integers and power-of-two scales: every partial sum is exact, so any scale-index or
+    row-mapping mistake shows as a difference, however small."""
+    inputs = make_inputs(counts, 144, k, seed, device, exact=True)
+    got = _run(inputs, torch.bfloat16)
+    expected = _run(inputs, torch.bfloat16, backend="reference")
+    assert torch.equal(got.cpu(), expected.cpu())
+
+
+def test_tile_configs_cover_every_mean():
+    assert TILE_CONFIGS[-1].max_mean_tokens == float("inf")
+    bounds = [c.max_mean_tokens for c in TILE_CONFIGS]
+    assert bounds == sorted(bounds)
+
+
+@pytest.mark.parametrize("poisoned", ["a_scale", "a"])
+def test_nan_stays_in_its_experts_rows(device, poisoned):
+    """NaN in one expert's activations (or their scales) reaches that expert's rows and no other."""
+    if poisoned == "a" and device.type == "cpu":
+        pytest.skip("the Triton interpreter decodes the e4m3 NaN pattern as 480 in tl.dot")
+    counts = [5, 0, 9, 3]
+    inputs = make_inputs(counts, 128, 256, seed=7, device=device)
+    inputs[poisoned][5:14] = float("nan")  # expert 2's rows
+    out = _run(inputs, torch.bfloat16).cpu()
+    assert out[5:14].isnan().all()
+    others = torch.ones(sum(counts), dtype=torch.bool)
+    others[5:14] = False
+    assert not out[others].isnan().any()
+
+
+@needs_gpu
+@pytest.mark.parametrize("counts", [[0] * 511 + [300], [1] * 512, [3, 0] * 256])
+def test_many_experts(counts):
+    inputs = make_inputs(counts, 128, 256, seed=1, device="cuda")
+    assert_matches(_run(inputs, torch.bfloat16), reference64(inputs))
+
+
+@needs_gpu
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES)
+def test_forced_bf16_upcast_path(out_dtype):
+    """The path taken below sm_89 (no FP8 tensor cores), forced on this GPU."""
+    counts = [0, 40, 1, 130, 17]
+    inputs = make_inputs(counts, 256, 384, seed=5, device="cuda")
+    out = poisoned_out(sum(counts), 256, out_dtype, "cuda")
+    problem = check_inputs(**inputs, out=out)
+    grouped_gemm_triton(problem, *inputs.values(), out, upcast=True)
+    assert_matches(out, reference64(inputs))
+
+
+@needs_gpu
+def test_cuda_graph_replay_with_new_routing():
+    """The call has no device-to-host copy: captured once, it follows new offsets and inputs on replay."""
+    counts = [20, 0, 50, 10]
+    inputs = make_inputs(counts, 256, 512, seed=11, device="cuda")
+    out = poisoned_out(sum(counts), 256, torch.bfloat16, "cuda")
+    es_dual.grouped_gemm_fp8(**inputs, out=out, backend="triton")  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        es_dual.grouped_gemm_fp8(**inputs, out=out, backend="triton")
+    for seed, new_counts in enumerate([[0, 80, 0, 0], [1, 2, 3, 74], [40, 40, 0, 0]]):
+        fresh = make_inputs(new_counts, 256, 512, seed=seed, device="cuda")
+        for name, t in fresh.items():
+            inputs[name].copy_(t)
+        out.fill_(float("nan"))
+        graph.replay()
+        assert_matches(out, reference64(inputs))

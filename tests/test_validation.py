@@ -1,0 +1,108 @@
+"""Every refusal names the argument, says what was expected, and leaves out untouched."""
+import re
+
+import pytest
+import torch
+
+import es_dual
+from support import make_inputs, needs_gpu
+
+FP8 = torch.float8_e4m3fn
+
+
+def _base():
+    inputs = make_inputs([3, 0, 2], 48, 160, seed=0, device="cpu")
+    inputs["out"] = torch.full((5, 48), 7.0, dtype=torch.bfloat16)
+    return inputs
+
+
+def _replace(name, value):
+    def edit(inputs):
+        inputs[name] = value(inputs) if callable(value) else value
+    return edit
+
+
+def _non_contiguous(name):
+    def edit(inputs):
+        t = inputs[name]
+        inputs[name] = torch.stack([t, t], dim=-1)[..., 0]  # same shape, doubled inner stride
+    return edit
+
+
+def _misaligned(name):
+    def edit(inputs):
+        t = inputs[name]
+        flat = torch.empty(t.numel() + 1, dtype=t.dtype)
+        inputs[name] = flat[1:].view(t.shape)
+    return edit
+
+
+CASES = [  # (id, edit, exception, message fragment)
+    ("a_dtype", _replace("a", lambda i: i["a"].float()), TypeError, "a: expected dtype torch.float8_e4m3fn"),
+    ("b_dtype", _replace("b", lambda i: i["b"].to(torch.bfloat16)), TypeError, "b: expected dtype torch.float8_e4m3fn"),
+    ("a_scale_dtype", _replace("a_scale", lambda i: i["a_scale"].double()), TypeError, "a_scale: expected dtype torch.float32"),
+    ("b_scale_dtype", _replace("b_scale", lambda i: i["b_scale"].half()), TypeError, "b_scale: expected dtype torch.float32"),
+    ("offsets_dtype", _replace("expert_offsets", lambda i: i["expert_offsets"].float()), TypeError, "expert_offsets: expected dtype torch.int32 or torch.int64"),
+    ("out_dtype_tensor", _replace("out", lambda i: i["out"].float()), TypeError, "out: expected dtype torch.bfloat16 or torch.float16"),
+    ("a_not_tensor", _replace("a", [[1.0]]), TypeError, "a: expected a torch.Tensor"),
+    ("a_3d", _replace("a", lambda i: i["a"][None]), ValueError, "a: expected 2 dimensions"),
+    ("b_2d", _replace("b", lambda i: i["b"][0]), ValueError, "b: expected 3 dimensions"),
+    ("k_mismatch", _replace("a", lambda i: i["a"][:, :144].contiguous()), ValueError, "b: expected k = 144"),
+    ("a_scale_shape", _replace("a_scale", lambda i: i["a_scale"][:, :1].contiguous()), ValueError, "a_scale: expected shape (5, 2)"),
+    ("b_scale_shape", _replace("b_scale", lambda i: i["b_scale"][:2].contiguous()), ValueError, "b_scale: expected shape (3, 1, 2)"),
+    ("offsets_length", _replace("expert_offsets", lambda i: i["expert_offsets"][:3].contiguous()), ValueError, "expert_offsets: expected shape (4,)"),
+    ("offsets_2d", _replace("expert_offsets", lambda i: i["expert_offsets"][None]), ValueError, "expert_offsets: expected shape (4,)"),
+    ("out_shape", _replace("out", lambda i: torch.zeros(5, 64, dtype=torch.bfloat16)), ValueError, "out: expected shape (5, 48)"),
+    ("a_non_contiguous", _non_contiguous("a"), ValueError, "a: expected a contiguous"),
+    ("b_non_contiguous", _non_contiguous("b"), ValueError, "b: expected a contiguous"),
+    ("a_scale_non_contiguous", _non_contiguous("a_scale"), ValueError, "a_scale: expected a contiguous"),
+    ("out_non_contiguous", _non_contiguous("out"), ValueError, "out: expected a contiguous"),
+    ("a_misaligned", _misaligned("a"), ValueError, "a: expected a data pointer aligned to 16 bytes"),
+    ("b_misaligned", _misaligned("b"), ValueError, "b: expected a data pointer aligned to 16 bytes"),
+    ("out_overlaps_a", _replace("out", lambda i: i["a"].view(-1)[: 5 * 48 * 2].view(torch.bfloat16).view(5, 48)), ValueError, "out: expected memory disjoint from the inputs, but it overlaps a"),
+    ("no_experts", lambda i: i.update(b=torch.zeros(0, 48, 160, dtype=FP8), b_scale=torch.zeros(0, 1, 2), expert_offsets=torch.zeros(1, dtype=torch.int32)), ValueError, "b: expected at least one expert"),
+    ("n_not_16", lambda i: i.update(b=torch.zeros(3, 40, 160, dtype=FP8), out=torch.zeros(5, 40, dtype=torch.bfloat16)), ValueError, "b: expected n to be a positive multiple of 16, got n = 40"),
+    ("k_not_16", lambda i: i.update(a=torch.zeros(5, 152, dtype=FP8), b=torch.zeros(3, 48, 152, dtype=FP8)), ValueError, "b: expected k to be a positive multiple of 16, got k = 152"),
+]
+
+
+@pytest.mark.parametrize("edit,exc,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("backend", ["reference", "triton", "auto"])
+def test_bad_input_is_refused_clearly(edit, exc, message, backend):
+    inputs = _base()
+    edit(inputs)
+    out = inputs["out"]
+    before = out.clone() if isinstance(out, torch.Tensor) else None
+    with pytest.raises(exc, match=re.escape(message)):
+        es_dual.grouped_gemm_fp8(**inputs, backend=backend)
+    if before is not None and out.dtype == before.dtype:
+        assert torch.equal(out, before), "a refused call wrote into out"
+
+
+def test_out_dtype_argument_checked():
+    inputs = _base()
+    del inputs["out"]
+    with pytest.raises(TypeError, match="out_dtype: expected torch.bfloat16 or torch.float16, got torch.float32"):
+        es_dual.grouped_gemm_fp8(**inputs, out_dtype=torch.float32)
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="backend: expected one of 'auto', 'cutlass'"):
+        es_dual.grouped_gemm_fp8(**_base(), backend="cublas")
+
+
+def test_out_given_decides_dtype():
+    inputs = _base()
+    inputs["out"] = torch.zeros(5, 48, dtype=torch.float16)
+    assert es_dual.grouped_gemm_fp8(**inputs, out_dtype=torch.bfloat16).dtype == torch.float16
+
+
+@needs_gpu
+@pytest.mark.parametrize("moved", ["b", "expert_offsets", "out"])
+def test_tensors_on_different_devices(moved):
+    inputs = {name: t.cuda() for name, t in _base().items()}
+    inputs[moved] = inputs[moved].cpu()
+    before = inputs["out"].clone()
+    with pytest.raises(ValueError, match=rf"{moved}: expected a tensor on cuda:0 \(the device of a\), got one on cpu"):
+        es_dual.grouped_gemm_fp8(**inputs)
+    assert torch.equal(inputs["out"].cpu(), before.cpu())
