@@ -1,14 +1,16 @@
-"""The public entry point: check -> choose backend -> allocate -> launch, one linear path."""
+"""The public entry point: allocate ``out`` if needed, then the custom op (check -> choose -> launch)."""
 from __future__ import annotations
+
+import os
 
 import torch
 
-from .dispatch import select_backend
-from .problem import check_inputs
+from . import ops  # noqa: F401  (registers torch.ops.es_dual.grouped_gemm_fp8)
+from .problem import check_contents, check_inputs, output_for
 
 
 def grouped_gemm_fp8(
-    a, a_scale, b, b_scale, expert_offsets, *, out=None, out_dtype=torch.bfloat16, backend="auto"
+    a, a_scale, b, b_scale, expert_offsets, *, out=None, out_dtype=torch.bfloat16, backend="auto", validate=None
 ) -> torch.Tensor:
     """FP8 blockwise-scaled grouped GEMM for Mixture-of-Experts.
 
@@ -25,7 +27,17 @@ def grouped_gemm_fp8(
             non-decreasing. Read on the device only: the call never copies to the host.
         out: optional (total_m, n) bfloat16/float16 output; when given, its dtype wins over out_dtype.
         out_dtype: torch.bfloat16 (default) or torch.float16, used when out is None.
-        backend: "auto", "triton", "cutlass", "cutlass_single" or "reference".
+        backend: "auto", "triton", "cutlass", "cutlass_single" or "reference"; "auto" takes
+            ES_DUAL_BACKEND when set, else the fastest backend that can run the problem.
+        validate: also check the tensors' contents on the host (offsets start at 0, never decrease and
+            end at total_m; scales finite and >= 0). This copies to the host and synchronizes, so it is
+            off by default; None reads ES_DUAL_VALIDATE ("1" turns it on).
+
+    Contents are not checked otherwise. Offsets that break the contract are clamped to [0, total_m], an
+    expert whose end offset is below its start has no rows, a row claimed by two experts holds one of
+    their results, and rows outside every expert's range are not written; no backend reads or writes
+    outside the tensors. Scales are used as given: NaN or Inf
+    reaches exactly the output rows and columns that the scale multiplies.
 
     Returns:
         out. Rows that belong to no expert are not written.
@@ -34,10 +46,9 @@ def grouped_gemm_fp8(
         TypeError / ValueError for arguments that break the contract (nothing is written into out);
         RuntimeError when the requested backend cannot run the problem, with the reasons.
     """
-    problem = check_inputs(a, a_scale, b, b_scale, expert_offsets, out, out_dtype)
-    chosen = select_backend(problem, backend)
-    if out is None:
-        out = torch.empty(problem.total_m, problem.n, dtype=problem.out_dtype, device=problem.device)
-    if problem.total_m:
-        chosen.run(problem, a, a_scale, b, b_scale, expert_offsets, out)
+    out = output_for(a, a_scale, b, b_scale, expert_offsets, out, out_dtype)
+    if validate or (validate is None and os.environ.get("ES_DUAL_VALIDATE") == "1"):
+        problem = check_inputs(a, a_scale, b, b_scale, expert_offsets, out)
+        check_contents(a_scale, b_scale, expert_offsets, problem.total_m)
+    torch.ops.es_dual.grouped_gemm_fp8(a, a_scale, b, b_scale, expert_offsets, out, backend)
     return out

@@ -1,11 +1,13 @@
 """Backends declare what they support as data; the dispatcher picks one or explains why none fits.
 
 Each backend answers ``not_supported_reasons(problem)``: an empty list means it can run the problem.
-``backend="auto"`` takes the first backend of ``AUTO_ORDER`` that can run; a named backend that cannot
-run raises ``RuntimeError`` with its reasons; when nothing can run, the error lists every backend's.
+``backend="auto"`` takes the first backend of ``AUTO_ORDER`` (fastest first) that can run it; a named
+backend that cannot run raises ``RuntimeError`` with its reasons; when nothing can run, the error lists
+every backend's reasons. ``ES_DUAL_BACKEND`` replaces the default choice ("auto") of every call.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -15,21 +17,66 @@ import torch
 from .problem import OUT_DTYPES, Problem
 
 
+@functools.lru_cache(maxsize=None)
+def device_capability(device: torch.device) -> tuple[int, int]:
+    """Compute capability of the tensors' own device (cached per device; never device 0 by default)."""
+    return tuple(torch.cuda.get_device_capability(device))
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
+    description: str
     device_types: tuple[str, ...]
-    run: Callable  # run(problem, a, a_scale, b, b_scale, expert_offsets, out) -> None, writes out
-    extra_reasons: Callable[[Problem], list[str]] = lambda problem: []
+    run: Callable  # run(problem, a, a_scale, b, b_scale, expert_offsets, out) -> None; writes out
+    availability: Callable[[torch.device], list[str]]  # reasons it cannot run on this device at all
+    min_capability: tuple[int, int] | None = None  # CUDA devices only
+    max_capability: tuple[int, int] | None = None
     out_dtypes: tuple[torch.dtype, ...] = OUT_DTYPES
+    n_multiple: int = 16
+    k_multiple: int = 16
+
+    def device_reasons(self, device: torch.device) -> list[str]:
+        """Why this backend cannot run on `device`, whatever the problem."""
+        if device.type not in self.device_types:
+            return [f"runs on {' or '.join(self.device_types)} tensors, not {device.type}"]
+        reasons = []
+        if device.type == "cuda":
+            cap = device_capability(device)
+            if self.min_capability and cap < self.min_capability:
+                reasons.append(f"needs compute capability >= {_cc(self.min_capability)}, {device} has {_cc(cap)}")
+            if self.max_capability and cap > self.max_capability:
+                reasons.append(f"needs compute capability <= {_cc(self.max_capability)}, {device} has {_cc(cap)}")
+        return reasons or self.availability(device)
 
     def not_supported_reasons(self, problem: Problem) -> list[str]:
-        if problem.device.type not in self.device_types:
-            return [f"runs on {' or '.join(self.device_types)} tensors, got tensors on {problem.device}"]
-        reasons = []
+        reasons = self.device_reasons(problem.device)
         if problem.out_dtype not in self.out_dtypes:
             reasons.append(f"does not write {problem.out_dtype}")
-        return reasons + self.extra_reasons(problem)
+        for dim, size, multiple in (("n", problem.n, self.n_multiple), ("k", problem.k, self.k_multiple)):
+            if size % multiple:
+                reasons.append(f"needs {dim} to be a multiple of {multiple}, got {size}")
+        return reasons
+
+
+def _cc(cap) -> str:
+    return f"{cap[0]}.{cap[1]}"
+
+
+def _triton_availability(device: torch.device) -> list[str]:
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return [f"triton is not importable ({exc})"]
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return ["CPU tensors need the Triton interpreter: set TRITON_INTERPRET=1 before the first call"]
+    return []
+
+
+def _cutlass_availability(device: torch.device) -> list[str]:
+    from .cutlass import library_reasons
+
+    return library_reasons()
 
 
 def _run_reference(problem, a, a_scale, b, b_scale, expert_offsets, out):
@@ -44,51 +91,66 @@ def _run_triton(problem, a, a_scale, b, b_scale, expert_offsets, out):
     grouped_gemm_triton(problem, a, a_scale, b, b_scale, expert_offsets, out)
 
 
-def _triton_reasons(problem: Problem) -> list[str]:
-    try:
-        import triton  # noqa: F401
-    except ImportError as exc:
-        return [f"triton is not importable ({exc})"]
-    if problem.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        return ["CPU tensors need the Triton interpreter: set TRITON_INTERPRET=1 before the first call"]
-    return []
+def _run_cutlass(single: bool) -> Callable:
+    def run(problem, a, a_scale, b, b_scale, expert_offsets, out):
+        from .cutlass import grouped_gemm_cutlass
+
+        grouped_gemm_cutlass(a, a_scale, b, b_scale, expert_offsets, out, single=single)
+
+    return run
 
 
-def _cutlass_reasons(problem: Problem) -> list[str]:
-    return ["the CUTLASS backend is not part of this build yet"]
+def _cutlass(name: str, description: str, single: bool) -> Backend:
+    from .cutlass.limits import K_MULTIPLE, N_MULTIPLE, REQUIRED_CAPABILITY
+
+    return Backend(
+        name, description, ("cuda",), run=_run_cutlass(single), availability=_cutlass_availability,
+        min_capability=REQUIRED_CAPABILITY, max_capability=REQUIRED_CAPABILITY,
+        n_multiple=N_MULTIPLE, k_multiple=K_MULTIPLE,
+    )
 
 
 BACKENDS = {
     b.name: b
     for b in (
-        Backend("cutlass", ("cuda",), run=None, extra_reasons=_cutlass_reasons),
-        Backend("cutlass_single", ("cuda",), run=None, extra_reasons=_cutlass_reasons),
-        Backend("triton", ("cuda", "cpu"), run=_run_triton, extra_reasons=_triton_reasons),
-        Backend("reference", ("cuda", "cpu"), run=_run_reference),
+        _cutlass("cutlass", "CUTLASS SM90, expert-specialized: one grouped GEMM per token-count bucket", single=False),
+        _cutlass("cutlass_single", "CUTLASS SM90, every expert in one 128x128x128 grouped GEMM", single=True),
+        Backend("triton", "Triton kernel (FP8 tensor cores from sm_89, bf16 below; interpreter on CPU)",
+                ("cuda", "cpu"), run=_run_triton, availability=_triton_availability),
+        Backend("reference", "plain torch, float32 on dequantized inputs, loop over experts (host sync)",
+                ("cuda", "cpu"), run=_run_reference, availability=lambda device: []),
     )
 }
 
-# auto: the fastest first; on CPU tensors only the reference is automatic (the interpreter is a test tool)
+# auto: fastest first. CPU tensors get the reference: the interpreter is a test tool, not a fast path.
 AUTO_ORDER = {"cuda": ("cutlass", "triton"), "cpu": ("reference",)}
+BACKEND_NAMES = ("auto", *BACKENDS)
 
 
 def select_backend(problem: Problem, backend: str) -> Backend:
     if backend == "auto":
         backend = os.environ.get("ES_DUAL_BACKEND", "auto")
-    if backend != "auto" and backend not in BACKENDS:
-        names = ", ".join(repr(n) for n in ("auto", *BACKENDS))
+    if backend not in BACKEND_NAMES:
+        names = ", ".join(repr(n) for n in BACKEND_NAMES)
         raise ValueError(f"backend: expected one of {names}, got {backend!r}")
     if backend != "auto":
         reasons = BACKENDS[backend].not_supported_reasons(problem)
         if reasons:
             raise RuntimeError(f"backend {backend!r} cannot run this problem: " + "; ".join(reasons))
         return BACKENDS[backend]
-    candidates = AUTO_ORDER.get(problem.device.type, ())
-    all_reasons = {}
-    for name in candidates:
-        reasons = BACKENDS[name].not_supported_reasons(problem)
-        if not reasons:
+    for name in AUTO_ORDER.get(problem.device.type, ()):
+        if not BACKENDS[name].not_supported_reasons(problem):
             return BACKENDS[name]
-        all_reasons[name] = reasons
-    listing = "\n".join(f"  {name}: " + "; ".join(r) for name, r in all_reasons.items()) or "  (no backend for this device type)"
+    listing = "\n".join(f"  {name}: " + "; ".join(b.not_supported_reasons(problem) or ["not tried automatically"])
+                        for name, b in BACKENDS.items())
     raise RuntimeError(f"no es_dual backend can run this problem on {problem.device}:\n{listing}")
+
+
+def available_backends(device=None) -> list[str]:
+    """Names of the backends that can run on `device` (default: the current CUDA device, else the CPU)."""
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return [name for name, b in BACKENDS.items() if not b.device_reasons(device)]

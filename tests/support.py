@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import math
+import os
 
+import pytest
 import torch
 from hypothesis import strategies as st
 
@@ -10,7 +12,9 @@ import es_dual
 from es_dual.accuracy import relative_errors, tolerance
 from es_dual.quant import dequantize_per_block, dequantize_per_token_group
 
-needs_gpu = __import__("pytest").mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# Triton on CPU tensors runs under the interpreter, which conftest.py turns on only without a GPU.
+needs_interpreter = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1 (no GPU)")
 
 
 def offsets_of(counts, device, dtype=torch.int32) -> torch.Tensor:
@@ -21,26 +25,36 @@ def offsets_of(counts, device, dtype=torch.int32) -> torch.Tensor:
 
 
 def make_inputs(counts, n, k, seed, device, exact=False) -> dict:
-    """Quantized inputs for one routing. exact=True gives small integers and power-of-two scales, whose
-    products and sums are exact in float32, so every correct implementation agrees bit for bit."""
-    g = torch.Generator().manual_seed(seed)
+    """Quantized inputs for one routing, generated on `device`. exact=True gives small integers and
+    power-of-two scales, whose products and sums are exact in float32, so every correct implementation
+    agrees bit for bit."""
+    g = torch.Generator(device=device).manual_seed(seed)
     num_experts, total_m = len(counts), sum(counts)
     groups_k, groups_n = math.ceil(k / 128), math.ceil(n / 128)
+
+    def rand(fn, *shape, **kw):
+        return fn(*shape, generator=g, device=device, **kw)
+
     if exact:
-        a = torch.randint(-4, 5, (total_m, k), generator=g).float()
-        b = torch.randint(-4, 5, (num_experts, n, k), generator=g).float()
-        a_scale = 2.0 ** torch.randint(-3, 3, (total_m, groups_k), generator=g).float()
-        b_scale = 2.0 ** torch.randint(-3, 3, (num_experts, groups_n, groups_k), generator=g).float()
-        a, b = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn)
+        a = rand(torch.randint, -4, 5, (total_m, k)).float().to(torch.float8_e4m3fn)
+        b = rand(torch.randint, -4, 5, (num_experts, n, k)).float().to(torch.float8_e4m3fn)
+        a_scale = 2.0 ** rand(torch.randint, -3, 3, (total_m, groups_k)).float()
+        b_scale = 2.0 ** rand(torch.randint, -3, 3, (num_experts, groups_n, groups_k)).float()
     else:
         # per-group magnitudes that differ by up to 2^6 make a wrong scale index visible
-        x = torch.randn(total_m, k, generator=g)
-        x *= (2.0 ** torch.randint(-3, 4, (total_m, groups_k), generator=g).float()).repeat_interleave(128, 1)[:, :k]
-        w = torch.randn(num_experts, n, k, generator=g) * 0.05
+        x = rand(torch.randn, total_m, k)
+        x *= (2.0 ** rand(torch.randint, -3, 4, (total_m, groups_k)).float()).repeat_interleave(128, 1)[:, :k]
         a, a_scale = es_dual.quantize_fp8_per_token_group(x)
-        b, b_scale = es_dual.quantize_fp8_per_block(w)
-    tensors = dict(a=a, a_scale=a_scale, b=b, b_scale=b_scale, expert_offsets=offsets_of(counts, "cpu"))
-    return {name: t.to(device) for name, t in tensors.items()}
+        b, b_scale = es_dual.quantize_fp8_per_block(rand(torch.randn, num_experts, n, k) * 0.05)
+    return dict(a=a, a_scale=a_scale, b=b, b_scale=b_scale, expert_offsets=offsets_of(counts, device))
+
+
+def run_backend(inputs, out_dtype, backend) -> torch.Tensor:
+    """One call into a NaN-poisoned out (every unwritten element shows), through the public API."""
+    total_m, n = inputs["a"].shape[0], inputs["b"].shape[1]
+    out = poisoned_out(total_m, n, out_dtype, inputs["a"].device)
+    assert es_dual.grouped_gemm_fp8(**inputs, out=out, backend=backend) is out
+    return out
 
 
 def reference64(inputs) -> torch.Tensor:
@@ -76,8 +90,9 @@ def poisoned_out(total_m, n, out_dtype, device) -> torch.Tensor:
 
 
 @st.composite
-def routings(draw, max_experts: int, max_tokens: int, boundaries=(16, 32, 64, 128)):
-    """Per-expert token counts: zeros, ones, boundary values +-1, one expert with everything, heavy skew."""
+def routings(draw, max_experts: int, max_tokens: int, boundaries=(16, 32, 64, 128), max_total=None):
+    """Per-expert token counts: zeros, ones, boundary values +-1, one expert with everything, heavy skew.
+    The total stays within max_total (default 2 * max_tokens)."""
     num_experts = draw(st.integers(1, max_experts))
     kind = draw(st.sampled_from(["mixed", "one_expert", "skew", "all_empty", "boundaries"]))
     special = sorted({max(0, b + d) for b in boundaries for d in (-1, 0, 1)} | {0, 1})
@@ -94,8 +109,7 @@ def routings(draw, max_experts: int, max_tokens: int, boundaries=(16, 32, 64, 12
         return counts
     value = st.sampled_from(special) if kind == "boundaries" else st.one_of(st.sampled_from(special), st.integers(0, max_tokens))
     counts = draw(st.lists(value, min_size=num_experts, max_size=num_experts))
-    # keep the interpreter's work bounded: trim the total to max_tokens * 2
-    budget = max_tokens * 2
+    budget = max_total if max_total is not None else max_tokens * 2
     trimmed = []
     for c in counts:
         trimmed.append(min(c, budget))

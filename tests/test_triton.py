@@ -5,8 +5,8 @@ from hypothesis import strategies as st
 
 import es_dual
 from es_dual.problem import check_inputs
-from es_dual.triton_ref.launch import TILE_CONFIGS, grouped_gemm_triton
-from support import assert_matches, make_inputs, needs_gpu, offsets_of, poisoned_out, reference64, routings
+from es_dual.triton_ref.launch import TILE_CONFIGS, TileConfig, grouped_gemm_triton
+from support import assert_matches, make_inputs, needs_gpu, poisoned_out, reference64, routings, run_backend
 
 ON_GPU = torch.cuda.is_available()
 # The interpreter runs every program in numpy: CI shapes stay small; the GPU takes larger ones.
@@ -19,11 +19,7 @@ OUT_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def _run(inputs, out_dtype, backend="triton"):
-    total_m, n = inputs["a"].shape[0], inputs["b"].shape[1]
-    out = poisoned_out(total_m, n, out_dtype, inputs["a"].device)
-    result = es_dual.grouped_gemm_fp8(**inputs, out=out, backend=backend)
-    assert result is out
-    return out
+    return run_backend(inputs, out_dtype, backend)
 
 
 @pytest.mark.parametrize("num_experts", [1, 3])
@@ -62,6 +58,28 @@ def test_exact_inputs_bit_equal_to_reference(device, counts, k, seed):
     got = _run(inputs, torch.bfloat16)
     expected = _run(inputs, torch.bfloat16, backend="reference")
     assert torch.equal(got.cpu(), expected.cpu())
+
+
+# Every launch shape the tuning table may pick: the table's rows and persistent variants of them.
+LAUNCH_VARIANTS = TILE_CONFIGS + tuple(
+    TileConfig(float("inf"), c.block_m, c.block_n, c.block_k, c.num_warps, c.num_stages, programs_per_sm=2)
+    for c in TILE_CONFIGS
+)
+
+
+@given(
+    counts=routings(MAX_EXPERTS, MAX_TOKENS, BOUNDARIES),
+    config=st.sampled_from(LAUNCH_VARIANTS),
+    k=st.sampled_from(K_CHOICES),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_every_launch_shape_against_reference(device, counts, config, k, seed):
+    inputs = make_inputs(counts, 144, k, seed, device)
+    out = poisoned_out(sum(counts), 144, torch.bfloat16, device)
+    problem = check_inputs(**inputs, out=out)
+    if problem.total_m:
+        grouped_gemm_triton(problem, *inputs.values(), out, config=config)
+    assert_matches(out, reference64(inputs))
 
 
 def test_tile_configs_cover_every_mean():

@@ -5,14 +5,15 @@ import pytest
 import torch
 
 import es_dual
-from support import make_inputs, needs_gpu
+from es_dual.dispatch import available_backends
+from support import make_inputs, needs_gpu, needs_interpreter
 
 FP8 = torch.float8_e4m3fn
 
 
-def _base():
-    inputs = make_inputs([3, 0, 2], 48, 160, seed=0, device="cpu")
-    inputs["out"] = torch.full((5, 48), 7.0, dtype=torch.bfloat16)
+def _base(device="cpu"):
+    inputs = make_inputs([3, 0, 2], 48, 160, seed=0, device=device)
+    inputs["out"] = torch.full((5, 48), 7.0, dtype=torch.bfloat16, device=device)
     return inputs
 
 
@@ -106,3 +107,67 @@ def test_tensors_on_different_devices(moved):
     with pytest.raises(ValueError, match=rf"{moved}: expected a tensor on cuda:0 \(the device of a\), got one on cpu"):
         es_dual.grouped_gemm_fp8(**inputs)
     assert torch.equal(inputs["out"].cpu(), before.cpu())
+
+
+# --- contents: checked only on request, otherwise the documented behaviour --------------------------------
+
+CONTENT_CASES = [  # (id, edit, message of the validation mode)
+    ("offsets_decrease", lambda i: i["expert_offsets"].copy_(torch.tensor([0, 4, 2, 5])),
+     "expert_offsets: expected non-decreasing offsets, got offsets[1] = 4 > offsets[2] = 2"),
+    ("offsets_end_short", lambda i: i["expert_offsets"].copy_(torch.tensor([0, 3, 3, 4])),
+     "expert_offsets: expected offsets[-1] == total_m == 5, got 4"),
+    ("offsets_start_late", lambda i: i["expert_offsets"].copy_(torch.tensor([1, 3, 3, 5])),
+     "expert_offsets: expected offsets[0] == 0, got 1"),
+    ("negative_scale", lambda i: i["a_scale"].__setitem__((2, 1), -1.0), "a_scale: expected finite scales >= 0, got -1.0 at index (2, 1)"),
+    ("nan_scale", lambda i: i["b_scale"].__setitem__((1, 0, 0), float("nan")), "b_scale: expected finite scales >= 0, got nan at index (1, 0, 0)"),
+]
+
+
+@pytest.mark.parametrize("edit,message", [c[1:] for c in CONTENT_CASES], ids=[c[0] for c in CONTENT_CASES])
+def test_validation_mode_names_the_bad_content(edit, message, monkeypatch):
+    inputs = _base()
+    edit(inputs)
+    before = inputs["out"].clone()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        es_dual.grouped_gemm_fp8(**inputs, validate=True)
+    monkeypatch.setenv("ES_DUAL_VALIDATE", "1")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        es_dual.grouped_gemm_fp8(**inputs)
+    assert torch.equal(inputs["out"], before)
+
+
+def test_validation_mode_accepts_valid_contents():
+    inputs = _base()
+    assert es_dual.grouped_gemm_fp8(**inputs, validate=True) is inputs["out"]
+
+
+# every backend that runs here: the reference and the interpreter on a CPU machine, all four on a Hopper GPU
+HERE = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+@pytest.mark.parametrize("offsets", [[0, 4, 2, 5], [0, 3, 3, 4], [2, 3, 3, 5], [-3, 2, 9, 5], [0, 9, 9, 9]])
+@pytest.mark.parametrize("backend", available_backends(HERE))
+def test_offsets_that_break_the_contract_are_clamped(offsets, backend):
+    """Documented: offsets clamped to [0, total_m]; an expert ending before its start has no rows; a row
+    claimed by two experts (decreasing offsets) holds one of their results; rows of no expert keep what
+    out held. Checked against each expert computed alone on its clamped rows."""
+    inputs = _base(HERE)
+    inputs["expert_offsets"].copy_(torch.tensor(offsets))
+    inputs["out"].fill_(float("nan"))
+    es_dual.grouped_gemm_fp8(**inputs, backend=backend)
+    total_m = inputs["a"].shape[0]
+    candidates = [[] for _ in range(total_m)]  # every expert's result for each row it claims
+    for e in range(3):
+        lo = min(max(offsets[e], 0), total_m)
+        hi = min(max(offsets[e + 1], lo), total_m)
+        if hi > lo:
+            alone = es_dual.grouped_gemm_fp8(
+                inputs["a"][lo:hi], inputs["a_scale"][lo:hi], inputs["b"][e : e + 1], inputs["b_scale"][e : e + 1],
+                torch.tensor([0, hi - lo], dtype=torch.int32, device=HERE), backend="reference")
+            for r in range(lo, hi):
+                candidates[r].append(alone[r - lo])
+    for r, results in enumerate(candidates):
+        if results:
+            assert any(torch.equal(inputs["out"][r], c) for c in results), f"row {r}"
+        else:
+            assert inputs["out"][r].isnan().all(), f"row {r} belongs to no expert but was written"

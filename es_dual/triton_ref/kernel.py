@@ -1,20 +1,25 @@
 """The Triton FP8 blockwise grouped GEMM: the readable twin of the CUTLASS backend.
 
-Algorithm, for one program (pid_m, pid_n) of a grid sized without knowing the routing::
+Work is cut into tiles of BLOCK_M rows of one expert by BLOCK_N columns. The host never learns how many
+rows each expert has, so the map from tile to (expert, rows) is read off ``expert_offsets`` on the device:
 
-    # 1. which expert and which row tile of it is mine? (scan of expert_offsets, on the device)
-    tiles[e]  = cdiv(offs[e+1] - offs[e], BLOCK_M)          # row tiles of expert e
-    expert    = number of experts whose cumulative tile count is <= pid_m
-    if expert == E: return                                   # the grid is an upper bound
-    rows      = offs[expert] + (pid_m - tiles before expert) * BLOCK_M + arange(BLOCK_M)
-    cols      = pid_n * BLOCK_N + arange(BLOCK_N)
-    # 2. K loop, one 128-wide scale group per step
+    tiles[e]   = cdiv(offs[e+1] - offs[e], BLOCK_M)         # row tiles of expert e
+    expert     = number of experts whose cumulative tile count is <= m_tile
+    rows       = offs[expert] + (m_tile - tiles before expert) * BLOCK_M + arange(BLOCK_M)
+
+and one tile computes, with one 128-wide scale group per K step:
+
     acc = 0
     for kb in range(cdiv(k, 128)):
         partial = a[rows, kb*128:(kb+1)*128] @ b[expert, cols, kb*128:(kb+1)*128].T     # fp32
         acc    += partial * a_scale[rows, kb][:, None] * b_scale[expert, cols // 128, kb][None, :]
-    # 3. epilogue
     out[rows, cols] = acc.to(out.dtype)            # rows past the expert's end are masked
+
+Two launch shapes (PERSISTENT, a compile-time switch):
+- a grid of (cdiv(total_m, BLOCK_M) + E, cdiv(n, BLOCK_N)) programs, an upper bound of the row tiles
+  the host can compute; programs past the last real tile do nothing;
+- a persistent grid of about one program per resident slot, each looping over tiles
+  (m_tile fastest, so the row tiles of one expert, which share weights, run side by side).
 
 Rows are only ever read and written inside [offs[e], offs[e+1]) of their own expert, clamped to
 [0, total_m), so even offsets that break the contract cannot make the kernel touch memory outside the
@@ -37,6 +42,81 @@ def _round_to_bf16_bits(x):
 
 
 @triton.jit
+def _locate_row_tile(offsets_ptr, num_experts, m_tile, BLOCK_M: tl.constexpr, EXPERT_CHUNK: tl.constexpr):
+    """(expert, tiles before it, row tiles of all experts) for row tile m_tile: a chunked scan of the offsets."""
+    expert = 0
+    tiles_before = 0
+    tiles_total = 0
+    for chunk_start in range(0, num_experts, EXPERT_CHUNK):
+        e_idx = chunk_start + tl.arange(0, EXPERT_CHUNK)
+        in_range = e_idx < num_experts
+        lo = tl.load(offsets_ptr + e_idx, mask=in_range, other=0).to(tl.int32)
+        hi = tl.load(offsets_ptr + e_idx + 1, mask=in_range, other=0).to(tl.int32)
+        tiles = tl.where(in_range, tl.cdiv(tl.maximum(hi - lo, 0), BLOCK_M), 0)
+        tiles_end = tiles_total + tl.cumsum(tiles, 0)
+        before = in_range & (tiles_end <= m_tile)  # a prefix: tiles_end never decreases
+        expert += tl.sum(before.to(tl.int32), 0)
+        tiles_before += tl.sum(tl.where(before, tiles, 0), 0)
+        tiles_total += tl.sum(tiles, 0)
+    return expert, tiles_before, tiles_total
+
+
+@triton.jit
+def _gemm_tile(
+    a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, offsets_ptr, out_ptr,
+    total_m, n, k, num_experts,
+    stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+    m_tile, n_tile,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
+    EXPERT_CHUNK: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr,
+):
+    expert, tiles_before, _ = _locate_row_tile(offsets_ptr, num_experts, m_tile, BLOCK_M, EXPERT_CHUNK)
+    if expert < num_experts:
+        row_lo = tl.minimum(tl.maximum(tl.load(offsets_ptr + expert).to(tl.int32), 0), total_m)
+        row_hi = tl.minimum(tl.maximum(tl.load(offsets_ptr + expert + 1).to(tl.int32), row_lo), total_m)
+        rows = row_lo + (m_tile - tiles_before) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < row_hi
+        col_ok = cols < n
+        rows64 = rows.to(tl.int64)
+        cols64 = cols.to(tl.int64)
+        expert64 = expert.to(tl.int64)
+        kk = tl.arange(0, BLOCK_K)
+
+        a_ptrs = a_ptr + rows64[:, None] * stride_am + kk[None, :]
+        b_ptrs = b_ptr + expert64 * stride_be + cols64[:, None] * stride_bn + kk[None, :]
+        a_scale_ptrs = a_scale_ptr + rows64 * stride_asm
+        b_scale_ptrs = b_scale_ptr + expert64 * stride_bse + (cols64 // SCALE_BLOCK) * stride_bsn
+
+        # ---- K loop: FP8 product of one K block, then both scales in float32 ----
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for kb in range(0, tl.cdiv(k, BLOCK_K)):
+            if EVEN_K:  # k % BLOCK_K == 0: no K mask to compute
+                a_tile = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+                b_tile = tl.load(b_ptrs, mask=col_ok[:, None], other=0.0)
+            else:
+                k_ok = kk < k - kb * BLOCK_K
+                a_tile = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                b_tile = tl.load(b_ptrs, mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+            if UPCAST:  # no FP8 tensor cores below sm_89; e4m3 -> bf16 is exact
+                a_tile = a_tile.to(tl.bfloat16)
+                b_tile = b_tile.to(tl.bfloat16)
+            partial = tl.dot(a_tile, tl.trans(b_tile))
+            scale_group = (kb * BLOCK_K) // SCALE_BLOCK
+            a_s = tl.load(a_scale_ptrs + scale_group, mask=row_ok, other=0.0)
+            b_s = tl.load(b_scale_ptrs + scale_group, mask=col_ok, other=0.0)
+            acc += partial * a_s[:, None] * b_s[None, :]
+            a_ptrs += BLOCK_K
+            b_ptrs += BLOCK_K
+
+        # ---- epilogue: only this expert's rows, only real columns ----
+        if SOFTWARE_BF16_ROUNDING:
+            acc = _round_to_bf16_bits(acc)
+        out_ptrs = out_ptr + rows64[:, None] * stride_om + cols64[None, :]
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
 def grouped_gemm_fp8_kernel(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, offsets_ptr, out_ptr,
@@ -45,65 +125,25 @@ def grouped_gemm_fp8_kernel(
     # strides, in elements (the innermost stride of every tensor is 1)
     stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
     # meta-parameters
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SCALE_BLOCK: tl.constexpr, EXPERT_CHUNK: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
+    EXPERT_CHUNK: tl.constexpr, PERSISTENT: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
+    SOFTWARE_BF16_ROUNDING: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-
-    # ---- 1. find this program's expert and row tile: a chunked scan over the offsets ----
-    expert = 0
-    tiles_before = 0  # row tiles of the experts before `expert`
-    tiles_seen = 0  # row tiles of all the chunks scanned so far
-    for chunk_start in range(0, num_experts, EXPERT_CHUNK):
-        e_idx = chunk_start + tl.arange(0, EXPERT_CHUNK)
-        in_range = e_idx < num_experts
-        lo = tl.load(offsets_ptr + e_idx, mask=in_range, other=0).to(tl.int32)
-        hi = tl.load(offsets_ptr + e_idx + 1, mask=in_range, other=0).to(tl.int32)
-        tiles = tl.where(in_range, tl.cdiv(tl.maximum(hi - lo, 0), BLOCK_M), 0)
-        tiles_end = tiles_seen + tl.cumsum(tiles, 0)
-        before = in_range & (tiles_end <= pid_m)  # a prefix: tiles_end never decreases
-        expert += tl.sum(before.to(tl.int32), 0)
-        tiles_before += tl.sum(tl.where(before, tiles, 0), 0)
-        tiles_seen += tl.sum(tiles, 0)
-    if expert >= num_experts:
-        return
-
-    row_lo = tl.minimum(tl.maximum(tl.load(offsets_ptr + expert).to(tl.int32), 0), total_m)
-    row_hi = tl.minimum(tl.maximum(tl.load(offsets_ptr + expert + 1).to(tl.int32), row_lo), total_m)
-    rows = row_lo + (pid_m - tiles_before) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < row_hi
-    col_ok = cols < n
-    rows64 = rows.to(tl.int64)
-    cols64 = cols.to(tl.int64)
-    expert64 = expert.to(tl.int64)
-    kk = tl.arange(0, BLOCK_K)
-
-    a_ptrs = a_ptr + rows64[:, None] * stride_am + kk[None, :]
-    b_ptrs = b_ptr + expert64 * stride_be + cols64[:, None] * stride_bn + kk[None, :]
-    a_scale_ptrs = a_scale_ptr + rows64 * stride_asm
-    b_scale_ptrs = b_scale_ptr + expert64 * stride_bse + (cols64 // SCALE_BLOCK) * stride_bsn
-
-    # ---- 2. K loop: FP8 product of one K block, then both scales in float32 ----
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kb in range(0, tl.cdiv(k, BLOCK_K)):
-        k_ok = kk < k - kb * BLOCK_K
-        a_tile = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        b_tile = tl.load(b_ptrs, mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-        if UPCAST:  # no FP8 tensor cores below sm_89; e4m3 -> bf16 is exact
-            a_tile = a_tile.to(tl.bfloat16)
-            b_tile = b_tile.to(tl.bfloat16)
-        partial = tl.dot(a_tile, tl.trans(b_tile))
-        scale_group = (kb * BLOCK_K) // SCALE_BLOCK
-        a_s = tl.load(a_scale_ptrs + scale_group, mask=row_ok, other=0.0)
-        b_s = tl.load(b_scale_ptrs + scale_group, mask=col_ok, other=0.0)
-        acc += partial * a_s[:, None] * b_s[None, :]
-        a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
-
-    # ---- 3. epilogue: only this expert's rows, only real columns ----
-    if SOFTWARE_BF16_ROUNDING:
-        acc = _round_to_bf16_bits(acc)
-    out_ptrs = out_ptr + rows64[:, None] * stride_om + cols64[None, :]
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    if PERSISTENT:
+        _, _, m_tiles = _locate_row_tile(offsets_ptr, num_experts, 0, BLOCK_M, EXPERT_CHUNK)
+        n_tiles = tl.cdiv(n, BLOCK_N)
+        tiles = m_tiles * n_tiles
+    else:
+        tiles = 1
+    for tile in range(tl.program_id(0) if PERSISTENT else 0, tiles, tl.num_programs(0) if PERSISTENT else 1):
+        if PERSISTENT:
+            m_tile = tile % m_tiles
+            n_tile = tile // m_tiles
+        else:
+            m_tile = tl.program_id(0)
+            n_tile = tl.program_id(1)
+        _gemm_tile(
+            a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, offsets_ptr, out_ptr, total_m, n, k, num_experts,
+            stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om, m_tile, n_tile,
+            BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EXPERT_CHUNK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+        )

@@ -23,6 +23,7 @@ class TileConfig:
     block_k: int
     num_warps: int
     num_stages: int
+    programs_per_sm: int = 0  # > 0: a persistent grid of this many programs per SM; 0: one program per tile
 
     def __post_init__(self):
         # one scale group per K block; tl.dot needs every tile side >= 16
@@ -50,26 +51,34 @@ def choose_config(problem: Problem) -> TileConfig:
 
 
 @functools.lru_cache(maxsize=None)
-def _has_fp8_tensor_cores(device: torch.device) -> bool:
+def _device_facts(device: torch.device) -> tuple[bool, int]:
+    """(FP8 tensor cores?, SM count) of the tensors' device; the interpreter computes FP8 dots itself."""
     if device.type != "cuda":
-        return True  # the interpreter computes FP8 dots on the CPU
-    return torch.cuda.get_device_capability(device) >= (8, 9)
+        return True, 1
+    props = torch.cuda.get_device_properties(device)
+    return (props.major, props.minor) >= (8, 9), props.multi_processor_count
 
 
 def grouped_gemm_triton(problem: Problem, a, a_scale, b, b_scale, expert_offsets, out, *, upcast=None, config=None) -> None:
     """Launch on already validated inputs. ``upcast`` forces (True) or forbids (False) the bf16 path;
     ``config`` overrides the tile table (for tuning)."""
     config = config or choose_config(problem)
-    if upcast is None:
-        upcast = not _has_fp8_tensor_cores(problem.device)
+    fp8_cores, sm_count = _device_facts(problem.device)
     num_experts = problem.num_experts
-    grid = (cdiv(problem.total_m, config.block_m) + num_experts, cdiv(problem.n, config.block_n))
+    row_tiles_bound = cdiv(problem.total_m, config.block_m) + num_experts
+    col_tiles = cdiv(problem.n, config.block_n)
+    persistent = config.programs_per_sm > 0
+    if persistent:
+        grid = (min(sm_count * config.programs_per_sm, row_tiles_bound * col_tiles),)
+    else:
+        grid = (row_tiles_bound, col_tiles)
     grouped_gemm_fp8_kernel[grid](
         a, a_scale, b, b_scale, expert_offsets, out,
         problem.total_m, problem.n, problem.k, num_experts,
         a.stride(0), a_scale.stride(0), b.stride(0), b.stride(1), b_scale.stride(0), b_scale.stride(1), out.stride(0),
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        SCALE_BLOCK=SCALE_BLOCK, EXPERT_CHUNK=min(max(triton.next_power_of_2(num_experts), 16), 1024), UPCAST=upcast,
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SCALE_BLOCK=SCALE_BLOCK,
+        EXPERT_CHUNK=min(max(triton.next_power_of_2(num_experts), 128), 1024), PERSISTENT=persistent,
+        EVEN_K=problem.k % config.block_k == 0, UPCAST=not fp8_cores if upcast is None else upcast,
         SOFTWARE_BF16_ROUNDING=problem.device.type == "cpu" and problem.out_dtype == torch.bfloat16,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )

@@ -1,0 +1,134 @@
+// The two ways the library maps the MoE product onto a CUTLASS grouped GEMM, and the per-expert arrays
+// the preparation kernel writes for them. Shared by the C API (which writes the arrays) and every kernel
+// translation unit (which reads them), so both sides use one set of types.
+//
+// CUTLASS computes, per group, D (M x N) = A (M x K) . B (N x K)^T with A and B K-major.
+//   normal  (SwapAB = false): A = tokens  (m x k), B = weights (n x k), D = out rows, row-major (m x n)
+//   swapped (SwapAB = true) : A = weights (n x k), B = tokens  (m x k), D = out rows seen as n x m
+//                             column-major, which is the same memory as row-major m x n.
+// Scales keep the caller's layouts (no copy, no transpose): a_scale is (m, k/128) with K contiguous and
+// b_scale[e] is (n/128, k/128) with K contiguous, i.e. both are K-major scale-factor tensors.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/detail/blockwise_scale_layout.hpp"
+#include "cutlass/detail/layout.hpp"
+#include "cutlass/gemm/group_array_problem_shape.hpp"
+#include "cutlass/layout/matrix.h"
+#include "cutlass/numeric_types.h"
+#include "cutlass/util/packed_stride.hpp"
+
+namespace es_dual {
+
+constexpr int kScaleBlock = 128;  // elements of K (and of weight N) per scale: the tensor contract
+constexpr int kMaxBuckets = 8;    // upper bound on rows of one bucket table (checked by the generator)
+constexpr int kMaxDevices = 64;   // per-device caches are arrays of this size
+
+using ProblemShape = cutlass::gemm::GroupProblemShape<cute::Shape<int, int, int>>;  // (M, N, K) per group
+using GroupShape = ProblemShape::UnderlyingProblemShape;
+
+template <bool SwapAB>
+struct Operands {
+  using ElementA = cutlass::float_e4m3_t;
+  using ElementB = cutlass::float_e4m3_t;
+  using ElementScale = float;
+  using LayoutA = cutlass::layout::RowMajor;     // M x K, K contiguous
+  using LayoutB = cutlass::layout::ColumnMajor;  // (K x N in BLAS terms) = N x K, K contiguous
+  using LayoutD = cute::conditional_t<SwapAB, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>;
+
+  // Scale granularity along the CUTLASS problem's (M, N, K): tokens have one scale per row, weights one
+  // per 128 rows; both one per 128 of K.
+  static constexpr int kScaleM = SwapAB ? kScaleBlock : 1;
+  static constexpr int kScaleN = SwapAB ? 1 : kScaleBlock;
+  using ScaleConfig = cutlass::detail::Sm90BlockwiseScaleConfig<kScaleM, kScaleN, kScaleBlock,
+                                                                cute::GMMA::Major::K, cute::GMMA::Major::K>;
+  using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
+  using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
+
+  // Per-group strides of a grouped GEMM (layout tags given as pointers: one stride per group, L = 0).
+  using StrideA = cute::remove_pointer_t<cutlass::detail::TagToStrideA_t<LayoutA*>>;
+  using StrideB = cute::remove_pointer_t<cutlass::detail::TagToStrideB_t<LayoutB*>>;
+  using StrideD = cute::remove_pointer_t<cutlass::detail::TagToStrideC_t<LayoutD*>>;
+};
+
+// Per-expert arrays (E entries each) in the workspace, for one orientation.
+template <bool SwapAB>
+struct GroupArrays {
+  using Ops = Operands<SwapAB>;
+  const typename Ops::ElementA** ptr_A;
+  const typename Ops::ElementB** ptr_B;
+  const float** ptr_SFA;
+  const float** ptr_SFB;
+  void** ptr_D;  // ElementD* for the kernel's output type
+  typename Ops::StrideA* stride_A;
+  typename Ops::StrideB* stride_B;
+  typename Ops::StrideD* stride_D;
+  typename Ops::LayoutSFA* layout_SFA;
+  typename Ops::LayoutSFB* layout_SFB;
+
+  // Lays the arrays out from `base` (nullptr: only measures) and returns the bytes they take.
+  size_t carve(uint8_t* base, int num_experts) {
+    size_t off = 0;
+    take(ptr_A, base, off, num_experts), take(ptr_B, base, off, num_experts);
+    take(ptr_SFA, base, off, num_experts), take(ptr_SFB, base, off, num_experts);
+    take(ptr_D, base, off, num_experts);
+    take(stride_A, base, off, num_experts), take(stride_B, base, off, num_experts);
+    take(stride_D, base, off, num_experts);
+    take(layout_SFA, base, off, num_experts), take(layout_SFB, base, off, num_experts);
+    return off;
+  }
+
+ private:
+  template <class T>
+  static void take(T*& field, uint8_t* base, size_t& off, int num_experts) {
+    off = (off + 15) / 16 * 16;
+    field = base ? reinterpret_cast<T*>(base + off) : nullptr;
+    off += sizeof(T) * size_t(num_experts);
+  }
+};
+
+// What the C API hands one kernel instantiation for one launch.
+struct LaunchArgs {
+  int num_experts;
+  GroupShape* problem_sizes;  // device, E entries, masked for this bucket
+  GroupArrays<false> normal;
+  GroupArrays<true> swapped;
+  void* workspace;            // this launch's CUTLASS workspace (tensor maps)
+  int device;
+  int sm_count;
+  cudaStream_t stream;
+  bool programmatic;          // launch with programmatic stream serialization (PDL)
+
+  template <bool SwapAB>
+  const GroupArrays<SwapAB>& arrays() const {
+    if constexpr (SwapAB) return swapped; else return normal;
+  }
+};
+
+// One compiled kernel instantiation, as the generated table lists it.
+struct KernelEntry {
+  const char* name;
+  bool swap_ab;
+  size_t (*workspace_bytes)(int num_experts, int sm_count);
+  const char* (*run)(const LaunchArgs& args);  // nullptr when launched, else a static error text
+};
+
+struct BucketRow {
+  const char* name;
+  int32_t max_tokens;              // experts with previous.max_tokens < m <= max_tokens
+  const KernelEntry* kernels[2];   // indexed by out_dtype
+};
+
+struct ModeTable {
+  const char* name;
+  int num_buckets;
+  BucketRow buckets[kMaxBuckets];
+};
+
+}  // namespace es_dual

@@ -1,0 +1,212 @@
+"""The one table of the CUTLASS backend: kernel configurations and the expert-specialization buckets.
+
+Everything else reads this file: ``generate.py`` writes one C++ translation unit per (kernel config x
+output dtype) and the routing table the device preparation kernel uses; the tests read the bucket
+boundaries from here. Nothing in ``csrc/`` repeats a number that lives here.
+
+``MODES`` are the production tables (mode 0 "es", mode 1 "single"); ``TUNING_MODES`` are candidates
+compiled only into a tuning build (``ES_DUAL_TUNING=1``, see generate.py) and compared by
+``benchmarks/cutlass_tables.py``; ``DEFAULT_OVERLAP`` is how the bucket kernels of a call are enqueued.
+
+An expert with ``m`` tokens (``m > 0``) goes to the first bucket whose ``max_tokens`` is >= m (the
+last bucket has ``max_tokens=None``: no upper bound). Experts with no tokens go nowhere.
+
+Swap-AB (``swap_ab=True``) computes ``out_e^T = B_e @ A_e^T``: the expert's weights (n x k) become
+CUTLASS's A operand and its tokens CUTLASS's B operand, so a decode-sized expert (a handful of tokens)
+fills the small N side of the tile instead of wasting most of a 128-row M side. The output is then
+n x m column-major, which is ``out`` row-major, so no transpose is written.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEDULES = ("cooperative", "pingpong")
+SCALE_BLOCK = 128  # K (and weight-N) elements per scale: fixed by the tensor contract
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """One CUTLASS SM90 FP8 blockwise grouped GEMM instantiation (one translation unit per out dtype)."""
+
+    tile_m: int
+    tile_n: int
+    tile_k: int
+    cluster_m: int
+    cluster_n: int
+    schedule: str
+    swap_ab: bool
+
+    def __post_init__(self):
+        reasons = self.invalid_reasons()
+        if reasons:
+            raise ValueError(f"invalid KernelConfig {self}: " + "; ".join(reasons))
+
+    def invalid_reasons(self) -> list[str]:
+        """Every constraint of the SM90 blockwise mainloop we instantiate, in one predicate."""
+        r = []
+        if self.schedule not in SCHEDULES:
+            r.append(f"schedule must be one of {SCHEDULES}")
+        if self.tile_k != SCALE_BLOCK:
+            r.append("tile_k must equal the K scale block (128): one scale per K tile")
+        # the weights' side of the tile must hold whole 128-row scale blocks
+        weight_side = self.tile_m if self.swap_ab else self.tile_n
+        if weight_side % SCALE_BLOCK:
+            r.append(f"the weights' tile side ({weight_side}) must be a multiple of {SCALE_BLOCK}")
+        # CUTLASS 4.2 (fp8_accumulation.hpp) static_asserts that the B scales of a tile have the
+        # accumulator's shape, which fails when tile N spans two 128-wide weight scale blocks
+        # (128x256 does not compile); swap-AB puts a 256-wide weight side on M, which compiles.
+        if not self.swap_ab and self.tile_n > SCALE_BLOCK:
+            r.append(f"without swap-AB tile_n must be <= {SCALE_BLOCK} (one weight scale block along N)")
+        if self.schedule == "cooperative" and self.tile_m < 128:
+            r.append("cooperative needs tile_m >= 128 (two consumer warp groups split M)")
+        if self.tile_n % 8 or not 8 <= self.tile_n <= 256:
+            r.append("tile_n must be a multiple of 8 in [8, 256] (WGMMA N)")
+        if self.cluster_m * self.cluster_n not in (1, 2, 4):
+            r.append("cluster size must be 1, 2 or 4")
+        return r
+
+    @property
+    def name(self) -> str:
+        sched = {"cooperative": "coop", "pingpong": "pp"}[self.schedule]
+        swap = "_swapab" if self.swap_ab else ""
+        return (
+            f"t{self.tile_m}x{self.tile_n}x{self.tile_k}_c{self.cluster_m}x{self.cluster_n}_{sched}{swap}"
+        )
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Experts with max_tokens(previous bucket) < m <= max_tokens run with ``config``."""
+
+    name: str
+    max_tokens: int | None  # None: no upper bound (must be the last bucket)
+    config: KernelConfig
+    note: str  # what was measured, against what, on which card
+
+
+def coop(tile_m: int, tile_n: int, cluster: tuple[int, int] = (1, 1), swap_ab: bool = False) -> KernelConfig:
+    """A cooperative kernel with the K tile of one scale block: the shape every table row uses so far."""
+    return KernelConfig(tile_m, tile_n, SCALE_BLOCK, *cluster, "cooperative", swap_ab)
+
+
+def table(*rows: tuple) -> tuple[Bucket, ...]:
+    """Buckets from (name, max_tokens, config, note) rows, in routing order."""
+    return tuple(Bucket(*row) for row in rows)
+
+
+_SEED = "seed table, not yet measured (compiles as given with CUTLASS 4.2)"
+
+# --- Expert specialization (mode 0) -------------------------------------------------------------------
+# Seed table (the Hopper table of the design this project started from). Rows are tried in order.
+BUCKETS: tuple[Bucket, ...] = table(
+    ("decode", 32, coop(256, 32, (2, 1), swap_ab=True), _SEED),
+    ("small", 64, coop(256, 64, (2, 1), swap_ab=True), _SEED),
+    ("large", None, coop(128, 128, (1, 2)), _SEED),
+)
+
+# --- Single configuration (mode 1): every expert in one grouped GEMM, the non-specialized baseline ---
+# Same kernel as the "large" bucket, so ES vs single isolates what the routing buys.
+SINGLE = Bucket(
+    "single",
+    None,
+    coop(128, 128, (1, 2)),
+    note="baseline: one 128x128x128 cooperative grouped GEMM for every expert",
+)
+
+# Output dtypes: name in the C API order (out_dtype argument 0, 1), C++ element type.
+OUT_DTYPES: tuple[tuple[str, str], ...] = (("bf16", "cutlass::bfloat16_t"), ("fp16", "cutlass::half_t"))
+
+# The production modes, in the order of the library's mode argument (0, 1).
+MODES: tuple[tuple[str, tuple[Bucket, ...]], ...] = (("es", BUCKETS), ("single", (SINGLE,)))
+
+# How the bucket kernels of one call are enqueued (the C API's overlap argument, csrc/es_dual.h). They
+# depend on the preparation kernel only, not on each other.
+OVERLAPS = {
+    0: "serial",   # back to back on the caller's stream
+    1: "streams",  # fork/join: bucket 0 on the caller's stream, the others on internal streams
+    2: "pdl",      # back to back, buckets after the first with programmatic dependent launch
+}
+DEFAULT_OVERLAP = 0  # production choice: not yet measured against 1 and 2
+
+# --- Tuning tables: compiled only when ES_DUAL_TUNING=1 at build time (after MODES, in this order) -----
+# Candidates against the measured losses of the seed table on one H200: the persistent bucket kernels
+# run one after the other (a wave tail and a launch gap each); 256-row swap-AB tiles give few tiles per
+# expert (n = 768: 3), so wave quantization wastes up to a third of a kernel, where 128-row weight
+# tiles balance better; 2x1 clusters multicast the tiny token tile, which saves next to nothing.
+# Kernels that no production mode uses are compiled for bf16 output only.
+_T128 = "128-row weight tile: twice the tiles of 256 rows per expert, finer waves; no cluster"
+_LARGE = "production large bucket (128x128, cluster 1x2)"
+TUNING_MODES: tuple[tuple[str, tuple[Bucket, ...]], ...] = (
+    ("t128", table(
+        ("decode", 32, coop(128, 32, swap_ab=True), _T128),
+        ("small", 64, coop(128, 64, swap_ab=True), _T128),
+        ("large", None, coop(128, 128, (1, 2)), _LARGE),
+    )),
+    ("t128_16", table(
+        ("tiny", 16, coop(128, 16, swap_ab=True), _T128 + "; a 16-token tile wastes less on 1-16 tokens"),
+        ("decode", 32, coop(128, 32, swap_ab=True), _T128),
+        ("small", 64, coop(128, 64, swap_ab=True), _T128),
+        ("large", None, coop(128, 128, (1, 2)), _LARGE),
+    )),
+    ("two", table(
+        ("small", 64, coop(128, 64, swap_ab=True), _T128 + "; one launch fewer than t128"),
+        ("large", None, coop(128, 128, (1, 2)), _LARGE),
+    )),
+    ("two32", table(
+        ("decode", 32, coop(128, 32, swap_ab=True), _T128 + "; 33-64 tokens go to the large bucket"),
+        ("large", None, coop(128, 128, (1, 2)), _LARGE),
+    )),
+    ("t128_c1", table(
+        ("decode", 32, coop(128, 32, swap_ab=True), _T128),
+        ("small", 64, coop(128, 64, swap_ab=True), _T128),
+        ("large", None, coop(128, 128), "large bucket without a cluster: does 1x2 multicast pay?"),
+    )),
+    ("t256_c1", table(
+        ("decode", 32, coop(256, 32, swap_ab=True), "seed decode tile without its 2x1 cluster"),
+        ("small", 64, coop(256, 64, swap_ab=True), "seed small tile without its 2x1 cluster"),
+        ("large", None, coop(128, 128, (1, 2)), _LARGE),
+    )),
+    ("single_c1", table(
+        ("single", None, coop(128, 128), "the single baseline without a cluster"),
+    )),
+    ("single_256", table(
+        ("single", None, coop(256, 128, swap_ab=True),
+         "256x128 tile (weights x tokens) for the compute-bound case (balanced_big); 128x256 without "
+         "swap-AB is rejected by CUTLASS 4.2"),
+    )),
+)
+
+
+def check_table() -> None:
+    """The table's own invariants (also run by the tests)."""
+    names = [mode for mode, _ in (*MODES, *TUNING_MODES)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"mode names must be unique, got {names}")
+    for mode, buckets in (*MODES, *TUNING_MODES):
+        bounds = [b.max_tokens for b in buckets]
+        if bounds[-1] is not None or any(x is None for x in bounds[:-1]):
+            raise ValueError(f"{mode}: only the last bucket may (and must) have max_tokens=None")
+        finite = bounds[:-1]
+        if finite != sorted(set(finite)) or (finite and finite[0] < 1):
+            raise ValueError(f"{mode}: max_tokens must be strictly increasing and >= 1, got {bounds}")
+        if len({b.name for b in buckets}) != len(buckets):
+            raise ValueError(f"{mode}: bucket names must be unique")
+    if DEFAULT_OVERLAP not in OVERLAPS:
+        raise ValueError(f"DEFAULT_OVERLAP must be one of {list(OVERLAPS)}, got {DEFAULT_OVERLAP}")
+
+
+def kernel_configs(modes=MODES) -> tuple[KernelConfig, ...]:
+    """Distinct kernel configurations of ``modes``, in table order (one TU each per out dtype)."""
+    seen: dict[KernelConfig, None] = {}
+    for _, buckets in modes:
+        for b in buckets:
+            seen.setdefault(b.config)
+    return tuple(seen)
+
+
+def boundaries() -> tuple[int, ...]:
+    """Token counts at which the ES routing changes bucket (the finite max_tokens)."""
+    return tuple(b.max_tokens for b in BUCKETS if b.max_tokens is not None)
+
+
+check_table()

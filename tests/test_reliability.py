@@ -1,0 +1,124 @@
+"""Reliability on the GPU: fuzzing at scale, bit-exact agreement, isolation, 64-bit sizes, determinism.
+
+Run at scale with HYPOTHESIS_PROFILE=fuzz (5,000 examples per hypothesis test); docs/reliability.md
+gives the commands and the figures. Every test needs a CUDA GPU; the CPU side of these properties is
+covered by test_triton.py and test_validation.py under the interpreter.
+"""
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import es_dual
+from es_dual.cutlass import buckets
+from es_dual.dispatch import available_backends
+from es_dual.triton_ref.launch import TILE_CONFIGS
+from support import assert_matches, make_inputs, offsets_of, poisoned_out, reference64, routings, run_backend
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+GPU = torch.device("cuda", 0) if torch.cuda.is_available() else None
+FAST = [b for b in ("cutlass", "cutlass_single", "triton") if GPU is not None and b in available_backends(GPU)]
+# every boundary where a backend changes tile or bucket: the CUTLASS buckets and the Triton row tiles
+BOUNDARIES = tuple(sorted(set(buckets.boundaries()) | {c.block_m for c in TILE_CONFIGS} | {128, 256}))
+MAX_EXPERTS, MAX_TOKENS, MAX_TOTAL = 1024, 4096, 65536
+FUZZ_N = (128, 256, 384, 1024)
+FUZZ_K = (128, 256, 512, 1024, 2064)
+
+
+@st.composite
+def fuzz_routings(draw):
+    """Mostly moderate expert counts, a fifth of the cases up to 1024 experts, totals up to 65,536 rows."""
+    many = draw(st.integers(0, 4)) == 0
+    return draw(routings(MAX_EXPERTS if many else 64, MAX_TOKENS, BOUNDARIES, max_total=MAX_TOTAL))
+
+
+@pytest.mark.parametrize("backend", FAST)
+@given(counts=fuzz_routings(), n=st.sampled_from(FUZZ_N), k=st.sampled_from(FUZZ_K),
+       out_dtype=st.sampled_from([torch.bfloat16, torch.float16]), seed=st.integers(0, 2**31 - 1))
+def test_fuzz_against_reference(backend, counts, n, k, out_dtype, seed):
+    inputs = make_inputs(counts, n, k, seed, GPU)
+    assert_matches(run_backend(inputs, out_dtype, backend), reference64(inputs))
+
+
+@given(counts=fuzz_routings(), n=st.sampled_from(FUZZ_N), k=st.sampled_from(FUZZ_K), seed=st.integers(0, 2**31 - 1))
+def test_fuzz_exact_inputs_bit_equal_across_backends(counts, n, k, seed):
+    inputs = make_inputs(counts, n, k, seed, GPU, exact=True)
+    expected = run_backend(inputs, torch.bfloat16, "reference")
+    for backend in FAST:
+        assert torch.equal(run_backend(inputs, torch.bfloat16, backend), expected), backend
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("poison", ["a", "a_scale", "b", "b_scale"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_stays_in_its_expert(backend, poison, value):
+    """NaN or Inf in one expert's tokens, token scales, weights or weight scales reaches that expert's
+    rows and no other row."""
+    counts = [37, 0, 70, 5, 300, 1]
+    if poison in ("a", "b") and value == float("inf"):
+        pytest.skip("float8_e4m3fn has no infinity; NaN covers the FP8 data")
+    inputs = make_inputs(counts, 256, 512, seed=3, device=GPU)
+    offs = offsets_of(counts, "cpu").tolist()
+    e = 2  # the poisoned expert
+    rows = slice(offs[e], offs[e + 1])
+    if poison in ("a", "a_scale"):
+        inputs[poison][rows] = value
+    else:
+        inputs[poison][e] = value
+    out = run_backend(inputs, torch.bfloat16, backend).cpu()
+    mine = torch.zeros(out.shape[0], dtype=torch.bool)
+    mine[rows] = True
+    assert not torch.isfinite(out[mine]).all(), "the poisoned expert's rows should not be finite"
+    assert torch.isfinite(out[~mine]).all(), "a non-finite value leaked into another expert's rows"
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_two_calls_are_bit_identical(backend):
+    inputs = make_inputs([0, 1, 33, 64, 65, 129, 700, 0, 12], 1024, 2048, seed=9, device=GPU)
+    first = run_backend(inputs, torch.bfloat16, backend)
+    second = run_backend(inputs, torch.bfloat16, backend)
+    assert torch.equal(first, second)
+
+
+def _rows_reference(inputs, rows_of_expert) -> dict:
+    """float64 reference for a few rows of some experts only (full references do not fit these sizes)."""
+    from es_dual.quant import dequantize_per_block, dequantize_per_token_group
+
+    result = {}
+    for e, rows in rows_of_expert.items():
+        w = dequantize_per_block(inputs["b"][e], inputs["b_scale"][e]).double()
+        x = dequantize_per_token_group(inputs["a"][rows], inputs["a_scale"][rows]).double()
+        result[e] = (rows, x @ w.T)
+    return result
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("case", ["weights_past_2G", "tokens_past_2G"])
+def test_offsets_past_2_pow_31_elements(backend, case):
+    """E * n * k > 2^31 (the last expert's weights start past 2 GiB) and total_m * k > 2^31 (the last
+    rows of a start past 2 GiB): 32-bit element offsets would wrap and read the wrong memory."""
+    if case == "weights_past_2G":
+        num_experts, n, k = 70, 4096, 7680  # 70 * 4096 * 7680 = 2.2e9 elements
+        counts = [0] * (num_experts - 2) + [40, 3]
+    else:
+        num_experts, n, k = 4, 256, 7168
+        counts = [1, 0, 300_000, 3]  # total_m * k = 2.15e9
+    g = torch.Generator(device=GPU).manual_seed(1)
+    total_m = sum(counts)
+    a = torch.randint(-8, 9, (total_m, k), generator=g, device=GPU, dtype=torch.int8).to(torch.float8_e4m3fn)
+    b = torch.randint(-8, 9, (num_experts, n, k), generator=g, device=GPU, dtype=torch.int8).to(torch.float8_e4m3fn)
+    inputs = dict(
+        a=a, a_scale=torch.rand(total_m, k // 128, generator=g, device=GPU) + 0.5,
+        b=b, b_scale=torch.rand(num_experts, n // 128, k // 128, generator=g, device=GPU) + 0.5,
+        expert_offsets=offsets_of(counts, GPU),
+    )
+    out = run_backend(inputs, torch.bfloat16, backend)
+    offs = offsets_of(counts, "cpu").tolist()
+    # the last two experts with tokens: the highest weight addresses and the highest rows (at most 64 each)
+    checked = [e for e, c in enumerate(counts) if c][-2:]
+    rows_of_expert = {e: slice(max(offs[e], offs[e + 1] - 64), offs[e + 1]) for e in checked}
+    for e, (rows, ref) in _rows_reference(inputs, rows_of_expert).items():
+        got = out[rows].double()
+        rel = ((got - ref).norm() / ref.norm()).item()
+        assert rel < 2.0**-8, f"expert {e}: relative error {rel:.3g}"
