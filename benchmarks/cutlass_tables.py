@@ -32,7 +32,8 @@ import es_dual  # noqa: E402
 from es_dual.accuracy import relative_errors, tolerance  # noqa: E402
 from es_dual.bench.timing import copy_bandwidth, fp8_matmul_rate, time_us  # noqa: E402
 from es_dual.bench.workloads import PUBLIC_WORKLOADS  # noqa: E402
-from es_dual.cutlass import buckets, grouped_gemm_cutlass, loader  # noqa: E402
+from es_dual.cutlass import buckets, loader  # noqa: E402
+from es_dual.cutlass.launch import grouped_gemm_cutlass  # noqa: E402
 
 BASELINE = ("single", 0)
 CSV_COLUMNS = ("workload", "mode", "overlap", "overlap_name", "us", "floor_us", "pct_floor", "max_rel_err",

@@ -74,7 +74,7 @@ def _triton_availability(device: torch.device) -> list[str]:
 
 
 def _cutlass_availability(device: torch.device) -> list[str]:
-    from .cutlass import library_reasons
+    from .cutlass.launch import library_reasons
 
     return library_reasons()
 
@@ -93,7 +93,7 @@ def _run_triton(problem, a, a_scale, b, b_scale, expert_offsets, out):
 
 def _run_cutlass(single: bool) -> Callable:
     def run(problem, a, a_scale, b, b_scale, expert_offsets, out):
-        from .cutlass import grouped_gemm_cutlass
+        from .cutlass.launch import grouped_gemm_cutlass
 
         grouped_gemm_cutlass(a, a_scale, b, b_scale, expert_offsets, out, single=single)
 

@@ -11,7 +11,7 @@ if not torch.cuda.is_available():
 
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("ci", max_examples=100, **_common)  # CPU interpreter: small shapes, CI budget
-settings.register_profile("gpu", max_examples=300, **_common)
+settings.register_profile("gpu", max_examples=200, **_common)
 settings.register_profile("dev", max_examples=20, **_common)
 settings.register_profile("fuzz", max_examples=5000, **_common)  # tests/test_reliability.py on a GPU
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gpu" if torch.cuda.is_available() else "ci"))

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 import es_dual
 from es_dual.bench.workloads import seed_skew
-from es_dual.cutlass import buckets, grouped_gemm_cutlass, loader
+from es_dual.cutlass import buckets, loader
+from es_dual.cutlass.launch import grouped_gemm_cutlass
 from support import assert_close, assert_matches, offsets_of, poisoned_out, reference64, routings, run_backend
 from support import make_inputs as support_make_inputs
 
@@ -31,7 +32,7 @@ HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9,
 pytestmark = pytest.mark.skipif(not HOPPER, reason="needs a compute capability 9.0 GPU (the library is sm_90a)")
 
 BACKENDS = ("cutlass", "cutlass_single")
-MODE_OF = {"cutlass": "es", "cutlass_single": "single"}
+MODE_OF = {"cutlass": None, "cutlass_single": "single"}  # None: the production table for k
 OVERLAPS = (None, *buckets.OVERLAPS)  # None: through the public API (production default overlap)
 OUT_DTYPES = (torch.bfloat16, torch.float16)
 # bucket boundaries from the table, plus the 128-token tile edges of the large configuration

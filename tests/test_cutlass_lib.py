@@ -328,7 +328,7 @@ def test_version(lib):
 # --- Python side -----------------------------------------------------------------------------------------
 
 def test_library_is_usable(library_file):
-    from es_dual.cutlass import library_reasons
+    from es_dual.cutlass.launch import library_reasons
 
     assert library_reasons() == []
 

@@ -1,6 +1,6 @@
-"""CUTLASS SM90 backend: bucket table, build of csrc/, ctypes loader, launcher. torch is imported lazily."""
-from .build import library_path
-from .launch import grouped_gemm_cutlass, library_reasons
-from .loader import load_library
+"""CUTLASS SM90 backend: bucket table (buckets), generated C++ (generate), build of csrc/ (build), ctypes
+loader (loader), launcher (launch), what the dispatcher may claim (limits).
 
-__all__ = ["grouped_gemm_cutlass", "library_path", "library_reasons", "load_library"]
+Importing the package imports none of them (``python -m es_dual.cutlass.build`` runs the module fresh);
+torch is imported lazily inside the launcher.
+"""

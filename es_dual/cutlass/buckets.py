@@ -94,18 +94,40 @@ def table(*rows: tuple) -> tuple[Bucket, ...]:
     return tuple(Bucket(*row) for row in rows)
 
 
-_SEED = "seed table, not yet measured (compiles as given with CUTLASS 4.2)"
+# Measured on one H200 (docs/perf-notes.md, 2026-11-28, benchmarks/cutlass_tables.py, eager calls,
+# overlap = streams), µs on the public workloads, against the single configuration (128x128, cluster 1x2).
+_M_DECODE = ("128-row weight tiles: twice the tiles of the 256-row seed tile, so waves balance on "
+             "n = 512..4096; no cluster (the multicast operand, the token tile, is tiny). ds_gateup 296 vs "
+             "single 316, qwen_gateup 135 vs 139, qwen_down 106 vs 116, ds_decode_ep8 276 vs 296, "
+             "ds_decode_ep16 147 vs 163, decode_uniform8 243 vs 266; a 33-64 bucket (128x64) measured slower")
+_M_LARGE = ("128x128, cluster 1x2: without the cluster the same or slower on every workload "
+            "(t128_c1 vs t128); balanced_big 1827 vs single 1825")
+_M_SMALL_K = ("k <= 256: a K tile or two per output tile, so per-tile set-up and epilogue dominate and "
+              "256-row weight tiles (half the tiles) win: ds_down_prefill 236 vs 282 with 128-row tiles "
+              "and 348 single; at k = 384 128-row tiles win again (qwen_down 106 vs 110)")
 
-# --- Expert specialization (mode 0) -------------------------------------------------------------------
-# Seed table (the Hopper table of the design this project started from). Rows are tried in order.
+# --- Expert specialization -----------------------------------------------------------------------------
+# Rows are tried in order: an expert with m tokens runs in the first bucket whose max_tokens >= m.
 BUCKETS: tuple[Bucket, ...] = table(
-    ("decode", 32, coop(256, 32, (2, 1), swap_ab=True), _SEED),
-    ("small", 64, coop(256, 64, (2, 1), swap_ab=True), _SEED),
-    ("large", None, coop(128, 128, (1, 2)), _SEED),
+    ("decode", 32, coop(128, 32, swap_ab=True), _M_DECODE),
+    ("large", None, coop(128, 128, (1, 2)), _M_LARGE),
 )
+# For small K (the down projections of fine-grained experts) the seed table's larger weight tiles.
+BUCKETS_SMALL_K: tuple[Bucket, ...] = table(
+    ("decode", 32, coop(256, 32, (2, 1), swap_ab=True), _M_SMALL_K),
+    ("small", 64, coop(256, 64, (2, 1), swap_ab=True), _M_SMALL_K),
+    ("large", None, coop(128, 128, (1, 2)), _M_LARGE),
+)
+SMALL_K_MAX = 256  # k at or below which BUCKETS_SMALL_K is used (measured at k = 256 and 384)
 
-# --- Single configuration (mode 1): every expert in one grouped GEMM, the non-specialized baseline ---
-# Same kernel as the "large" bucket, so ES vs single isolates what the routing buys.
+
+def es_mode(k: int) -> str:
+    """The expert-specialized mode for a problem's k (known on the host, unlike the token counts)."""
+    return "es_small_k" if k <= SMALL_K_MAX else "es"
+
+
+# --- Single configuration: every expert in one grouped GEMM, the non-specialized baseline --------------
+# Same kernel as the "large" buckets, so ES vs single isolates what the routing buys.
 SINGLE = Bucket(
     "single",
     None,
@@ -116,8 +138,10 @@ SINGLE = Bucket(
 # Output dtypes: name in the C API order (out_dtype argument 0, 1), C++ element type.
 OUT_DTYPES: tuple[tuple[str, str], ...] = (("bf16", "cutlass::bfloat16_t"), ("fp16", "cutlass::half_t"))
 
-# The production modes, in the order of the library's mode argument (0, 1).
-MODES: tuple[tuple[str, tuple[Bucket, ...]], ...] = (("es", BUCKETS), ("single", (SINGLE,)))
+# The production modes, in the order of the library's mode argument (0, 1, 2).
+MODES: tuple[tuple[str, tuple[Bucket, ...]], ...] = (
+    ("es", BUCKETS), ("single", (SINGLE,)), ("es_small_k", BUCKETS_SMALL_K),
+)
 
 # How the bucket kernels of one call are enqueued (the C API's overlap argument, csrc/es_dual.h). They
 # depend on the preparation kernel only, not on each other.
@@ -126,7 +150,10 @@ OVERLAPS = {
     1: "streams",  # fork/join: bucket 0 on the caller's stream, the others on internal streams
     2: "pdl",      # back to back, buckets after the first with programmatic dependent launch
 }
-DEFAULT_OVERLAP = 0  # production choice: not yet measured against 1 and 2
+# Streams: fastest or equal on every public workload with two or three buckets (one H200, 2026-11-28):
+# the next bucket's CTAs fill the SMs that the previous bucket's wave tail leaves idle. PDL saves only the
+# launch gap (CUTLASS 4.2's grouped SM90 kernels never trigger their dependents early).
+DEFAULT_OVERLAP = 1
 
 # --- Tuning tables: compiled only when ES_DUAL_TUNING=1 at build time (after MODES, in this order) -----
 # Candidates against the measured losses of the seed table on one H200: the persistent bucket kernels
@@ -134,6 +161,7 @@ DEFAULT_OVERLAP = 0  # production choice: not yet measured against 1 and 2
 # expert (n = 768: 3), so wave quantization wastes up to a third of a kernel, where 128-row weight
 # tiles balance better; 2x1 clusters multicast the tiny token tile, which saves next to nothing.
 # Kernels that no production mode uses are compiled for bf16 output only.
+_SEED = "seed table"
 _T128 = "128-row weight tile: twice the tiles of 256 rows per expert, finer waves; no cluster"
 _LARGE = "production large bucket (128x128, cluster 1x2)"
 TUNING_MODES: tuple[tuple[str, tuple[Bucket, ...]], ...] = (
@@ -205,8 +233,8 @@ def kernel_configs(modes=MODES) -> tuple[KernelConfig, ...]:
 
 
 def boundaries() -> tuple[int, ...]:
-    """Token counts at which the ES routing changes bucket (the finite max_tokens)."""
-    return tuple(b.max_tokens for b in BUCKETS if b.max_tokens is not None)
+    """Token counts at which an ES routing changes bucket (the finite max_tokens of every ES table)."""
+    return tuple(sorted({b.max_tokens for table_ in (BUCKETS, BUCKETS_SMALL_K) for b in table_ if b.max_tokens}))
 
 
 check_table()

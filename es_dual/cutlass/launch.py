@@ -80,13 +80,13 @@ def mode_code(mode: str) -> int:
                          f"was built with; ES_DUAL_TUNING=1 builds add the tuning tables), got {mode!r}") from None
 
 
-def grouped_gemm_cutlass(a, a_scale, b, b_scale, expert_offsets, out, *, mode: str = "es",
+def grouped_gemm_cutlass(a, a_scale, b, b_scale, expert_offsets, out, *, mode: str | None = None,
                          overlap: int | None = None, single: bool = False) -> None:
     """Write ``out`` with the CUTLASS SM90 kernels of one mode of the bucket table.
 
-    mode: a mode name of the loaded library ("es": expert-specialized buckets, "single": one
-        configuration; a tuning build has more, see buckets.TUNING_MODES). ``single=True`` means
-        mode="single".
+    mode: a mode name of the loaded library ("es" / "es_small_k": expert-specialized buckets,
+        "single": one configuration; a tuning build has more, see buckets.TUNING_MODES). None: the
+        expert-specialized table for this k (buckets.es_mode). ``single=True`` means mode="single".
     overlap: how the bucket kernels are enqueued (buckets.OVERLAPS); None: buckets.DEFAULT_OVERLAP.
 
     The arguments are validated by the caller (es_dual.problem.check_inputs): contiguous, on one CUDA
@@ -96,10 +96,10 @@ def grouped_gemm_cutlass(a, a_scale, b, b_scale, expert_offsets, out, *, mode: s
     """
     torch, raw_stream, out_codes = _torch_hooks()
     lib = loader.load_library()
-    code = mode_code("single" if single else mode)
+    total_m, k = a.shape
+    code = mode_code("single" if single else mode or buckets.es_mode(k))
     if overlap is None:
         overlap = buckets.DEFAULT_OVERLAP
-    total_m, k = a.shape
     num_experts, n, _ = b.shape
     device = a.device
     index = device.index
