@@ -40,6 +40,8 @@ def _parse(argv):
     parser.add_argument("--quick", action="store_true", help="one small workload, short timing (a smoke test)")
     parser.add_argument("--csv", help="write one row per workload and provider to this CSV file")
     parser.add_argument("--plot", help="write a PNG of %% of floor per workload and provider")
+    parser.add_argument("--layer", action="store_true", help="benchmark the fused MoE layer instead "
+                        "(python -m es_dual.bench --layer --help for its options)")
     return parser.parse_args(argv)
 
 
@@ -216,6 +218,11 @@ def _plot(path, rows, title) -> None:
 
 
 def run(argv=None) -> list[dict]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--layer" in argv:  # the whole MoE layer instead of the grouped GEMM (es_dual/bench/layer.py)
+        from .layer import run_layer
+
+        return run_layer(argv)
     args = _parse(argv)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cpu":

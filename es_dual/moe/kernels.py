@@ -1,0 +1,168 @@
+"""The Triton kernels of the fused MoE layer: everything between and around the two grouped GEMMs.
+
+The layer works on (token, k) pairs: pair p = token * topk + k routes hidden[token] to expert
+topk_ids[token, k]. The pairs are laid out grouped by expert: grouped row r holds pair order[r], and
+rows offs[e]:offs[e+1] belong to expert e. Rows from offs[E] on hold the pairs whose expert id is out of
+range; no kernel reads or writes them.
+
+    permute_quantize:   a[r], a_scale[r]  = quantize(hidden[order[r] // topk]);  pair_rows[order[r]] = r
+    silu_mul_quantize:  y[r], y_scale[r]  = quantize(silu(gate_up[r, :I]) * gate_up[r, I:])
+    unpermute_sum:      out[t] = sum over k with 0 <= topk_ids[t, k] < E of
+                                 topk_weights[t, k] * down[pair_rows[t * topk + k]]
+
+quantize is the per-token-group FP8 quantizer of es_dual.quant, group by group of 128 columns:
+
+    scale = max(amax(|x|), 1e-10) / 448
+    q     = fp8_e4m3(clamp(x / scale, -448, 448))        # round to nearest even
+
+Both divisions are IEEE-rounded (div_rn; Triton's `/` is approximate on GPUs) so the FP8 values and the
+scales are bit for bit those of es_dual.quantize_fp8_per_token_group on the same float32 inputs, and
+SiLU is x / (1 + exp(-x)), torch's formula, with the same IEEE division.
+
+Work split: a quantizing program takes BLOCK_UNITS units, unit u = (grouped row u // groups, scale
+group u % groups), one unit per line of a (BLOCK_UNITS, 128) tile, so the amax of a group is a row
+reduction; a summing program takes BLOCK_T tokens by BLOCK_H columns.
+
+INTERPRETER (a compile-time flag, set for CPU tensors) replaces what the Triton interpreter gets wrong
+or lacks by software: the fp32 -> fp8 and fp32 -> bf16 roundings, libdevice's exp.
+"""
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from ..triton_ref.kernel import _round_to_bf16_bits
+
+
+@triton.jit
+def _fp8e4m3_bits(y):
+    """Bits (uint8) of the e4m3 value nearest to y (ties to even), for |y| <= 448.
+
+    The interpreter's fp32 -> fp8 conversion does not carry a rounded-up mantissa into the exponent and
+    flushes subnormals; computing the bits here gives on the CPU what the GPU's conversion gives.
+    """
+    sign = ((y.to(tl.uint32, bitcast=True) >> 24) & 0x80).to(tl.uint8)
+    mag = tl.abs(y)
+    bits = mag.to(tl.uint32, bitcast=True)
+    # normal numbers: keep 3 of the 23 mantissa bits, rounding to even (a carry moves into the exponent),
+    # then rebias the exponent from 127 to 7
+    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) >> 20) - (120 << 3)
+    # below 2^-6, e4m3 steps by 2^-9: adding 2^23 to mag * 2^9 rounds it to an integer, to even; 8 is 2^-6
+    subnormal = ((mag * 512.0 + 8388608.0) - 8388608.0).to(tl.uint32)
+    return tl.where(mag < 0.015625, subnormal, normal).to(tl.uint8) | sign
+
+
+@triton.jit
+def _unit_tile(rows, num_routed, cols_total, GROUP: tl.constexpr, BLOCK_UNITS: tl.constexpr):
+    """This program's BLOCK_UNITS units, unit u = (row u // groups, scale group u % groups), as a tile of
+    one unit per line: (row, group, cols (BLOCK_UNITS, GROUP), row_ok, col_ok)."""
+    groups = tl.cdiv(cols_total, GROUP)
+    units = tl.program_id(0) * BLOCK_UNITS + tl.arange(0, BLOCK_UNITS)
+    row = units // groups
+    group = units % groups
+    row_ok = (row < rows) & (row < num_routed)  # rows from offs[E] on hold pairs of no expert
+    cols = group[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    col_ok = row_ok[:, None] & (cols < cols_total)
+    return row, group, cols, row_ok, col_ok
+
+
+@triton.jit
+def _quantize_store(x, row, group, cols, row_ok, col_ok, q_ptr, stride_q, scale_ptr, stride_scale,
+                    INTERPRETER: tl.constexpr):
+    """Quantize x (BLOCK_UNITS, GROUP) float32, one scale group per line, and store values and scales."""
+    amax = tl.max(tl.abs(x), axis=1)
+    scale = tl.math.div_rn(tl.maximum(amax, 1e-10), 448.0)
+    y = tl.math.div_rn(x, scale[:, None])
+    y = tl.minimum(tl.maximum(y, -448.0), 448.0)
+    row64 = row.to(tl.int64)
+    q_ptrs = q_ptr + row64[:, None] * stride_q + cols
+    if INTERPRETER:  # its fp32 -> fp8 conversion is wrong: q_ptr is a uint8 view, the bits come from software
+        tl.store(q_ptrs, _fp8e4m3_bits(y), mask=col_ok)
+    else:
+        tl.store(q_ptrs, y.to(q_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=col_ok)
+    tl.store(scale_ptr + row64 * stride_scale + group, scale, mask=row_ok)
+
+
+@triton.jit
+def permute_quantize_kernel(
+    # pointers
+    hidden_ptr, order_ptr, offsets_ptr, q_ptr, scale_ptr, pair_rows_ptr,
+    # sizes
+    rows, hidden_size, topk, num_experts,
+    # strides, in elements
+    stride_hidden, stride_q, stride_scale,
+    # meta-parameters
+    GROUP: tl.constexpr, BLOCK_UNITS: tl.constexpr, INTERPRETER: tl.constexpr,
+):
+    row, group, cols, row_ok, col_ok = _unit_tile(
+        rows, tl.load(offsets_ptr + num_experts), hidden_size, GROUP, BLOCK_UNITS)
+
+    # ---- which token each grouped row holds; the first group of a row records where the pair went ----
+    pair = tl.load(order_ptr + row, mask=row_ok, other=0)
+    tl.store(pair_rows_ptr + pair, row.to(pair_rows_ptr.dtype.element_ty), mask=row_ok & (group == 0))
+    token = (pair // topk).to(tl.int64)
+
+    # ---- gather, quantize, store in grouped order ----
+    x = tl.load(hidden_ptr + token[:, None] * stride_hidden + cols, mask=col_ok, other=0.0).to(tl.float32)
+    _quantize_store(x, row, group, cols, row_ok, col_ok, q_ptr, stride_q, scale_ptr, stride_scale,
+                    INTERPRETER)
+
+
+@triton.jit
+def silu_mul_quantize_kernel(
+    # pointers
+    gate_up_ptr, offsets_ptr, q_ptr, scale_ptr,
+    # sizes
+    rows, intermediate, num_experts,
+    # strides, in elements
+    stride_gate_up, stride_q, stride_scale,
+    # meta-parameters
+    GROUP: tl.constexpr, BLOCK_UNITS: tl.constexpr, INTERPRETER: tl.constexpr,
+):
+    row, group, cols, row_ok, col_ok = _unit_tile(
+        rows, tl.load(offsets_ptr + num_experts), intermediate, GROUP, BLOCK_UNITS)
+
+    # ---- SiLU(gate) * up in float32: gate is columns [0, I), up is columns [I, 2I) ----
+    gate_ptrs = gate_up_ptr + row.to(tl.int64)[:, None] * stride_gate_up + cols
+    gate = tl.load(gate_ptrs, mask=col_ok, other=0.0).to(tl.float32)
+    up = tl.load(gate_ptrs + intermediate, mask=col_ok, other=0.0).to(tl.float32)
+    if INTERPRETER:  # numpy's exp; libdevice is not interpreted
+        exp = tl.exp(-gate)
+    else:  # the CUDA math library's expf, which torch's SiLU computes with (tl.exp is an approximate ex2)
+        exp = libdevice.exp(-gate)
+    y = tl.math.div_rn(gate, 1.0 + exp) * up
+
+    # ---- quantize ----
+    _quantize_store(y, row, group, cols, row_ok, col_ok, q_ptr, stride_q, scale_ptr, stride_scale,
+                    INTERPRETER)
+
+
+@triton.jit
+def unpermute_sum_kernel(
+    # pointers
+    down_ptr, pair_rows_ptr, topk_ids_ptr, topk_weights_ptr, out_ptr,
+    # sizes
+    tokens, hidden_size, topk, num_experts,
+    # strides, in elements
+    stride_down, stride_out,
+    # meta-parameters
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, INTERPRETER: tl.constexpr,
+):
+    """Program (i, j): tokens i * BLOCK_T ..., columns j * BLOCK_H ...; the k summed in order in float32."""
+    token = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    token_ok = token < tokens
+    col_ok = cols < hidden_size
+    acc = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)
+    for k in range(topk):
+        pair = token * topk + k
+        expert = tl.load(topk_ids_ptr + pair, mask=token_ok, other=-1)
+        valid = token_ok & (expert >= 0) & (expert < num_experts)  # a pair out of range contributes nothing
+        row = tl.load(pair_rows_ptr + pair, mask=valid, other=0).to(tl.int64)
+        weight = tl.load(topk_weights_ptr + pair, mask=valid, other=0.0)
+        down = tl.load(down_ptr + row[:, None] * stride_down + cols[None, :], mask=valid[:, None] & col_ok[None, :],
+                       other=0.0)
+        acc += weight[:, None] * down.to(tl.float32)
+    if INTERPRETER:
+        acc = _round_to_bf16_bits(acc)
+    out_ptrs = out_ptr + token[:, None] * stride_out + cols[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=token_ok[:, None] & col_ok[None, :])

@@ -1,0 +1,263 @@
+"""fused_moe_fp8: the expert block of an MoE layer on es_dual's grouped GEMM, on the device, sync-free.
+
+    route               expert_offsets, order  <- a stable sort of the (token, k) pairs by expert id
+    permute_quantize    a, a_scale             <- hidden rows in grouped order, FP8 per token and 128 columns
+    grouped GEMM        gate_up = a @ w13[e].T                               (T*topk, 2I) bf16
+    silu_mul_quantize   y, y_scale             <- SiLU(gate) * up, FP8 per token and 128 columns
+    grouped GEMM        down = y @ w2[e].T                                   (T*topk, H) bf16
+    unpermute_sum       out[t] = sum_k topk_weights[t, k] * down[row of (t, k)]
+
+The host knows only the shapes: every buffer is sized by T*topk rows, the per-expert counts stay on the
+device, so a call can be captured in a CUDA graph and replayed after the routing changed.
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+
+from ..api import grouped_gemm_fp8
+from ..dispatch import BACKEND_NAMES, BACKENDS
+from ..problem import (
+    DIM_MULTIPLE, FP8, SCALE_BLOCK, _expect_aligned, _expect_contiguous, _expect_dtype, _expect_shape,
+    _expect_tensor, cdiv,
+)
+
+ID_DTYPES = (torch.int32, torch.int64)
+# Work per program. On a GPU: 8 scale groups of 128 elements (one to eight rows) per quantizing program
+# and 1024 columns of one token per summing program keep 4 warps busy with vector loads. The interpreter
+# (CPU) pays per program, not per element: there, one program takes up to 64 rows or tokens whole.
+GPU_UNITS, GPU_BLOCK_T, GPU_BLOCK_H = 8, 1, 1024
+CPU_ROWS = 64
+
+
+class MoeShape(NamedTuple):
+    tokens: int
+    hidden_size: int
+    intermediate: int
+    num_experts: int
+    topk: int
+    device: torch.device
+
+
+def check_moe_inputs(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids) -> MoeShape:
+    """Check every argument's type, dtype, device, shape and layout; return the layer's sizes.
+
+    Raises TypeError for a wrong type or dtype and ValueError for anything else, naming the argument.
+    """
+    named = dict(hidden=hidden, w13=w13, w13_scale=w13_scale, w2=w2, w2_scale=w2_scale,
+                 topk_weights=topk_weights, topk_ids=topk_ids)
+    for name, t in named.items():
+        _expect_tensor(name, t)
+    for name, allowed in (("hidden", (torch.bfloat16,)), ("w13", (FP8,)), ("w13_scale", (torch.float32,)),
+                          ("w2", (FP8,)), ("w2_scale", (torch.float32,)), ("topk_weights", (torch.float32,)),
+                          ("topk_ids", ID_DTYPES)):
+        _expect_dtype(name, named[name], allowed)
+    device = hidden.device
+    for name, t in named.items():
+        if t.device != device:
+            raise ValueError(f"{name}: expected a tensor on {device} (the device of hidden), got one on {t.device}")
+    for name, dims, meaning in (("hidden", 2, "(tokens, hidden)"),
+                                ("w13", 3, "(num_experts, 2 * intermediate, hidden)"),
+                                ("w2", 3, "(num_experts, hidden, intermediate)"), ("topk_ids", 2, "(tokens, topk)")):
+        if named[name].dim() != dims:
+            raise ValueError(f"{name}: expected {dims} dimensions {meaning}, got shape {tuple(named[name].shape)}")
+
+    tokens, hidden_size = hidden.shape
+    num_experts, two_i, _ = w13.shape
+    topk = topk_ids.shape[1]
+    if num_experts < 1 or two_i % (2 * DIM_MULTIPLE) or two_i == 0:
+        raise ValueError(f"w13: expected shape (num_experts >= 1, 2 * intermediate, {hidden_size}) with intermediate "
+                         f"a positive multiple of {DIM_MULTIPLE}, got shape {tuple(w13.shape)}")
+    if hidden_size == 0 or hidden_size % DIM_MULTIPLE:
+        raise ValueError(f"hidden: expected a hidden size that is a positive multiple of {DIM_MULTIPLE}, "
+                         f"got shape {tuple(hidden.shape)}")
+    intermediate = two_i // 2
+    _expect_shape("w13", w13, (num_experts, two_i, hidden_size))
+    _expect_shape("w13_scale", w13_scale, (num_experts, cdiv(two_i, SCALE_BLOCK), cdiv(hidden_size, SCALE_BLOCK)))
+    _expect_shape("w2", w2, (num_experts, hidden_size, intermediate))
+    _expect_shape("w2_scale", w2_scale, (num_experts, cdiv(hidden_size, SCALE_BLOCK), cdiv(intermediate, SCALE_BLOCK)))
+    if topk < 1 or topk_ids.shape[0] != tokens:
+        raise ValueError(f"topk_ids: expected shape ({tokens}, topk) with topk >= 1, got {tuple(topk_ids.shape)}")
+    _expect_shape("topk_weights", topk_weights, (tokens, topk))
+    for name, t in named.items():
+        _expect_contiguous(name, t)
+    for name in ("w13", "w2"):
+        _expect_aligned(name, named[name])
+    return MoeShape(tokens, hidden_size, intermediate, num_experts, topk, device)
+
+
+def check_moe_contents(w13_scale, w2_scale, topk_ids, num_experts: int) -> None:
+    """Opt-in host checks (they copy to the host and synchronize): expert ids in [0, E), distinct
+    within each token, weight scales finite and >= 0."""
+    bad = (topk_ids < 0) | (topk_ids >= num_experts)
+    if bool(bad.any()):
+        index = tuple(bad.nonzero()[0].tolist())
+        raise ValueError(f"topk_ids: expected expert ids in [0, {num_experts}), "
+                         f"got {topk_ids[index].item()} at index {index}")
+    ids = topk_ids.sort(dim=1).values
+    repeated = ids[:, 1:] == ids[:, :-1]
+    if bool(repeated.any()):
+        token, k = repeated.nonzero()[0].tolist()
+        raise ValueError(f"topk_ids: expected distinct experts within a token, got expert {ids[token, k].item()} "
+                         f"more than once in row {token}")
+    for name, s in (("w13_scale", w13_scale), ("w2_scale", w2_scale)):
+        bad = ~torch.isfinite(s) | (s < 0)
+        if bool(bad.any()):
+            index = tuple(bad.nonzero()[0].tolist())
+            raise ValueError(f"{name}: expected finite scales >= 0, got {s[index].item()} at index {index}")
+
+
+def route(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(expert_offsets (E+1,) int32, order (T*topk,) int64): grouped row r holds pair order[r].
+
+    A stable sort keeps the pairs of one expert in (token, k) order. Ids out of range sort as expert E,
+    after every expert: offs[E] counts only the pairs of real experts, and the rows past it belong to none.
+    """
+    flat = topk_ids.reshape(-1)
+    bucket = torch.where((flat >= 0) & (flat < num_experts), flat, num_experts)
+    sorted_bucket, order = torch.sort(bucket, stable=True)
+    # offs[e] = pairs whose bucket is below e: a binary search in the sorted buckets, no count on the host
+    thresholds = torch.arange(num_experts + 1, dtype=bucket.dtype, device=bucket.device)
+    offsets = torch.searchsorted(sorted_bucket, thresholds, out_int32=True)
+    return offsets, order
+
+
+def _interpreted(device: torch.device) -> bool:
+    return device.type == "cpu"
+
+
+def _next_power_of_2(n: int) -> int:
+    """(triton.next_power_of_2 without importing triton here: TRITON_INTERPRET is read at its import)"""
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _fp8_target(q: torch.Tensor) -> torch.Tensor:
+    """What the kernels store into: the interpreter gets a uint8 view and the bits computed in software."""
+    return q.view(torch.uint8) if _interpreted(q.device) else q
+
+
+def _units_per_program(rows: int, groups: int, device: torch.device) -> int:
+    if _interpreted(device):
+        return _next_power_of_2(max(1, min(rows, CPU_ROWS) * groups))
+    return GPU_UNITS
+
+
+def permute_quantize(hidden, order, expert_offsets, topk):
+    """(a, a_scale, pair_rows): the hidden rows in grouped order, quantized per token and 128 columns;
+    pair_rows[p] is the grouped row of pair p. Rows from expert_offsets[-1] on are not written."""
+    rows, hidden_size = order.shape[0], hidden.shape[1]
+    a = torch.empty(rows, hidden_size, dtype=FP8, device=hidden.device)
+    a_scale = torch.empty(rows, cdiv(hidden_size, SCALE_BLOCK), dtype=torch.float32, device=hidden.device)
+    pair_rows = torch.empty(rows, dtype=torch.int32, device=hidden.device)
+    units = a_scale.numel()
+    if units:
+        from .kernels import permute_quantize_kernel  # imported on first use: TRITON_INTERPRET is read then
+
+        per_program = _units_per_program(rows, a_scale.shape[1], hidden.device)
+        permute_quantize_kernel[(cdiv(units, per_program),)](
+            hidden, order, expert_offsets, _fp8_target(a), a_scale, pair_rows,
+            rows, hidden_size, topk, expert_offsets.shape[0] - 1,
+            hidden.stride(0), a.stride(0), a_scale.stride(0),
+            GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=_interpreted(hidden.device),
+        )
+    return a, a_scale, pair_rows
+
+
+def silu_mul_quantize(gate_up, expert_offsets):
+    """(y, y_scale): SiLU(gate_up[:, :I]) * gate_up[:, I:] in float32, quantized per token and 128 columns.
+    Rows from expert_offsets[-1] on are not written."""
+    rows, intermediate = gate_up.shape[0], gate_up.shape[1] // 2
+    y = torch.empty(rows, intermediate, dtype=FP8, device=gate_up.device)
+    y_scale = torch.empty(rows, cdiv(intermediate, SCALE_BLOCK), dtype=torch.float32, device=gate_up.device)
+    units = y_scale.numel()
+    if units:
+        from .kernels import silu_mul_quantize_kernel
+
+        per_program = _units_per_program(rows, y_scale.shape[1], gate_up.device)
+        silu_mul_quantize_kernel[(cdiv(units, per_program),)](
+            gate_up, expert_offsets, _fp8_target(y), y_scale,
+            rows, intermediate, expert_offsets.shape[0] - 1,
+            gate_up.stride(0), y.stride(0), y_scale.stride(0),
+            GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=_interpreted(gate_up.device),
+        )
+    return y, y_scale
+
+
+def unpermute_sum(down, pair_rows, topk_weights, topk_ids, num_experts):
+    """out[t] = sum over k, in order, of topk_weights[t, k] * down[pair_rows[t * topk + k]] (float32, then
+    bf16), skipping the pairs whose expert id is out of range."""
+    tokens, hidden_size = topk_ids.shape[0], down.shape[1]
+    out = torch.empty(tokens, hidden_size, dtype=torch.bfloat16, device=down.device)
+    if tokens:
+        from .kernels import unpermute_sum_kernel
+
+        if _interpreted(down.device):
+            block_t, block_h = _next_power_of_2(min(tokens, CPU_ROWS)), _next_power_of_2(hidden_size)
+        else:
+            block_t, block_h = GPU_BLOCK_T, GPU_BLOCK_H
+        unpermute_sum_kernel[(cdiv(tokens, block_t), cdiv(hidden_size, block_h))](
+            down, pair_rows, topk_ids, topk_weights, out,
+            tokens, hidden_size, topk_ids.shape[1], num_experts,
+            down.stride(0), out.stride(0),
+            BLOCK_T=block_t, BLOCK_H=block_h, INTERPRETER=_interpreted(down.device),
+        )
+    return out
+
+
+def fused_moe_fp8(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, *, backend="auto", validate=None):
+    """The expert block of an MoE layer with FP8 blockwise-scaled weights.
+
+    For every token t and every k < topk, with e = topk_ids[t, k]::
+
+        x        = dequant(quantize_fp8_per_token_group(hidden[t]))
+        gate, up = (x @ dequant(w13[e]).T).to(bf16).split(I)
+        y        = dequant(quantize_fp8_per_token_group(silu(gate) * up))      # float32 before quantizing
+        out[t]  += topk_weights[t, k] * (y @ dequant(w2[e]).T).to(bf16)         # float32 sum over k, in order
+    out is returned as bf16.
+
+    Args:
+        hidden: (T, H) bfloat16.
+        w13: (E, 2I, H) float8_e4m3fn, the gate rows then the up rows of each expert.
+        w13_scale: (E, ceil(2I/128), ceil(H/128)) float32, one scale per 128x128 block of w13[e] as one
+            (2I, H) matrix (when I is not a multiple of 128 a block spans gate and up rows).
+        w2: (E, H, I) float8_e4m3fn; w2_scale: (E, ceil(H/128), ceil(I/128)) float32.
+        topk_weights: (T, topk) float32; topk_ids: (T, topk) int32 or int64, on the same device.
+            H and I are positive multiples of 16; every tensor is contiguous.
+        backend: the grouped GEMM backend, as for es_dual.grouped_gemm_fp8 ("auto", "triton", "cutlass",
+            "cutlass_single", "reference"); the layer's own kernels are Triton kernels (the interpreter
+            on CPU tensors, TRITON_INTERPRET=1).
+        validate: also check contents on the host: ids in [0, E) and distinct within each token, weight
+            scales finite and >= 0. It copies to the host and synchronizes, so it is off by default;
+            None reads ES_DUAL_VALIDATE ("1" turns it on).
+
+    Contents are not checked otherwise, and nothing then needs the host:
+        - a pair (t, k) whose id lies outside [0, E) contributes nothing (a token whose ids all lie
+          outside gets zeros); no memory outside the tensors is touched;
+        - a token that names one expert twice (invalid input) is computed as two pairs: both rows go
+          through the expert and out[t] gets both, each with its own weight.
+
+    Returns:
+        (T, H) bfloat16.
+
+    Raises:
+        TypeError / ValueError naming the argument, the expected and the received value; RuntimeError
+        when the backend cannot run the GEMMs or Triton cannot run on the tensors' device.
+    """
+    shape = check_moe_inputs(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids)
+    if backend not in BACKEND_NAMES:
+        raise ValueError(f"backend: expected one of {', '.join(map(repr, BACKEND_NAMES))}, got {backend!r}")
+    reasons = BACKENDS["triton"].device_reasons(shape.device)
+    if reasons:
+        raise RuntimeError("fused_moe_fp8 runs Triton kernels: " + "; ".join(reasons))
+    if validate or (validate is None and os.environ.get("ES_DUAL_VALIDATE") == "1"):
+        check_moe_contents(w13_scale, w2_scale, topk_ids, shape.num_experts)
+
+    expert_offsets, order = route(topk_ids, shape.num_experts)
+    a, a_scale, pair_rows = permute_quantize(hidden, order, expert_offsets, shape.topk)
+    # The layer builds the offsets itself; content checks of the GEMM calls would only repeat a sync.
+    gate_up = grouped_gemm_fp8(a, a_scale, w13, w13_scale, expert_offsets, backend=backend, validate=False)
+    y, y_scale = silu_mul_quantize(gate_up, expert_offsets)
+    down = grouped_gemm_fp8(y, y_scale, w2, w2_scale, expert_offsets, backend=backend, validate=False)
+    return unpermute_sum(down, pair_rows, topk_weights, topk_ids, shape.num_experts)

@@ -1,0 +1,422 @@
+"""The fused MoE layer (es_dual.moe) against its references, its fused kernels against es_dual's quantizer.
+
+On the CPU (Triton interpreter) shapes are small and the GEMM backends are "reference" and "triton"; on a
+GPU shapes are larger and every available GEMM backend runs. Hypothesis draws the routing (experts that get
+no token, one hot set of experts, top-k 1..8), the shape from a menu and a seed for the data.
+
+Tolerances: against fused_moe_fp8_reference, es_dual.moe.reference.LAYER_TOLERANCE (explained there);
+against the unquantized layer, DeepGEMM's similarity (see test_close_to_unquantized_layer). The fused
+quantizing kernels are held to bit equality with es_dual.quantize_fp8_per_token_group.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import es_dual
+from es_dual.accuracy import relative_errors
+from es_dual.dispatch import available_backends
+from es_dual.moe import fused_moe_fp8, fused_moe_fp8_reference, moe_float_reference
+from es_dual.moe.layer import permute_quantize, route, silu_mul_quantize
+from es_dual.moe.reference import LAYER_TOLERANCE
+from es_dual.quant import dequantize_per_block
+from support import needs_gpu
+
+ON_GPU = torch.cuda.is_available()
+FP8 = torch.float8_e4m3fn
+# (hidden, intermediate): multiples of 128, and multiples of 16 that are not (a partial last scale group)
+SHAPES = ((7168, 256), (4096, 384), (1024, 512), (1040, 208)) if ON_GPU else \
+    ((128, 128), (256, 128), (128, 256), (144, 80))
+MAX_EXPERTS = 64 if ON_GPU else 8
+MAX_TOKENS = 512 if ON_GPU else 64
+GEMM_BACKENDS = tuple(b for b in available_backends() if b != "reference") if ON_GPU else ("reference", "triton")
+# At most 100 examples a test: on a GPU each builds up to 64 experts' weights and runs the reference's
+# expert loop; 100 routings cover the strategy's kinds and sizes many times over.
+EXAMPLES = min(settings.default.max_examples, 100)
+
+
+@dataclass(frozen=True)
+class Routing:
+    tokens: int
+    num_experts: int
+    topk: int
+    kind: str  # "uniform": any topk experts; "subset": some experts only; "hot": every token the same topk
+    seed: int
+
+
+@st.composite
+def routings(draw, max_experts=MAX_EXPERTS, max_tokens=MAX_TOKENS) -> Routing:
+    num_experts = draw(st.integers(1, max_experts))
+    topk = draw(st.integers(1, min(8, num_experts)))
+    tokens = draw(st.one_of(st.sampled_from([0, 1, 2, 3]), st.integers(0, max_tokens)))
+    kind = draw(st.sampled_from(["uniform", "subset", "hot"]))
+    return Routing(tokens, num_experts, topk, kind, draw(st.integers(0, 2**31 - 1)))
+
+
+def topk_ids_of(r: Routing, device, dtype=torch.int32) -> torch.Tensor:
+    """(T, topk) distinct experts per token; "subset" and "hot" leave experts without tokens."""
+    g = torch.Generator().manual_seed(r.seed)
+    if r.kind == "uniform":
+        experts = torch.arange(r.num_experts)
+    else:
+        size = r.topk if r.kind == "hot" else int(torch.randint(r.topk, r.num_experts + 1, (1,), generator=g))
+        experts = torch.randperm(r.num_experts, generator=g)[:size]
+    picks = torch.rand(r.tokens, len(experts), generator=g).topk(r.topk, dim=1).indices
+    return experts[picks].to(dtype=dtype, device=device)
+
+
+def make_hidden(tokens, hidden_size, seed, device) -> torch.Tensor:
+    """bf16 (tokens, hidden_size); groups of 128 differ in magnitude by up to 2^6, so a scale applied to the
+    wrong group shows."""
+    g = torch.Generator().manual_seed(seed)
+    groups = -(-hidden_size // 128)
+    magnitude = 2.0 ** torch.randint(-3, 4, (tokens, groups), generator=g).float()
+    hidden = torch.randn(tokens, hidden_size, generator=g) * magnitude.repeat_interleave(128, 1)[:, :hidden_size]
+    return hidden.to(torch.bfloat16).to(device)
+
+
+def float_weights(r: Routing, hidden_size, intermediate, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w13, w2) in float32 with the magnitude of trained weights (std 1/sqrt(fan_in))."""
+    g = torch.Generator(device=device).manual_seed(r.seed)
+    w13 = torch.randn(r.num_experts, 2 * intermediate, hidden_size, generator=g, device=device) * hidden_size**-0.5
+    w2 = torch.randn(r.num_experts, hidden_size, intermediate, generator=g, device=device) * intermediate**-0.5
+    return w13, w2
+
+
+def make_layer(r: Routing, hidden_size, intermediate, device, ids_dtype=torch.int32) -> dict:
+    """Arguments of fused_moe_fp8 for routing r."""
+    w13, w2 = float_weights(r, hidden_size, intermediate, device)
+    (w13, w13_scale), (w2, w2_scale) = es_dual.quantize_fp8_per_block(w13), es_dual.quantize_fp8_per_block(w2)
+    g = torch.Generator().manual_seed(r.seed)
+    return dict(
+        hidden=make_hidden(r.tokens, hidden_size, r.seed, device), w13=w13, w13_scale=w13_scale, w2=w2,
+        w2_scale=w2_scale, topk_weights=torch.softmax(torch.randn(r.tokens, r.topk, generator=g), dim=1).to(device),
+        topk_ids=topk_ids_of(r, device, ids_dtype),
+    )
+
+
+def reference_of(layer: dict) -> torch.Tensor:
+    return fused_moe_fp8_reference(**layer)
+
+
+def assert_layer_close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+    assert not out.isnan().any()
+    max_rel, rms_rel = relative_errors(out, ref)
+    max_tol, rms_tol = LAYER_TOLERANCE
+    assert max_rel <= max_tol and rms_rel <= rms_tol, \
+        f"max rel {max_rel:.3g} (tol {max_tol:.3g}), rms rel {rms_rel:.3g} (tol {rms_tol:.3g})"
+
+
+# ---- routing on the device ----
+
+@given(r=routings(max_tokens=200), invalid=st.booleans())
+@settings(max_examples=EXAMPLES)
+def test_route_offsets_and_stable_order(device, r, invalid):
+    ids = topk_ids_of(r, device, torch.int64)
+    if invalid:  # every third pair gets an id out of range; those sort after every expert
+        every_third = ids.view(-1)[::3]
+        bad = torch.tensor([-1, r.num_experts, 2**40], device=device)
+        every_third.copy_(bad.repeat(every_third.numel())[: every_third.numel()])
+    offsets, order = route(ids, r.num_experts)
+    flat = ids.flatten().tolist()
+    valid = [0 <= e < r.num_experts for e in flat]
+    expected_offsets = [sum(v and e < x for e, v in zip(flat, valid)) for x in range(r.num_experts + 1)]
+    assert offsets.dtype == torch.int32 and offsets.tolist() == expected_offsets
+    # stable: pairs of one expert in (token, k) order, then the pairs of no expert, also in order
+    expected_order = sorted(range(len(flat)), key=lambda p: (flat[p] if valid[p] else r.num_experts, p))
+    assert order.tolist() == expected_order
+
+
+# ---- the fused quantizing kernels against es_dual.quantize_fp8_per_token_group ----
+
+def _bits(q: torch.Tensor) -> torch.Tensor:
+    return q.view(torch.uint8).cpu()
+
+
+@given(r=routings(), hidden_size=st.sampled_from([16, 128, 144, 400]), extremes=st.booleans())
+@settings(max_examples=EXAMPLES)
+def test_permute_quantize_bit_equal_to_quantizer(device, r, hidden_size, extremes):
+    """The gathered, quantized rows are quantize_fp8_per_token_group(hidden[token of each row]) bit for bit;
+    pair_rows inverts the order."""
+    hidden = make_hidden(r.tokens, hidden_size, r.seed, device)
+    if extremes and r.tokens:  # an all-zero row (amax floor), huge and tiny groups, one spike (FP8 subnormals)
+        hidden[0] = 0
+        hidden[-1, :16] = 3e38
+        hidden[r.tokens // 2] *= 2.0**-100
+        hidden[r.tokens // 2, 1] = 1e4
+    ids = topk_ids_of(r, device)
+    offsets, order = route(ids, r.num_experts)
+    a, a_scale, pair_rows = permute_quantize(hidden, order, offsets, r.topk)
+    expected_a, expected_scale = es_dual.quantize_fp8_per_token_group(hidden[order // r.topk])
+    assert torch.equal(_bits(a), _bits(expected_a))
+    assert torch.equal(a_scale.cpu(), expected_scale.cpu())
+    assert torch.equal(pair_rows.long()[order].cpu(), torch.arange(order.numel()))
+
+
+@given(rows=st.integers(1, 300), intermediate=st.sampled_from([16, 80, 128, 384]), log2_scale=st.integers(-20, 12),
+       seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=EXAMPLES)
+def test_silu_mul_quantize_matches_quantizer(device, rows, intermediate, log2_scale, seed):
+    """quantize_fp8_per_token_group(silu(gate) * up in float32), bit for bit but for the exp: the kernel takes
+    numpy's (interpreter) or libdevice's expf (GPU), torch its own, and they may differ in the last bit.
+    That moves a scale by a float32 ulp or two and, rarely, an FP8 value by one step; anything else (a
+    wrong group, a swapped gate and up, a lost factor) differs far more."""
+    g = torch.Generator().manual_seed(seed)
+    gate_up = (torch.randn(rows, 2 * intermediate, generator=g) * 2.0**log2_scale).to(torch.bfloat16).to(device)
+    all_rows = torch.tensor([0, rows], dtype=torch.int32, device=device)  # one expert owns every row
+    y, y_scale = silu_mul_quantize(gate_up, all_rows)
+    gate, up = gate_up.float().chunk(2, dim=1)
+    expected_y, expected_scale = es_dual.quantize_fp8_per_token_group(torch.nn.functional.silu(gate) * up)
+
+    assert torch.allclose(y_scale.cpu(), expected_scale.cpu(), rtol=2.0**-21, atol=0)
+    got, want = _bits(y).int(), _bits(expected_y).int()
+    differ = got != want
+    assert int(differ.sum()) <= max(1, differ.numel() // 1000), f"{int(differ.sum())} of {differ.numel()} values differ"
+    same_sign = (got & 0x80) == (want & 0x80)
+    one_step = ((got & 0x7F) - (want & 0x7F)).abs() <= 1
+    assert bool((same_sign & one_step)[differ].all()), "an FP8 value differs by more than one step"
+
+
+# ---- the layer against its reference ----
+
+def test_zero_tokens(device):
+    layer = make_layer(Routing(0, 4, 2, "uniform", 0), *SHAPES[0], device)
+    out = fused_moe_fp8(**layer)
+    assert out.shape == (0, SHAPES[0][0]) and out.dtype == torch.bfloat16
+
+
+@given(r=routings(), shape=st.sampled_from(SHAPES), backend=st.sampled_from(GEMM_BACKENDS),
+       ids_dtype=st.sampled_from([torch.int32, torch.int64]))
+@settings(max_examples=EXAMPLES)
+def test_layer_against_reference(device, r, shape, backend, ids_dtype):
+    layer = make_layer(r, *shape, device, ids_dtype)
+    assert_layer_close(fused_moe_fp8(**layer, backend=backend), reference_of(layer))
+
+
+@pytest.mark.parametrize("shape", SHAPES[:2])
+def test_close_to_unquantized_layer(device, shape):
+    """End to end against the float64 layer on unquantized activations, by DeepGEMM's similarity
+    1 - 2 sum(xy) / sum(x^2 + y^2), which is about half the squared relative RMS error.
+
+    Each e4m3 rounding (3 mantissa bits, to nearest) adds ~2.6% relative RMS error, i.e. ~3.5e-4 to the
+    similarity. DeepGEMM's bound 1e-3 is for one GEMM (two roundings: ~7e-4 here too). The layer rounds
+    the hidden states and the intermediate, and SiLU(gate) * up carries the error of the hidden states
+    twice (through gate and through up): ~9.5e-4 measured against the layer on the same FP8 weights, over
+    seeds and shapes. Against the float weights the two weight roundings add ~1.1e-3: ~2.0e-3 measured.
+    The bounds leave ~50% margin.
+    """
+    r = Routing(64, 8, 4, "uniform", seed=5)
+    layer = make_layer(r, *shape, device)
+    out = fused_moe_fp8(**layer, backend=GEMM_BACKENDS[-1]).double()
+    routing = (layer["topk_weights"], layer["topk_ids"])
+
+    def diff(ref):
+        return float(1 - 2 * (out * ref).sum() / (out * out + ref * ref).sum())
+
+    fp8_weights = moe_float_reference(layer["hidden"], dequantize_per_block(layer["w13"], layer["w13_scale"]),
+                                      dequantize_per_block(layer["w2"], layer["w2_scale"]), *routing)
+    assert diff(fp8_weights) < 1.5e-3
+    assert diff(moe_float_reference(layer["hidden"], *float_weights(r, *shape, device), *routing)) < 3e-3
+
+
+# ---- documented behaviour of invalid routings ----
+
+@pytest.mark.parametrize("backend", GEMM_BACKENDS)
+def test_duplicate_expert_is_two_pairs(device, backend):
+    """A token that names one expert twice (invalid input): both pairs are computed and summed, each with
+    its weight, which is the token routed once with the sum of the two weights, up to rounding."""
+    layer = make_layer(Routing(24, 6, 3, "uniform", seed=11), *SHAPES[0], device)
+    ids = layer["topk_ids"]
+    ids[::2, 1] = ids[::2, 0]  # every other token names its first expert twice
+    out = fused_moe_fp8(**layer, backend=backend)
+    assert_layer_close(out, reference_of(layer))
+
+    merged_weights = layer["topk_weights"].clone()
+    merged_weights[::2, 0] += merged_weights[::2, 1]
+    merged_weights[::2, 1] = 0  # the second slot points to the first expert, with no weight left
+    merged = fused_moe_fp8(**dict(layer, topk_weights=merged_weights), backend=backend)
+    max_rel, rms_rel = relative_errors(out, merged)
+    assert max_rel <= LAYER_TOLERANCE[0] and rms_rel <= LAYER_TOLERANCE[1]
+
+
+@pytest.mark.parametrize("ids_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("backend", GEMM_BACKENDS)
+def test_out_of_range_ids_contribute_nothing(device, backend, ids_dtype):
+    num_experts = 5
+    layer = make_layer(Routing(20, num_experts, 3, "uniform", seed=3), *SHAPES[-1], device, ids_dtype)
+    big = 2**40 if ids_dtype == torch.int64 else 2**31 - 1
+    ids = layer["topk_ids"]
+    ids[1, 0], ids[2, 2], ids[3, 1] = -1, num_experts, big
+    ids[4, :] = torch.tensor([-(2**31), num_experts + 7, -5])  # a token with no valid id gets zeros
+    out = fused_moe_fp8(**layer, backend=backend)
+    assert torch.equal(out[4].cpu(), torch.zeros(out.shape[1], dtype=torch.bfloat16))
+    assert_layer_close(out, reference_of(layer))  # the reference skips those pairs too
+
+
+def _bad_id(layer):
+    layer["topk_ids"][2, 1] = 9
+
+
+def _repeated_id(layer):
+    layer["topk_ids"][3, 1] = layer["topk_ids"][3, 0]
+
+
+def _nan_scale(layer):
+    layer["w2_scale"][1, 0, 0] = float("nan")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_bad_id, "topk_ids: expected expert ids in [0, 6), got 9 at index (2, 1)"),
+    (_repeated_id, "topk_ids: expected distinct experts within a token, got expert"),
+    (_nan_scale, "w2_scale: expected finite scales >= 0, got nan at index (1, 0, 0)"),
+])
+@pytest.mark.parametrize("how", ["keyword", "environment"])
+def test_validation_mode_raises(device, monkeypatch, edit, message, how):
+    layer = make_layer(Routing(8, 6, 2, "uniform", seed=2), *SHAPES[0], device)
+    assert torch.equal(fused_moe_fp8(**layer, validate=True), fused_moe_fp8(**layer))  # valid input passes
+    edit(layer)
+    kwargs = {"validate": True}
+    if how == "environment":
+        monkeypatch.setenv("ES_DUAL_VALIDATE", "1")
+        kwargs = {}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        fused_moe_fp8(**layer, **kwargs)
+
+
+# ---- argument checks ----
+
+def _set(name, value):
+    def edit(layer):
+        layer[name] = value(layer) if callable(value) else value
+    return edit
+
+
+ARGUMENT_CASES = [  # (id, edit, exception, message fragment); base: T=4, E=3, topk=2, H=128, I=128
+    ("hidden_dtype", _set("hidden", lambda l: l["hidden"].float()), TypeError, "hidden: expected dtype torch.bfloat16, got torch.float32"),
+    ("w13_dtype", _set("w13", lambda l: l["w13"].to(torch.bfloat16)), TypeError, "w13: expected dtype torch.float8_e4m3fn"),
+    ("w2_scale_dtype", _set("w2_scale", lambda l: l["w2_scale"].double()), TypeError, "w2_scale: expected dtype torch.float32"),
+    ("weights_dtype", _set("topk_weights", lambda l: l["topk_weights"].half()), TypeError, "topk_weights: expected dtype torch.float32"),
+    ("ids_dtype", _set("topk_ids", lambda l: l["topk_ids"].float()), TypeError, "topk_ids: expected dtype torch.int32 or torch.int64"),
+    ("ids_not_tensor", _set("topk_ids", [[0, 1]]), TypeError, "topk_ids: expected a torch.Tensor, got list"),
+    ("hidden_3d", _set("hidden", lambda l: l["hidden"][None]), ValueError, "hidden: expected 2 dimensions (tokens, hidden)"),
+    ("w2_2d", _set("w2", lambda l: l["w2"][0]), ValueError, "w2: expected 3 dimensions"),
+    ("hidden_size", _set("hidden", lambda l: l["hidden"][:, :112].contiguous()), ValueError, "w13: expected shape (3, 256, 112)"),
+    ("hidden_size_16", _set("hidden", lambda l: l["hidden"][:, :120].contiguous()), ValueError, "hidden: expected a hidden size that is a positive multiple of 16"),
+    ("odd_intermediate", _set("w13", lambda l: l["w13"][:, :200].contiguous()), ValueError, "w13: expected shape (num_experts >= 1, 2 * intermediate, 128)"),
+    ("w13_scale_shape", _set("w13_scale", lambda l: l["w13_scale"][:, :1].contiguous()), ValueError, "w13_scale: expected shape (3, 2, 1)"),
+    ("w2_shape", _set("w2", lambda l: l["w2"][:, :, :64].contiguous()), ValueError, "w2: expected shape (3, 128, 128)"),
+    ("w2_scale_shape", _set("w2_scale", lambda l: l["w2_scale"][:2].contiguous()), ValueError, "w2_scale: expected shape (3, 1, 1)"),
+    ("ids_tokens", _set("topk_ids", lambda l: l["topk_ids"][:3].contiguous()), ValueError, "topk_ids: expected shape (4, topk)"),
+    ("weights_shape", _set("topk_weights", lambda l: l["topk_weights"][:, :1].contiguous()), ValueError, "topk_weights: expected shape (4, 2)"),
+    ("ids_non_contiguous", _set("topk_ids", lambda l: l["topk_ids"].t().contiguous().t()), ValueError, "topk_ids: expected a contiguous"),
+    ("w13_misaligned", _set("w13", lambda l: torch.empty(l["w13"].numel() + 1, dtype=FP8, device=l["w13"].device)[1:].view(l["w13"].shape)),
+     ValueError, "w13: expected a data pointer aligned to 16 bytes"),
+    ("backend", None, ValueError, "backend: expected one of 'auto'"),
+]
+
+
+@pytest.mark.parametrize("case", ARGUMENT_CASES, ids=[c[0] for c in ARGUMENT_CASES])
+def test_argument_errors_name_the_argument(device, case):
+    _, edit, exception, message = case
+    layer = make_layer(Routing(4, 3, 2, "uniform", seed=1), 128, 128, device)
+    kwargs = {"backend": "fastest"} if edit is None else {}
+    if edit is not None:
+        edit(layer)
+    with pytest.raises(exception, match=re.escape(message)):
+        fused_moe_fp8(**layer, **kwargs)
+
+
+def test_device_mismatch_names_the_argument():
+    if not ON_GPU:
+        pytest.skip("needs a second device type")
+    layer = make_layer(Routing(4, 3, 2, "uniform", seed=1), 128, 128, torch.device("cuda"))
+    layer["topk_weights"] = layer["topk_weights"].cpu()
+    with pytest.raises(ValueError, match=re.escape("topk_weights: expected a tensor on cuda")):
+        fused_moe_fp8(**layer)
+
+
+# ---- GPU: no host sync, CUDA graphs ----
+
+@needs_gpu
+@pytest.mark.parametrize("backend", GEMM_BACKENDS)
+def test_no_host_sync(backend):
+    layer = make_layer(Routing(64, 16, 4, "subset", seed=4), *SHAPES[0], torch.device("cuda"))
+    fused_moe_fp8(**layer, backend=backend)  # compile and load first
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fused_moe_fp8(**layer, backend=backend)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@needs_gpu
+@pytest.mark.parametrize("backend", GEMM_BACKENDS)
+def test_cuda_graph_replay_follows_new_routing(backend):
+    """Capture once, then change hidden, topk_ids and topk_weights in place: each replay matches the
+    reference of the new inputs (the per-expert counts live on the device only)."""
+    device = torch.device("cuda")
+    static = make_layer(Routing(96, 32, 8, "uniform", seed=20), *SHAPES[1], device)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fused_moe_fp8(**static, backend=backend)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fused_moe_fp8(**static, backend=backend)
+    for seed, kind in ((21, "hot"), (22, "subset"), (23, "uniform")):
+        new = make_layer(Routing(96, 32, 8, kind, seed), *SHAPES[1], device)
+        for name in ("hidden", "topk_ids", "topk_weights"):
+            static[name].copy_(new[name])
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_layer_close(out, reference_of(static))
+
+
+# ---- the layer benchmark ----
+
+def _emulated_scaled_grouped_mm(a, b, scale_a, scale_b, offs=None, out_dtype=torch.bfloat16):
+    """torch._scaled_grouped_mm's 2d x 3d case in plain torch: group g is rows offs[g-1]:offs[g] of a."""
+    out = torch.empty(a.shape[0], b.shape[2], dtype=out_dtype, device=a.device)
+    start = 0
+    for g, end in enumerate(offs.tolist()):
+        out[start:end] = ((a[start:end].float() * scale_a[start:end, None]) @ (b[g].float() * scale_b[g])).to(out_dtype)
+        start = end
+    return out
+
+
+def test_bench_scaled_grouped_mm_pipeline(monkeypatch):
+    """The torch._scaled_grouped_mm pipeline of the benchmark (its layouts, offsets and un-permutation),
+    run here with the op emulated: within the benchmark's tolerance of the layer reference."""
+    from es_dual.bench import layer as bench
+
+    monkeypatch.setattr(torch, "_scaled_grouped_mm", _emulated_scaled_grouped_mm)
+    model = bench.LayerModel("small", num_experts=6, topk=3, hidden=256, intermediate=128)
+    weights = bench.make_weights(model, torch.device("cpu"))
+    hidden, topk_weights, topk_ids = bench.make_batch(model, 40, torch.device("cpu"))
+    (w13, w13_rs), (w2, w2_rs) = bench._rowwise_weights(*weights[:2]), bench._rowwise_weights(*weights[2:])
+    out = bench.scaled_grouped_mm_moe(hidden, w13, w13_rs, w2, w2_rs, topk_weights, topk_ids)
+    max_rel, rms_rel = relative_errors(out, fused_moe_fp8_reference(hidden, *weights, topk_weights, topk_ids))
+    assert max_rel <= bench.COARSE_TOL[0] and rms_rel <= bench.COARSE_TOL[1]
+
+
+def test_bench_layer_quick(tmp_path):
+    from es_dual.bench.layer import COLUMNS, run_layer
+
+    csv_path = tmp_path / "layer.csv"
+    argv = ["--layer", "--quick", "--csv", str(csv_path)]
+    if ON_GPU:
+        argv += ["--models", "qwen3_235b_tp4", "--batches", "1,64"]
+    rows = run_layer(argv)
+    assert {r["provider"] for r in rows} >= {f"es_dual_{b}" for b in GEMM_BACKENDS}
+    for r in rows:
+        assert r["status"] == "ok" or r["status"].startswith("unavailable:"), r
+        assert r["status"] != "ok" or (r["us"] > 0 and r["floor_us"] > 0 and r["pct_weight_floor"] > 0)
+    assert csv_path.read_text().splitlines()[0] == ",".join(COLUMNS)
+    assert len(csv_path.read_text().splitlines()) == len(rows) + 1
