@@ -6,7 +6,7 @@ covered by test_triton.py and test_validation.py under the interpreter.
 """
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import es_dual
@@ -41,6 +41,7 @@ def test_fuzz_against_reference(backend, counts, n, k, out_dtype, seed):
     assert_matches(run_backend(inputs, out_dtype, backend), reference64(inputs))
 
 
+@settings(max_examples=min(settings.default.max_examples, 1000))  # each case runs every backend
 @given(counts=fuzz_routings(), n=st.sampled_from(FUZZ_N), k=st.sampled_from(FUZZ_K), seed=st.integers(0, 2**31 - 1))
 def test_fuzz_exact_inputs_bit_equal_across_backends(counts, n, k, seed):
     inputs = make_inputs(counts, n, k, seed, GPU, exact=True)
