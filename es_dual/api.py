@@ -34,10 +34,10 @@ def grouped_gemm_fp8(
             off by default; None reads ES_DUAL_VALIDATE ("1" turns it on).
 
     Contents are not checked otherwise. Offsets that break the contract are clamped to [0, total_m], an
-    expert whose end offset is below its start has no rows, a row claimed by two experts holds one of
-    their results, and rows outside every expert's range are not written; no backend reads or writes
-    outside the tensors. Scales are used as given: NaN or Inf
-    reaches exactly the output rows and columns that the scale multiplies.
+    expert whose end offset is below its start has no rows, each element of a row claimed by two experts
+    holds one of their results, and rows outside every expert's range are not written; no backend reads
+    or writes outside the tensors. Scales are used as given: NaN or Inf reaches exactly the output rows
+    and columns that the scale multiplies.
 
     Returns:
         out. Rows that belong to no expert are not written.

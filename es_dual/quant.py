@@ -5,7 +5,9 @@
 
 scale = amax / 448 (the largest finite e4m3 value), so the largest element of a group maps to +-448.
 The amax is floored at ``AMAX_FLOOR`` so an all-zero group gets a finite, positive scale and quantizes
-to zeros instead of 0/0.
+to zeros instead of 0/0. The division by 448 is a multiplication by the float32 reciprocal: torch
+turns a division by a scalar into exactly that on GPUs (but not on CPUs), so writing it as a product
+makes the scales the same bits on every device and in the fused Triton quantizers.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 from .problem import FP8, cdiv
 
 FP8_MAX = 448.0
+FP8_MAX_RECIPROCAL = 1.0 / FP8_MAX  # rounded to float32 where it multiplies a float32 amax
 AMAX_FLOOR = 1e-10
 
 
@@ -26,7 +29,7 @@ def _pad_last_dims(x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
 
 
 def _quantize(x: torch.Tensor, amax: torch.Tensor, expand) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = amax.float().clamp(min=AMAX_FLOOR) / FP8_MAX
+    scale = amax.float().clamp(min=AMAX_FLOOR) * FP8_MAX_RECIPROCAL
     q = (x.float() / expand(scale)).clamp(-FP8_MAX, FP8_MAX).to(FP8)
     return q, scale
 

@@ -28,7 +28,7 @@ def test_public_workload_floors_match_design(workload):
 def test_quick_run_checks_times_and_writes(tmp_path):
     csv_path, png_path = tmp_path / "bench.csv", tmp_path / "bench.png"
     rows = run(["--quick", "--csv", str(csv_path), "--plot", str(png_path)])
-    assert {r["provider"] for r in rows} >= {"reference"}
+    assert "triton" in {r["provider"] for r in rows}  # a default provider on CPU and GPU machines
     for r in rows:  # on a GPU machine, peers that are not installed report why
         assert r["status"] == "ok" or r["status"].startswith("unavailable:"), r
         assert r["status"] != "ok" or (r["us"] > 0 and r["max_rel_err"] <= 2**-6)

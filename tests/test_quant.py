@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import es_dual
-from es_dual.quant import FP8_MAX, dequantize_per_block, dequantize_per_token_group
+from es_dual.quant import FP8_MAX, FP8_MAX_RECIPROCAL, dequantize_per_block, dequantize_per_token_group
 
 # e4m3 keeps 3 mantissa bits: rounding to nearest costs at most 2^-4 of the value (half of 2^-3), and
 # values far below the group's amax may fall into subnormals, where the error is at most half of the
@@ -52,7 +52,10 @@ def test_per_block_scale_is_block_amax():
     w = torch.zeros(256, 256)
     w[5, 7], w[130, 3], w[200, 250] = 448.0 * 3, -448.0 / 8, 0.0
     _, s = es_dual.quantize_fp8_per_block(w)
-    assert s[0, 0].item() == 3.0 and s[1, 0].item() == 1 / 8
+    # amax times the float32 reciprocal of 448 (es_dual.quant), within one float32 rounding of amax / 448
+    expected = torch.tensor([448.0 * 3, 448.0 / 8]) * FP8_MAX_RECIPROCAL
+    assert torch.equal(torch.stack([s[0, 0], s[1, 0]]), expected)
+    assert torch.allclose(expected, torch.tensor([3.0, 1 / 8]), rtol=2**-23, atol=0)
     assert torch.isfinite(s).all() and s[1, 1].item() > 0  # the all-zero block
 
 

@@ -27,7 +27,7 @@ import torch
 from ..accuracy import relative_errors
 from ..dispatch import available_backends
 from ..problem import FP8
-from ..moe.reference import LAYER_TOLERANCE
+from ..moe.reference import layer_tolerance
 from ..quant import FP8_MAX, dequantize_per_block, quantize_fp8_per_block
 from .timing import copy_bandwidth, time_us
 
@@ -151,7 +151,7 @@ def _torch_bf16(weights, device):
     return lambda hidden, tw, ids: torch_bf16_moe(hidden, w13_bf16, w2_bf16, tw, ids)
 
 
-# Tolerances against fused_moe_fp8_reference: es_dual's is the tests' (es_dual.moe.reference.LAYER_TOLERANCE).
+# Tolerances against fused_moe_fp8_reference: es_dual's is the tests' (es_dual.moe.reference.layer_tolerance).
 # The torch pipelines quantize differently, so their distance to the reference is quantization error:
 # each e4m3 rounding is ~2.6% RMS relative (3 mantissa bits), and up to ~8 of them differ between the
 # pipelines (the rowwise one requantizes the weights and scales activations per row; SiLU * up doubles
@@ -164,7 +164,7 @@ def providers(device) -> list[LayerProvider]:
     """es_dual with every backend that runs here (the reference GEMM only on the CPU), then the torch pipelines."""
     backends = [b for b in available_backends(device) if b != "reference" or device.type == "cpu"]
     es = [LayerProvider(f"es_dual_{b}", f"es_dual.moe.fused_moe_fp8, backend={b!r}", _es_dual(b), b != "reference",
-                        LAYER_TOLERANCE) for b in backends]
+                        layer_tolerance(device)) for b in backends]
     return es + [
         LayerProvider("torch_scaled_grouped_mm", "torch sort/gather + torch._scaled_grouped_mm (rowwise FP8 scales) "
                       "+ torch SiLU*up + index_add_", _torch_scaled_grouped, True, COARSE_TOL),

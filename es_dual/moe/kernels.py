@@ -12,11 +12,12 @@ range; no kernel reads or writes them.
 
 quantize is the per-token-group FP8 quantizer of es_dual.quant, group by group of 128 columns:
 
-    scale = max(amax(|x|), 1e-10) / 448
+    scale = max(amax(|x|), 1e-10) * float32(1 / 448)
     q     = fp8_e4m3(clamp(x / scale, -448, 448))        # round to nearest even
 
-Both divisions are IEEE-rounded (div_rn; Triton's `/` is approximate on GPUs) so the FP8 values and the
-scales are bit for bit those of es_dual.quantize_fp8_per_token_group on the same float32 inputs, and
+The division is IEEE-rounded (div_rn; Triton's `/` is approximate on GPUs) and the scale a product with
+the float32 reciprocal, as es_dual.quant computes it, so the FP8 values and the scales are bit for bit
+those of es_dual.quantize_fp8_per_token_group on the same float32 inputs, and
 SiLU is x / (1 + exp(-x)), torch's formula, with the same IEEE division.
 
 Work split: a quantizing program takes BLOCK_UNITS units, unit u = (grouped row u // groups, scale
@@ -28,6 +29,8 @@ or lacks by software: the fp32 -> fp8 and fp32 -> bf16 roundings, libdevice's ex
 """
 import triton
 import triton.language as tl
+
+FP8_MAX_RECIPROCAL: tl.constexpr = tl.constexpr(1.0 / 448.0)  # es_dual.quant's; float32 where it multiplies
 from triton.language.extra import libdevice
 
 from ..triton_ref.kernel import _round_to_bf16_bits
@@ -70,7 +73,7 @@ def _quantize_store(x, row, group, cols, row_ok, col_ok, q_ptr, stride_q, scale_
                     INTERPRETER: tl.constexpr):
     """Quantize x (BLOCK_UNITS, GROUP) float32, one scale group per line, and store values and scales."""
     amax = tl.max(tl.abs(x), axis=1)
-    scale = tl.math.div_rn(tl.maximum(amax, 1e-10), 448.0)
+    scale = tl.maximum(amax, 1e-10) * FP8_MAX_RECIPROCAL
     y = tl.math.div_rn(x, scale[:, None])
     y = tl.minimum(tl.maximum(y, -448.0), 448.0)
     row64 = row.to(tl.int64)

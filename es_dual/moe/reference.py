@@ -20,11 +20,25 @@ from ..reference import _matmul_fp32
 # Allowed (max, rms) relative error (es_dual.accuracy.relative_errors) of fused_moe_fp8 against
 # fused_moe_fp8_reference. The reference repeats every rounding of the layer; what differs is the order in
 # which the grouped GEMMs sum their float32 products, and the last bit of SiLU's exp (torch's against
-# libdevice's or numpy's). That moves a bf16 GEMM output to its other neighbour now and then (one bf16
-# step, 2^-8 relative, before and after the weighted sum) and, rarely, an intermediate value to the next
-# FP8 step (at most 2^-3 of one of I terms of a down product). RMS stays within 2^-7 and the max within
-# 2^-5 of max |ref|; a row routed to a wrong expert, a wrong weight or a wrong scale is of order 100%.
+# libdevice's or numpy's).
+# - LAYER_TOLERANCE: GEMMs that sum in the reference's order (the Triton interpreter on the CPU). Only
+#   SiLU's last bit differs: now and then a bf16 value moves to its other neighbour (2^-8 relative) and,
+#   rarely, an intermediate to the next FP8 step. RMS within 2^-7, max within 2^-5 of max |ref|.
+# - LAYER_TOLERANCE_GPU: GEMMs that sum in their own order (every GPU kernel). A gate-up output then
+#   differs from the reference's by up to one bf16 step (2^-7 of its leading power of two), which moves
+#   its SiLU*up product across an FP8 rounding boundary (steps of 2^-3) with probability ~ 2^-7 / 2^-3 =
+#   1/16; each such intermediate moves by one FP8 step, 6-12 % of itself. Over a down product of I terms
+#   that is ~ sqrt(1/16) * 9 % ~ 2-3 % RMS (measured on an H200: 1.4-3.2 %, the most with one token,
+#   whose outputs all share the same intermediates): allowed RMS 2^-4 and max 2^-3 of max |ref|.
+# A row routed to a wrong expert, a wrong weight or a wrong scale is of order 100 % either way, and the
+# end-to-end similarity to the unquantized layer (tests/test_moe.py) holds the GPU path tightly.
 LAYER_TOLERANCE = (2.0**-5, 2.0**-7)
+LAYER_TOLERANCE_GPU = (2.0**-3, 2.0**-4)
+
+
+def layer_tolerance(device) -> tuple[float, float]:
+    """The (max, rms) tolerance of the fused layer against fused_moe_fp8_reference on `device`."""
+    return LAYER_TOLERANCE_GPU if torch.device(device).type == "cuda" else LAYER_TOLERANCE
 
 
 def _fake_quantize(x: torch.Tensor) -> torch.Tensor:
