@@ -12,11 +12,12 @@ import functools
 from . import buckets, build, loader
 
 
-@functools.lru_cache(maxsize=None)
 def _sm_count(index: int) -> int:
     import torch
 
-    return torch.cuda.get_device_properties(index).multi_processor_count
+    from ..dispatch import device_properties
+
+    return device_properties(torch.device("cuda", index)).multi_processor_count
 
 
 @functools.lru_cache(maxsize=1)

@@ -5,12 +5,12 @@ tokens per expert and the grid is sized by the bound sum_e cdiv(m_e, BLOCK_M) <=
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 import triton
 
+from ..dispatch import device_capability, device_properties
 from ..problem import SCALE_BLOCK, Problem, cdiv
 from .kernel import grouped_gemm_fp8_kernel
 
@@ -50,13 +50,11 @@ def choose_config(problem: Problem) -> TileConfig:
     return next(c for c in TILE_CONFIGS if problem.mean_tokens <= c.max_mean_tokens)
 
 
-@functools.lru_cache(maxsize=None)
 def _device_facts(device: torch.device) -> tuple[bool, int]:
     """(FP8 tensor cores?, SM count) of the tensors' device; the interpreter computes FP8 dots itself."""
     if device.type != "cuda":
         return True, 1
-    props = torch.cuda.get_device_properties(device)
-    return (props.major, props.minor) >= (8, 9), props.multi_processor_count
+    return device_capability(device) >= (8, 9), device_properties(device).multi_processor_count
 
 
 def grouped_gemm_triton(problem: Problem, a, a_scale, b, b_scale, expert_offsets, out, *, upcast=None, config=None) -> None:
