@@ -1,19 +1,20 @@
 """Reliability on the GPU: fuzzing at scale, bit-exact agreement, isolation, 64-bit sizes, determinism.
 
-Run at scale with HYPOTHESIS_PROFILE=fuzz (5,000 examples per hypothesis test); docs/reliability.md
-gives the commands and the figures. Every test needs a CUDA GPU; the CPU side of these properties is
+Run at scale with HYPOTHESIS_PROFILE=fuzz (5,000 examples per backend, 1,000 bit-exact cases) and
+pytest-xdist: each fuzz test is split into FUZZ_SHARDS independent hypothesis runs that share its
+example budget, so the shards run in parallel. docs/reliability.md gives the commands and the figures. Every test needs a CUDA GPU; the CPU side of these properties is
 covered by test_triton.py and test_validation.py under the interpreter.
 """
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import es_dual
 from es_dual.cutlass import buckets
 from es_dual.dispatch import available_backends
 from es_dual.triton_ref.launch import TILE_CONFIGS
-from support import assert_matches, make_inputs, offsets_of, poisoned_out, reference64, routings, run_backend
+from support import ROUTING_KINDS, assert_matches, make_inputs, offsets_of, reference64, routings, run_backend
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -24,26 +25,63 @@ BOUNDARIES = tuple(sorted(set(buckets.boundaries()) | {c.block_m for c in TILE_C
 MAX_EXPERTS, MAX_TOKENS, MAX_TOTAL = 1024, 4096, 65536
 FUZZ_N = (128, 256, 384, 1024)
 FUZZ_K = (128, 256, 512, 1024, 2064)
+# E * n * k at most 2^27 weight elements: 1024 experts up to n * k = 2^17, fewer for larger experts. It
+# bounds a case's memory (the float32 weights are generated whole) so that the shards fit on one GPU
+# side by side; weights past 2^31 elements are test_offsets_past_2_pow_31_elements's job.
+WEIGHT_BUDGET = 2**27
+# Each shard is its own hypothesis run (its own random cases) with 1/FUZZ_SHARDS of the profile's examples.
+FUZZ_SHARDS = 4
+
+
+def per_shard(examples: int) -> settings:
+    return settings(max_examples=max(1, examples // FUZZ_SHARDS))
 
 
 @st.composite
-def fuzz_routings(draw):
-    """Mostly moderate expert counts, a fifth of the cases up to 1024 experts, totals up to 65,536 rows."""
+def fuzz_problems(draw):
+    """(counts, n, k): mostly moderate expert counts, a fifth of the cases up to 1024 experts (within the
+    weight budget), totals up to 65,536 rows."""
+    n, k = draw(st.sampled_from(FUZZ_N)), draw(st.sampled_from(FUZZ_K))
     many = draw(st.integers(0, 4)) == 0
-    return draw(routings(MAX_EXPERTS if many else 64, MAX_TOKENS, BOUNDARIES, max_total=MAX_TOTAL))
+    max_experts = min(MAX_EXPERTS if many else 64, WEIGHT_BUDGET // (n * k))
+    # A routing with no rows at all returns before any kernel runs (tested in test_triton.py and
+    # test_cutlass_lib.py): here it would only take a fifth of the cases.
+    kinds = tuple(kind for kind in ROUTING_KINDS if kind != "all_empty")
+    return draw(routings(max_experts, MAX_TOKENS, BOUNDARIES, max_total=MAX_TOTAL, kinds=kinds)), n, k
 
 
+def record_coverage(counts) -> None:
+    """Hypothesis events (shown by --hypothesis-show-statistics): how much of the space the cases reach."""
+    experts, rows = len(counts), sum(counts)
+    event("experts " + ("1-64" if experts <= 64 else "65-512" if experts <= 512 else "513-1024"))
+    event("rows " + ("0" if rows == 0 else "1-4096" if rows <= 4096 else "4097-32768" if rows <= 32768 else "32769-65536"))
+    edges = {b + d for b in BOUNDARIES for d in (-1, 0, 1)}
+    if edges & set(counts):
+        event("an expert at a bucket or tile boundary +-1")
+    if 0 in counts and rows:
+        event("empty experts among others")
+    if rows and max(counts) == rows and experts > 1:
+        event("one expert has every row")
+
+
+@pytest.mark.parametrize("shard", range(FUZZ_SHARDS))
 @pytest.mark.parametrize("backend", FAST)
-@given(counts=fuzz_routings(), n=st.sampled_from(FUZZ_N), k=st.sampled_from(FUZZ_K),
-       out_dtype=st.sampled_from([torch.bfloat16, torch.float16]), seed=st.integers(0, 2**31 - 1))
-def test_fuzz_against_reference(backend, counts, n, k, out_dtype, seed):
+@per_shard(settings.default.max_examples)
+@given(problem=fuzz_problems(), out_dtype=st.sampled_from([torch.bfloat16, torch.float16]),
+       seed=st.integers(0, 2**31 - 1))
+def test_fuzz_against_reference(backend, shard, problem, out_dtype, seed):
+    counts, n, k = problem
+    record_coverage(counts)
     inputs = make_inputs(counts, n, k, seed, GPU)
     assert_matches(run_backend(inputs, out_dtype, backend), reference64(inputs))
 
 
-@settings(max_examples=min(settings.default.max_examples, 1000))  # each case runs every backend
-@given(counts=fuzz_routings(), n=st.sampled_from(FUZZ_N), k=st.sampled_from(FUZZ_K), seed=st.integers(0, 2**31 - 1))
-def test_fuzz_exact_inputs_bit_equal_across_backends(counts, n, k, seed):
+@pytest.mark.parametrize("shard", range(FUZZ_SHARDS))
+@per_shard(min(settings.default.max_examples, 1000))  # each case runs every backend
+@given(problem=fuzz_problems(), seed=st.integers(0, 2**31 - 1))
+def test_fuzz_exact_inputs_bit_equal_across_backends(shard, problem, seed):
+    counts, n, k = problem
+    record_coverage(counts)
     inputs = make_inputs(counts, n, k, seed, GPU, exact=True)
     expected = run_backend(inputs, torch.bfloat16, "reference")
     for backend in FAST:
