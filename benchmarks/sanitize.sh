@@ -12,8 +12,7 @@ set -o pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTORCH_NO_CUDA_MEMORY_CACHING=1
 logs=${OUT:-/tmp}
 python3 benchmarks/sanitize_cases.py || exit 1   # compiles the Triton kernels once, outside the tools
-backends=$(python3 -c "from es_dual.dispatch import available_backends as a; import torch
-print(' '.join(b for b in ('cutlass', 'cutlass_single', 'triton') if b in a(torch.device('cuda', 0))))")
+backends=$(python3 benchmarks/sanitize_cases.py --list)
 status=0
 runs=()  # "tool logname [backend]": memcheck and synccheck over every backend, the other two per backend
 for tool in memcheck synccheck; do runs+=("$tool $tool"); done
@@ -31,7 +30,9 @@ for run in "${runs[@]}"; do
   read -r tool name backend <<< "$run"
   log=$logs/sanitize_$name.log
   summary=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 1)
-  echo "== $tool ${backend:-all backends}: $summary; $(tail -n 3 "$log" | grep -c 'all match the reference') case run(s) matched"
+  matched="all outputs matched the reference"
+  grep -q 'all match the reference' "$log" || { matched="OUTPUTS DID NOT MATCH"; status=1; }
+  echo "== $tool ${backend:-all backends}: $summary; $matched"
   if ! grep -qE 'SUMMARY: 0 (errors|hazards)' <<< "$summary"; then python3 benchmarks/sanitizer_report.py "$log"; status=1; fi
 done
 probe=$logs/racecheck_probe

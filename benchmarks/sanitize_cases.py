@@ -1,7 +1,8 @@
 """Boundary cases for compute-sanitizer: every fast backend on routings that touch every edge.
 
 Run under each tool by benchmarks/sanitize.sh. Exits non-zero when a result differs from the reference.
-Usage: sanitize_cases.py [BACKEND ...] (default: every fast backend available on the GPU).
+Usage: sanitize_cases.py [BACKEND ...] (default: every fast backend available on the GPU);
+sanitize_cases.py --list prints that default.
 """
 import sys
 from pathlib import Path
@@ -27,8 +28,15 @@ CASES = [  # (counts, n, k): zero-token experts, every boundary +-1, one expert 
 ]
 
 
+def fast_backends() -> list[str]:
+    return [b for b in ("cutlass", "cutlass_single", "triton") if b in available_backends(GPU)]
+
+
 def main():
-    backends = sys.argv[1:] or [b for b in ("cutlass", "cutlass_single", "triton") if b in available_backends(GPU)]
+    if sys.argv[1:] == ["--list"]:  # for sanitize.sh: one tool run per backend
+        print(*fast_backends())
+        return
+    backends = sys.argv[1:] or fast_backends()
     for counts, n, k in CASES:
         inputs = make_inputs(counts, n, k, seed=len(counts), device=GPU)
         ref = reference64(inputs)

@@ -218,7 +218,12 @@ def check_contents(a_scale, b_scale, expert_offsets, total_m: int) -> None:
         raise ValueError(
             f"expert_offsets: expected non-decreasing offsets, got offsets[{e}] = {offs[e]} > offsets[{e + 1}] = {offs[e + 1]}"
         )
-    for name, s in (("a_scale", a_scale), ("b_scale", b_scale)):
+    check_scales(a_scale=a_scale, b_scale=b_scale)
+
+
+def check_scales(**scales: torch.Tensor) -> None:
+    """Opt-in host check (it synchronizes): every scale finite and >= 0; the error names the first bad one."""
+    for name, s in scales.items():
         bad = ~torch.isfinite(s) | (s < 0)
         if bool(bad.any()):
             index = tuple(int(i) for i in bad.nonzero()[0].tolist())

@@ -2,8 +2,9 @@
 
 Run at scale with HYPOTHESIS_PROFILE=fuzz (5,000 examples per backend, 1,000 bit-exact cases) and
 pytest-xdist: each fuzz test is split into FUZZ_SHARDS independent hypothesis runs that share its
-example budget, so the shards run in parallel. docs/reliability.md gives the commands and the figures. Every test needs a CUDA GPU; the CPU side of these properties is
-covered by test_triton.py and test_validation.py under the interpreter.
+example budget, so the shards run in parallel. docs/reliability.md gives the commands and the figures.
+Every test needs a CUDA GPU; the CPU side of these properties is covered by test_triton.py and
+test_validation.py under the interpreter.
 """
 import pytest
 import torch
@@ -22,6 +23,7 @@ GPU = torch.device("cuda", 0) if torch.cuda.is_available() else None
 FAST = [b for b in ("cutlass", "cutlass_single", "triton") if GPU is not None and b in available_backends(GPU)]
 # every boundary where a backend changes tile or bucket: the CUTLASS buckets and the Triton row tiles
 BOUNDARIES = tuple(sorted(set(buckets.boundaries()) | {c.block_m for c in TILE_CONFIGS} | {128, 256}))
+EDGES = frozenset(b + d for b in BOUNDARIES for d in (-1, 0, 1))
 MAX_EXPERTS, MAX_TOKENS, MAX_TOTAL = 1024, 4096, 65536
 FUZZ_N = (128, 256, 384, 1024)
 FUZZ_K = (128, 256, 512, 1024, 2064)
@@ -55,8 +57,7 @@ def record_coverage(counts) -> None:
     experts, rows = len(counts), sum(counts)
     event("experts " + ("1-64" if experts <= 64 else "65-512" if experts <= 512 else "513-1024"))
     event("rows " + ("0" if rows == 0 else "1-4096" if rows <= 4096 else "4097-32768" if rows <= 32768 else "32769-65536"))
-    edges = {b + d for b in BOUNDARIES for d in (-1, 0, 1)}
-    if edges & set(counts):
+    if EDGES.intersection(counts):
         event("an expert at a bucket or tile boundary +-1")
     if 0 in counts and rows:
         event("empty experts among others")

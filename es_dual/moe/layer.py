@@ -21,7 +21,7 @@ from ..api import grouped_gemm_fp8
 from ..dispatch import BACKEND_NAMES, BACKENDS
 from ..problem import (
     DIM_MULTIPLE, FP8, SCALE_BLOCK, _expect_aligned, _expect_contiguous, _expect_dtype, _expect_shape,
-    _expect_tensor, cdiv,
+    _expect_tensor, cdiv, check_scales,
 )
 
 ID_DTYPES = (torch.int32, torch.int64)
@@ -102,11 +102,7 @@ def check_moe_contents(w13_scale, w2_scale, topk_ids, num_experts: int) -> None:
         token, k = repeated.nonzero()[0].tolist()
         raise ValueError(f"topk_ids: expected distinct experts within a token, got expert {ids[token, k].item()} "
                          f"more than once in row {token}")
-    for name, s in (("w13_scale", w13_scale), ("w2_scale", w2_scale)):
-        bad = ~torch.isfinite(s) | (s < 0)
-        if bool(bad.any()):
-            index = tuple(bad.nonzero()[0].tolist())
-            raise ValueError(f"{name}: expected finite scales >= 0, got {s[index].item()} at index {index}")
+    check_scales(w13_scale=w13_scale, w2_scale=w2_scale)
 
 
 def route(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
