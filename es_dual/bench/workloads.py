@@ -1,4 +1,5 @@
-"""The public workloads of DESIGN.md and the routing distributions that fill them."""
+"""The public workloads of DESIGN.md, extra ones that check generality, and the routing distributions
+that fill them."""
 from __future__ import annotations
 
 import random
@@ -120,6 +121,26 @@ PUBLIC_WORKLOADS = (
     _public("balanced_big", 4096, 7168, 8, "balanced", 4096),
     _public("decode_uniform8", 4096, 7168, 32, "balanced", 8),
 )
+
+# Shapes and routings beyond the public eight, to check that a result is not tuned to them. Each name says
+# the model or shape and the routing.
+EXTRA_WORKLOADS = (
+    # DeepSeek-R1 decode shape with every token of a 512-token batch on one expert (a hot expert).
+    _public("ds_decode_ep8_one_hot512", 4096, 7168, 32, "one_hot", 16),
+    # Qwen3-235B gate-up with Zipf-skewed counts; 45 tokens per expert on average gives qwen_gateup's total.
+    _public("qwen_gateup_zipf", 768, 4096, 128, "zipf", 45),
+    # DeepSeek-R1 gate-up at decode: every one of 256 experts gets exactly one token.
+    _public("ds_gateup_ones256", 512, 7168, 256, "balanced", 1),
+    # Mixtral-8x7B-like gate (or up) projection: 8 big experts, 512 tokens each.
+    _public("mixtral_gateup_balanced512", 14336, 4096, 8, "balanced", 512),
+    # Qwen3-30B-A3B (and Kimi-style small-expert) gate-up and down: hidden 2048, 768 per expert, E=128.
+    _public("qwen3_30b_gateup", 1536, 2048, 128, "seed_skew"),
+    _public("qwen3_30b_down", 2048, 768, 128, "seed_skew"),
+    # DeepSeek-R1 down projection at TP4: k=512.
+    _public("ds_down_tp4_prefill", 7168, 512, 256, "seed_skew"),
+)
+
+WORKLOAD_SETS = {"public": PUBLIC_WORKLOADS, "extra": EXTRA_WORKLOADS, "all": PUBLIC_WORKLOADS + EXTRA_WORKLOADS}
 
 # The same shapes' character at a size the CPU (reference, Triton interpreter) finishes in seconds.
 CPU_WORKLOADS = (
