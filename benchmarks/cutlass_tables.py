@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 import es_dual  # noqa: E402
 from es_dual.accuracy import relative_errors, tolerance  # noqa: E402
-from es_dual.bench.timing import copy_bandwidth, fp8_matmul_rate, time_us  # noqa: E402
+from es_dual.bench.timing import capture, copy_bandwidth, fp8_matmul_rate, time_us  # noqa: E402
 from es_dual.bench.workloads import PUBLIC_WORKLOADS  # noqa: E402
 from es_dual.cutlass import buckets, loader  # noqa: E402
 from es_dual.cutlass.launch import grouped_gemm_cutlass  # noqa: E402
@@ -68,15 +68,7 @@ def _geomean(values: list[float]) -> float:
 
 def _graphed(fn):
     """fn captured in a CUDA graph (warmed up first on a side stream, as capture requires)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+    return capture(fn).replay
 
 
 def _measure(inputs, out, ref, mode, overlap, device, graph: bool) -> dict:

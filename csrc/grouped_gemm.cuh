@@ -40,6 +40,7 @@ template <int TileM, int TileN, int TileK, int ClusterM, int ClusterN, class Sch
 struct GroupedGemm {
   using Ops = Operands<SwapAB>;
   static constexpr bool kSwapAB = SwapAB;
+  static constexpr bool kNative = false;
 
   using ElementA           = typename Ops::ElementA;                   // FP8 e4m3, K-major
   using ElementB           = typename Ops::ElementB;                   // FP8 e4m3, K-major
@@ -228,10 +229,5 @@ struct GroupedGemm {
     return nullptr;
   }
 };
-
-template <class G>
-constexpr KernelEntry make_entry(const char* name) {
-  return KernelEntry{name, G::kSwapAB, &G::workspace_bytes, &G::run};
-}
 
 }  // namespace es_dual

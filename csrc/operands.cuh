@@ -24,6 +24,8 @@
 #include "cutlass/numeric_types.h"
 #include "cutlass/util/packed_stride.hpp"
 
+#include "es_dual_limits.h"  // generated from es_dual/cutlass/buckets.py
+
 namespace es_dual {
 
 constexpr int kScaleBlock = 128;  // elements of K (and of weight N) per scale: the tensor contract
@@ -93,6 +95,21 @@ struct GroupArrays {
   }
 };
 
+// The raw problem, as es_dual's own (native) kernels read it: they need no per-expert arrays.
+struct NativeArgs {
+  const void* a;            // (total_m, k) fp8
+  const float* a_scale_mn;  // the token scales MN-major: element (row, kb) at [kb * a_scale_pitch + row]
+  int64_t a_scale_pitch;    // floats between K blocks; a multiple of 4 (16-byte TMA rows)
+  const void* b;            // (E, n, k) fp8
+  const float* b_scale;     // (E, n blocks, k blocks)
+  const void* offsets;      // (E + 1)
+  int offsets_int64;
+  void* out;                // (total_m, n), 2-byte elements
+  int64_t total_m, n, k;
+  int32_t num_buckets;             // the mode's buckets, one tile kind each, in routing order:
+  int32_t max_tokens[kMaxBuckets]; // experts with max_tokens[i - 1] < m <= max_tokens[i]
+};
+
 // What the C API hands one kernel instantiation for one launch.
 struct LaunchArgs {
   int num_experts;
@@ -104,6 +121,7 @@ struct LaunchArgs {
   int sm_count;
   cudaStream_t stream;
   bool programmatic;          // launch with programmatic stream serialization (PDL)
+  NativeArgs native;          // read by the native kernels only
 
   template <bool SwapAB>
   const GroupArrays<SwapAB>& arrays() const {
@@ -114,10 +132,17 @@ struct LaunchArgs {
 // One compiled kernel instantiation, as the generated table lists it.
 struct KernelEntry {
   const char* name;
+  bool native;   // es_dual's own kernel (native_gemm.cuh): reads NativeArgs, no per-expert arrays
   bool swap_ab;
   size_t (*workspace_bytes)(int num_experts, int sm_count);
   const char* (*run)(const LaunchArgs& args);  // nullptr when launched, else a static error text
 };
+
+// The table entry of a kernel type G (grouped_gemm.cuh's CUTLASS kernels, native_gemm.cuh's own).
+template <class G>
+constexpr KernelEntry make_entry(const char* name) {
+  return KernelEntry{name, G::kNative, G::kSwapAB, &G::workspace_bytes, &G::run};
+}
 
 struct BucketRow {
   const char* name;
@@ -129,6 +154,9 @@ struct ModeTable {
   const char* name;
   int num_buckets;
   BucketRow buckets[kMaxBuckets];
+  // A native mode runs all its buckets in one kernel (indexed by out_dtype; its buckets name it too);
+  // nullptr: one CUTLASS grouped GEMM per bucket.
+  const KernelEntry* fused[2];
 };
 
 }  // namespace es_dual

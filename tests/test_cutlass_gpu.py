@@ -31,8 +31,9 @@ from support import make_inputs as support_make_inputs
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 pytestmark = pytest.mark.skipif(not HOPPER, reason="needs a compute capability 9.0 GPU (the library is sm_90a)")
 
-BACKENDS = ("cutlass", "cutlass_single")
-MODE_OF = {"cutlass": None, "cutlass_single": "single"}  # None: the production table for k
+# "native": the mode of es_dual's own kernels (csrc/native_gemm.cuh), through the launcher
+BACKENDS = ("cutlass", "cutlass_single", "native")
+MODE_OF = {"cutlass": None, "cutlass_single": "single", "native": "native"}  # None: the production table for k
 OVERLAPS = (None, *buckets.OVERLAPS)  # None: through the public API (production default overlap)
 OUT_DTYPES = (torch.bfloat16, torch.float16)
 # bucket boundaries from the table, plus the 128-token tile edges of the large configuration
@@ -46,8 +47,8 @@ def make_inputs(counts, n, k, seed, exact=False):
 
 
 def run(inputs, out_dtype, backend, overlap=None):
-    """Through the public API (overlap None), else through the launcher with that overlap."""
-    if overlap is None:
+    """Through the public API (a backend, overlap None), else through the launcher with that overlap."""
+    if overlap is None and backend in es_dual.dispatch.BACKENDS:
         return run_backend(inputs, out_dtype, backend)
     return run_mode(inputs, out_dtype, MODE_OF[backend], overlap)
 
@@ -129,7 +130,7 @@ def test_extreme_routings(name, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_no_tokens_at_all(backend):
     inputs = make_inputs([0] * 5, 128, 128, seed=0)
-    out = es_dual.grouped_gemm_fp8(**inputs, backend=backend)
+    out = run(inputs, torch.bfloat16, backend)
     assert out.shape == (0, 128)
 
 
@@ -180,7 +181,7 @@ def test_close_to_unquantized_product():
 # --- CUDA graphs ---------------------------------------------------------------------------------------
 
 def _call(inputs, out, backend, overlap):
-    if overlap is None:
+    if overlap is None and backend in es_dual.dispatch.BACKENDS:
         es_dual.grouped_gemm_fp8(**inputs, out=out, backend=backend)
     else:
         grouped_gemm_cutlass(**inputs, out=out, mode=MODE_OF[backend], overlap=overlap)
@@ -218,7 +219,7 @@ def test_graph_replay_after_routing_and_inputs_change(backend, overlap):
 # --- what the backend claims ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n,k", [(136, 128), (128, 144), (200, 400), (520, 2064), (4104, 7184)])
-@pytest.mark.parametrize("mode", ["es", "single"])
+@pytest.mark.parametrize("mode", ["es", "single", "native"])
 def test_tails(n, k, mode):
     """n % 128 != 0 and k % 128 != 0 (the blockwise mainloop's partial tiles and scale blocks), through
     the launcher, so it holds whatever limits.N_MULTIPLE / K_MULTIPLE claim."""

@@ -94,7 +94,8 @@ def test_library_reports_the_python_table(lib):
         assert [r["max_tokens"] for r in m["buckets"]] == [b.max_tokens for b in rows]
         assert [r["swap_ab"] for r in m["buckets"]] == [b.config.swap_ab for b in rows]
         for r, b in zip(m["buckets"], rows):
-            assert r["kernels"] == [f"{b.config.name}_{d}" for d, _ in buckets.OUT_DTYPES]
+            kernel = buckets.kernel_of(rows, b)  # a native mode's buckets all name its one fused kernel
+            assert r["kernels"] == [f"{kernel.name}_{d}" for d, _ in buckets.OUT_DTYPES]
     assert loader.mode_codes(lib) == {mode: i for i, (mode, _) in enumerate(COMPILED_MODES)} == loader.modes()
     assert list(loader.modes())[:2] == ["es", "single"]
 
@@ -109,7 +110,7 @@ def test_generated_units_match_the_table(library_file):
         for _, rows in modes:
             for b in rows:
                 for d, _ in dtypes:
-                    assert generate.kernel_unit_name(b.config, d) in units
+                    assert generate.kernel_unit_name(buckets.kernel_of(rows, b), d) in units
     # the library was built from exactly this text
     on_disk = {p.name: p.read_text() for p in (library_file.parent / "gen").iterdir()}
     assert on_disk == generated
@@ -126,6 +127,29 @@ def test_table_invariants():
     with pytest.raises(ValueError, match="without swap-AB tile_n"):
         buckets.coop(128, 256)
     assert buckets.DEFAULT_OVERLAP in buckets.OVERLAPS
+
+
+def test_native_table_rules(monkeypatch):
+    """Native kinds: a tile's weight rows in one weight scale block; a mode is all native
+    (one fused kernel, named by every bucket) or all CUTLASS, and its kinds share the math warp groups."""
+    with pytest.raises(ValueError, match="must divide 128"):
+        buckets.NativeConfig(128, 192, swap_ab=False)
+    with pytest.raises(ValueError, match="tile_m must be 64 or 128"):
+        buckets.NativeConfig(96, 32, swap_ab=True)
+    native = dict(buckets.MODES)["native"]
+    fused = buckets.fused_kernel(native)
+    assert fused is not None and all(buckets.kernel_of(native, b) == fused for b in native)
+    assert buckets.fused_kernel(buckets.BUCKETS) is None and buckets.kernel_of(buckets.BUCKETS, buckets.BUCKETS[0]) == buckets.BUCKETS[0].config
+    mixed = buckets.table(("decode", 32, buckets.NativeConfig(128, 32, swap_ab=True), ""),
+                          ("large", None, buckets.coop(128, 128), ""))
+    monkeypatch.setattr(buckets, "TUNING_MODES", (("mixed", mixed),))
+    with pytest.raises(ValueError, match="all native kernels or all CUTLASS"):
+        buckets.check_table()
+    uneven = buckets.table(("decode", 32, buckets.NativeConfig(64, 32, swap_ab=True), ""),
+                           ("large", None, buckets.NativeConfig(128, 128, swap_ab=False), ""))
+    monkeypatch.setattr(buckets, "TUNING_MODES", (("uneven", uneven),))
+    with pytest.raises(ValueError, match="share tile_m"):
+        buckets.check_table()
 
 
 # --- tuning tables ---------------------------------------------------------------------------------------

@@ -74,13 +74,65 @@ class KernelConfig:
         )
 
 
+# Limits of the native kernels (csrc/native_gemm.cuh keeps a tile prefix per expert and the weight
+# scales of one tile for every K block in shared memory); generate.py writes them into es_dual_limits.h.
+NATIVE_MAX_EXPERTS = 1024
+NATIVE_MAX_K_BLOCKS = 256  # k <= 32768
+
+
+@dataclass(frozen=True)
+class NativeConfig:
+    """One of es_dual's own SM90 kernels (csrc/native_gemm.cuh): a persistent, warp-specialized grouped
+    GEMM with a TMA producer warp group and tile_m / 64 math warp groups of WGMMA m64 x tile_n x k32.
+
+    swap_ab=False: WGMMA M = tokens, N = weight rows; swap_ab=True: M = weight rows, N = tokens. The
+    pipeline depth is what fits in shared memory (computed in the kernel's Config)."""
+
+    tile_m: int
+    tile_n: int
+    swap_ab: bool
+
+    def __post_init__(self):
+        reasons = self.invalid_reasons()
+        if reasons:
+            raise ValueError(f"invalid NativeConfig {self}: " + "; ".join(reasons))
+
+    def invalid_reasons(self) -> list[str]:
+        r = []
+        if self.tile_m not in (64, 128):
+            r.append("tile_m must be 64 or 128 (one or two math warp groups of 64 WGMMA rows)")
+        if self.tile_n % 8 or not 8 <= self.tile_n <= 256:
+            r.append("tile_n must be a multiple of 8 in [8, 256] (WGMMA N)")
+        weight_side = self.tile_m if self.swap_ab else self.tile_n
+        if SCALE_BLOCK % weight_side:
+            r.append(f"the weights' tile side ({weight_side}) must divide {SCALE_BLOCK}: one weight scale per tile")
+        return r
+
+    @property
+    def name(self) -> str:
+        return f"native_t{self.tile_m}x{self.tile_n}{'_swapab' if self.swap_ab else ''}"
+
+
+@dataclass(frozen=True)
+class NativeFused:
+    """The one kernel of a mode whose buckets are all NativeConfig: a single persistent launch runs the
+    tiles of every bucket, each expert with its bucket's tile kind (csrc/native_gemm.cuh, Mode)."""
+
+    kinds: tuple[NativeConfig, ...]
+    swap_ab = False  # no per-expert arrays: the orientation is per kind
+
+    @property
+    def name(self) -> str:
+        return "native_" + "_".join(k.name.removeprefix("native_") for k in self.kinds)
+
+
 @dataclass(frozen=True)
 class Bucket:
     """Experts with max_tokens(previous bucket) < m <= max_tokens run with ``config``."""
 
     name: str
     max_tokens: int | None  # None: no upper bound (must be the last bucket)
-    config: KernelConfig
+    config: KernelConfig | NativeConfig
     note: str  # what was measured, against what, on which card
 
 
@@ -138,9 +190,28 @@ SINGLE = Bucket(
 # Output dtypes: name in the C API order (out_dtype argument 0, 1), C++ element type.
 OUT_DTYPES: tuple[tuple[str, str], ...] = (("bf16", "cutlass::bfloat16_t"), ("fp16", "cutlass::half_t"))
 
-# The production modes, in the order of the library's mode argument (0, 1, 2).
+# --- es_dual's own kernels (csrc/native_gemm.cuh) ----------------------------------------------------
+# One persistent launch per call runs every bucket's tiles (no stream fork/join, no wave tail per bucket);
+# a pipeline stage is sized for the largest kind (here 33 KB: 5 stages). Measured on one H200
+# (2026-12-01, benchmarks/mode_ab.py, kernel mode), µs, against the "es" tables: faster at
+# 256 < k <= 4096 (qwen_gateup 128.6 vs 131.9, qwen_down 100.1 vs 104.6, qwen3_30b_gateup 129.4 vs
+# 135.2, qwen3_30b_down 82.1 vs 86.8, ds_down_tp4_prefill 377 vs 386), slower at k = 7168 with many
+# decode experts (ds_decode_ep16 155 vs 141, decode_uniform8 244 vs 236) and at k = 256 (299 vs 235).
+# A large kind of 128 x 64 (24 KB stages, 7 of them) was slower everywhere: balanced_big 2735 vs 1860,
+# ds_down_prefill 385 vs 299, and no better on the decode rows, so the stage count is not what holds
+# the decode rows back. Not the default of the cutlass backend yet (docs/perf-notes.md says why).
+_N_DECODE = "swap-AB: 128 weight rows x 32 tokens, the decode shape of the seed table without padding M"
+_N_SMALL = "swap-AB: 128 weight rows x 64 tokens"
+_N_LARGE = "128 tokens x 128 weight rows, two math warp groups"
+BUCKETS_NATIVE: tuple[Bucket, ...] = table(
+    ("decode", 32, NativeConfig(128, 32, swap_ab=True), _N_DECODE),
+    ("small", 64, NativeConfig(128, 64, swap_ab=True), _N_SMALL),
+    ("large", None, NativeConfig(128, 128, swap_ab=False), _N_LARGE),
+)
+
+# The production modes, in the order of the library's mode argument (0, 1, ...).
 MODES: tuple[tuple[str, tuple[Bucket, ...]], ...] = (
-    ("es", BUCKETS), ("single", (SINGLE,)), ("es_small_k", BUCKETS_SMALL_K),
+    ("es", BUCKETS), ("single", (SINGLE,)), ("es_small_k", BUCKETS_SMALL_K), ("native", BUCKETS_NATIVE),
 )
 
 # How the bucket kernels of one call are enqueued (the C API's overlap argument, csrc/es_dual.h). They
@@ -219,16 +290,33 @@ def check_table() -> None:
             raise ValueError(f"{mode}: max_tokens must be strictly increasing and >= 1, got {bounds}")
         if len({b.name for b in buckets}) != len(buckets):
             raise ValueError(f"{mode}: bucket names must be unique")
+        native = [isinstance(b.config, NativeConfig) for b in buckets]
+        if any(native) and not all(native):
+            raise ValueError(f"{mode}: a mode's buckets are all native kernels or all CUTLASS kernels")
+        if all(native) and len({b.config.tile_m for b in buckets}) != 1:
+            raise ValueError(f"{mode}: the kinds of a native mode share tile_m (its math warp groups)")
     if DEFAULT_OVERLAP not in OVERLAPS:
         raise ValueError(f"DEFAULT_OVERLAP must be one of {list(OVERLAPS)}, got {DEFAULT_OVERLAP}")
 
 
-def kernel_configs(modes=MODES) -> tuple[KernelConfig, ...]:
-    """Distinct kernel configurations of ``modes``, in table order (one TU each per out dtype)."""
-    seen: dict[KernelConfig, None] = {}
+def fused_kernel(buckets: tuple[Bucket, ...]) -> NativeFused | None:
+    """The single kernel of a native mode (every bucket a NativeConfig), else None."""
+    if all(isinstance(b.config, NativeConfig) for b in buckets):
+        return NativeFused(tuple(b.config for b in buckets))
+    return None
+
+
+def kernel_of(buckets: tuple[Bucket, ...], bucket: Bucket) -> KernelConfig | NativeFused:
+    """What runs a bucket's experts: the mode's fused native kernel, or the bucket's CUTLASS kernel."""
+    return fused_kernel(buckets) or bucket.config
+
+
+def kernel_configs(modes=MODES) -> tuple[KernelConfig | NativeFused, ...]:
+    """Distinct kernels of ``modes``, in table order (one TU each per out dtype)."""
+    seen: dict = {}
     for _, buckets in modes:
         for b in buckets:
-            seen.setdefault(b.config)
+            seen.setdefault(kernel_of(buckets, b))
     return tuple(seen)
 
 

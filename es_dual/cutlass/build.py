@@ -5,6 +5,7 @@
 Cache layout (root: ``$ES_DUAL_CACHE_DIR``, default ``~/.cache/es_dual``)::
 
     lib-<source key>/<compiler key>/libes_dual.so   (+ build.json, the generated sources)
+    objects/<compiler key>/<unit>-<object key>.o     (one per compiled unit: see object_key)
 
 * source key  = hash of the csrc/ files, the generated text and the flags. It is computed from files
   of this package alone: no CUTLASS header and no compiler is needed to compute it. A tuning build
@@ -177,6 +178,42 @@ def _run(cmd: list[str]) -> None:
         raise BuildError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
 
 
+def _local_includes(text: str, dirs: list[Path], seen: dict[str, str]) -> None:
+    """The texts of the quoted #includes found in `dirs`, recursively, into `seen` (name -> text)."""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("#include \""):
+            continue
+        name = line.split('"')[1]
+        if name in seen:
+            continue
+        found = next((d / name for d in dirs if (d / name).is_file()), None)
+        if found is not None:  # CUTLASS headers are pinned by the package version, not hashed
+            seen[name] = found.read_text()
+            _local_includes(seen[name], dirs, seen)
+
+
+def object_key(unit: Path, dirs: list[Path], version: str) -> str:
+    """Cache key of one compiled unit: flags, compiler, its text and the es_dual headers it includes, so
+    a change to one kernel's header recompiles the units that include it and no others."""
+    deps: dict[str, str] = {}
+    text = unit.read_text()
+    _local_includes(text, dirs, deps)
+    parts = ["es_dual-object-1", *COMPILE_FLAGS, version, unit.name, text]
+    for name in sorted(deps):
+        parts += [name, deps[name]]
+    return _sha(*parts)[:24]
+
+
+def _compile(nvcc: str, includes: list[str], unit: Path, obj: Path, cached: Path) -> None:
+    """Compile `unit` into `obj`, through the object cache."""
+    if not cached.is_file():
+        tmp = cached.with_suffix(f".tmp{os.getpid()}")
+        _run([nvcc, *COMPILE_FLAGS, *includes, "-c", str(unit), "-o", str(tmp)])
+        os.replace(tmp, cached)
+    shutil.copyfile(cached, obj)
+
+
 def build_library(force: bool = False, jobs: int | None = None, log=None) -> Path:
     """Build the library for this machine's nvcc unless it is cached; return its path."""
     reasons = can_build()
@@ -202,11 +239,15 @@ def build_library(force: bool = False, jobs: int | None = None, log=None) -> Pat
             log(f"es_dual: building the CUTLASS library ({len(units)} units, {jobs} jobs"
                 f"{', tuning tables' if tuning else ''}) in {final}")
         objects = [work / (u.stem + ".o") for u in units]
+        object_cache = cache_root() / "objects" / compiler_key(version)
+        object_cache.mkdir(parents=True, exist_ok=True)
+        dirs = [CSRC, work / "gen"]
+        cached = [object_cache / f"{u.stem}-{object_key(u, dirs, version)}.o" for u in units]
+        if force:
+            for c in cached:
+                c.unlink(missing_ok=True)
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = [
-                pool.submit(_run, [nvcc, *COMPILE_FLAGS, *includes, "-c", str(u), "-o", str(o)])
-                for u, o in zip(units, objects)
-            ]
+            futures = [pool.submit(_compile, nvcc, includes, u, o, c) for u, o, c in zip(units, objects, cached)]
             for f in futures:
                 f.result()
         _run([nvcc, *LINK_FLAGS, *map(str, objects), "-o", str(work / LIB_NAME)])

@@ -16,6 +16,7 @@ import os
 from . import buckets as tbl
 
 HEADER = "es_dual_table.h"
+LIMITS_HEADER = "es_dual_limits.h"  # included by csrc/operands.cuh, so by every unit
 TUNING_ENV = "ES_DUAL_TUNING"
 _INT32_MAX = 2**31 - 1
 _SCHEDULE_TAG = {"cooperative": "Cooperative", "pingpong": "Pingpong"}
@@ -51,16 +52,25 @@ def kernel_unit_name(config: tbl.KernelConfig, dtype: str) -> str:
     return f"{entry_symbol(config, dtype)}.cu"
 
 
-def _kernel_unit(config: tbl.KernelConfig, dtype: str, element: str) -> str:
-    sym = entry_symbol(config, dtype)
-    gemm = (
+def _kernel_type(config, element: str) -> tuple[str, str]:
+    """(header, C++ type) of one kernel instantiation."""
+    swap = "true" if config.swap_ab else "false"
+    if isinstance(config, tbl.NativeFused):
+        kinds = ", ".join(f"native::Kind<{'true' if k.swap_ab else 'false'}, {k.tile_m}, {k.tile_n}>"
+                          for k in config.kinds)
+        return "native_gemm.cuh", f"native::GroupedGemm<native::Mode<{element}, {kinds}>>"
+    return "grouped_gemm.cuh", (
         f"GroupedGemm<{config.tile_m}, {config.tile_n}, {config.tile_k}, {config.cluster_m}, "
-        f"{config.cluster_n}, {_SCHEDULE_TAG[config.schedule]}, {'true' if config.swap_ab else 'false'}, "
-        f"{element}>"
+        f"{config.cluster_n}, {_SCHEDULE_TAG[config.schedule]}, {swap}, {element}>"
     )
+
+
+def _kernel_unit(config, dtype: str, element: str) -> str:
+    sym = entry_symbol(config, dtype)
+    header, gemm = _kernel_type(config, element)
     return (
         _BANNER
-        + '#include "grouped_gemm.cuh"\n\n'
+        + f'#include "{header}"\n\n'
         + "namespace es_dual {\n"
         + f"extern const KernelEntry {sym};\n"
         + f'const KernelEntry {sym} = make_entry<{gemm}>("{config.name}_{dtype}");\n'
@@ -68,7 +78,7 @@ def _kernel_unit(config: tbl.KernelConfig, dtype: str, element: str) -> str:
     )
 
 
-def _kernels(config: tbl.KernelConfig, compiled: set) -> list[str | None]:
+def _kernels(config, compiled: set) -> list[str | None]:
     """Kernel names of one bucket per output dtype (None: not compiled for that dtype)."""
     return [f"{config.name}_{d}" if (config, d) in compiled else None for d, _ in tbl.OUT_DTYPES]
 
@@ -85,7 +95,7 @@ def table_json(tuning: bool = False) -> str:
                     "name": b.name,
                     "max_tokens": b.max_tokens,
                     "swap_ab": b.config.swap_ab,
-                    "kernels": _kernels(b.config, compiled),
+                    "kernels": _kernels(tbl.kernel_of(buckets, b), compiled),
                 }
                 for b in buckets
             ],
@@ -106,14 +116,16 @@ def _table_header(tuning: bool) -> str:
     lines.append("inline const ModeTable kModes[kNumModes] = {\n")
     for mode, buckets in modes:
         rows = []
+        def entries(config) -> str:
+            return ", ".join(f"&{entry_symbol(config, d)}" if (config, d) in compiled else "nullptr"
+                             for d, _ in tbl.OUT_DTYPES)
+
         for b in buckets:
-            kernels = ", ".join(
-                f"&{entry_symbol(b.config, d)}" if (b.config, d) in compiled else "nullptr"
-                for d, _ in tbl.OUT_DTYPES
-            )
             bound = _INT32_MAX if b.max_tokens is None else b.max_tokens
-            rows.append(f'      {{"{b.name}", {bound}, {{{kernels}}}}},  // {b.note}\n')
-        lines.append(f'  {{"{mode}", {len(buckets)}, {{\n' + "".join(rows) + "  }},\n")
+            rows.append(f'      {{"{b.name}", {bound}, {{{entries(tbl.kernel_of(buckets, b))}}}}},  // {b.note}\n')
+        fused = tbl.fused_kernel(buckets)
+        fused_entries = entries(fused) if fused else "nullptr, nullptr"
+        lines.append(f'  {{"{mode}", {len(buckets)}, {{\n' + "".join(rows) + f"  }}, {{{fused_entries}}}}},\n")
     lines.append("};\n")
     for mode, buckets in modes:
         lines.append(f'static_assert({len(buckets)} <= kMaxBuckets, "mode {mode}: too many buckets");\n')
@@ -123,13 +135,22 @@ def _table_header(tuning: bool) -> str:
     return "".join(lines)
 
 
+def _limits_header() -> str:
+    return (
+        _BANNER + "#pragma once\n\nnamespace es_dual {\n"
+        + f"constexpr int kNativeMaxExperts = {tbl.NATIVE_MAX_EXPERTS};  // experts of a call with native buckets\n"
+        + f"constexpr int kNativeMaxKBlocks = {tbl.NATIVE_MAX_K_BLOCKS};  // 128-wide K blocks, likewise\n"
+        + "}  // namespace es_dual\n"
+    )
+
+
 def generate(tuning: bool | None = None) -> dict[str, str]:
     """File name -> text of every generated file (the header first, then the kernel units).
     ``tuning`` None: as ES_DUAL_TUNING says."""
     if tuning is None:
         tuning = tuning_requested()
     tbl.check_table()
-    files = {HEADER: _table_header(tuning)}
+    files = {LIMITS_HEADER: _limits_header(), HEADER: _table_header(tuning)}
     for config, dtype, element in kernel_units(tuning):
         files[kernel_unit_name(config, dtype)] = _kernel_unit(config, dtype, element)
     return files

@@ -52,9 +52,11 @@ def workspace_bytes(total_m: int, n: int, k: int, num_experts: int, out_dtype_co
 
 
 @functools.lru_cache(maxsize=1024)
-def _workspace_bytes(n: int, k: int, num_experts: int, out_dtype_code: int, mode: int, sm_count: int) -> int:
-    # An upper bound over every routing, so total_m is not part of the key.
-    return workspace_bytes(0, n, k, num_experts, out_dtype_code, mode, sm_count)
+def _workspace_bytes(total_m: int, n: int, k: int, num_experts: int, out_dtype_code: int, mode: int,
+                     sm_count: int) -> int:
+    # An upper bound over every routing of total_m rows (modes with native buckets hold an MN-major copy
+    # of a_scale, whose size depends on total_m).
+    return workspace_bytes(total_m, n, k, num_experts, out_dtype_code, mode, sm_count)
 
 
 @functools.lru_cache(maxsize=1)
@@ -106,7 +108,7 @@ def grouped_gemm_cutlass(a, a_scale, b, b_scale, expert_offsets, out, *, mode: s
     index = device.index
     sm_count = _sm_count(index)
     out_code = out_codes[out.dtype]
-    nbytes = _workspace_bytes(n, k, num_experts, out_code, code, sm_count)
+    nbytes = _workspace_bytes(total_m, n, k, num_experts, out_code, code, sm_count)
     # From the caching allocator on the current stream: reused only by work ordered after this call's.
     workspace = torch.empty(nbytes, dtype=torch.uint8, device=device)
     status = lib.es_dual_grouped_gemm(

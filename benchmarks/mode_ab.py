@@ -1,0 +1,63 @@
+"""A/B of bucket-table modes of the CUTLASS library (e.g. the CUTLASS kernels' "es" tables against the
+native kernels' "native" table) on the public workloads, in one process on one card.
+
+Each (workload, mode) is checked against the reference, then timed in kernel mode: the call captured in
+a CUDA graph and replayed, the L2 flushed before each replay (triton's do_bench), 100 ms of warm-up right
+before, median. Modes are timed in two rounds, the second in reverse order; the better round is printed.
+python benchmarks/mode_ab.py [--modes es,native] [--workloads a,b] [--extra]
+("es" means the production CUTLASS table for the workload's k: es, or es_small_k for k <= 256.)
+"""
+import argparse
+import sys
+
+import torch
+import triton.testing
+
+from es_dual.accuracy import relative_errors, tolerance
+from es_dual.bench.timing import capture
+from es_dual.bench.workloads import EXTRA_WORKLOADS, PUBLIC_WORKLOADS
+from es_dual.cutlass.launch import grouped_gemm_cutlass
+from es_dual.reference import run_reference
+
+
+def kernel_us(graph) -> float:
+    return 1e3 * triton.testing.do_bench(graph.replay, warmup=100, rep=300, return_mode="median")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--modes", default="es,native")
+    parser.add_argument("--workloads", help="comma-separated names (default: the public eight)")
+    parser.add_argument("--extra", action="store_true", help="also the extra workloads (es_dual.bench --set extra)")
+    args = parser.parse_args()
+    modes = args.modes.split(",")
+    pool = PUBLIC_WORKLOADS + (EXTRA_WORKLOADS if args.extra else ())
+    workloads = [w for w in pool if not args.workloads or w.name in args.workloads.split(",")]
+    device = torch.device("cuda", 0)
+    max_tol, rms_tol = tolerance(torch.bfloat16, both_rounded=True)
+    print(f"{'workload':<20} " + " ".join(f"{m:>12}" for m in modes) + "   (us, kernel mode, better of 2 rounds)")
+    for w in workloads:
+        inputs = w.make_inputs(device)
+        ref = torch.empty(w.total_m, w.n, dtype=torch.bfloat16, device=device)
+        run_reference(**inputs, out=ref)
+        graphs, errors = {}, {}
+        for mode in modes:
+            out = torch.full((w.total_m, w.n), float("nan"), dtype=torch.bfloat16, device=device)
+            call = lambda mode=mode, out=out: grouped_gemm_cutlass(  # noqa: E731
+                **inputs, out=out, mode=None if mode == "es" else mode)
+            call()
+            max_rel, rms_rel = relative_errors(out, ref)
+            errors[mode] = "" if max_rel <= max_tol and rms_rel <= rms_tol else f"WRONG({max_rel:.2g},{rms_rel:.2g})"
+            graphs[mode] = capture(call)
+        times = {m: [] for m in modes}
+        for order in (modes, modes[::-1]):
+            for m in order:
+                print(f"  timing {w.name} {m}", file=sys.stderr, flush=True)
+                times[m].append(kernel_us(graphs[m]))
+        cells = [errors[m] or f"{min(times[m]):.1f}" for m in modes]
+        print(f"{w.name:<20} " + " ".join(f"{c:>12}" for c in cells), flush=True)
+        del inputs, ref, graphs
+
+
+if __name__ == "__main__":
+    main()

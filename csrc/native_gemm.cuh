@@ -1,0 +1,631 @@
+// es_dual's own SM90 FP8 blockwise grouped GEMM: one warp-specialized persistent kernel per bucket row of
+// es_dual/cutlass/buckets.py (NativeConfig), built from CuTe/CUTLASS primitives (TMA copy atoms, WGMMA
+// atoms, transaction barriers) instead of CUTLASS's blockwise collective, so that the tile shapes, the
+// scale handling and the epilogue are ours.
+//
+// For every expert e whose token count m lies in this bucket's range (min_tokens, max_tokens]:
+//   out[offs[e] + i, j] = sum_kb sa[offs[e] + i, kb] * sb[e, j / 128, kb] * (a[offs[e] + i, kb] . b[e, j, kb])
+// where kb runs over the 128-wide K blocks and "." is the FP8 dot product over one K block (accumulated by
+// the tensor cores in FP32, then scaled and added into a second FP32 accumulator: "promotion").
+//
+// Roles (one CTA per SM, persistent):
+//   warp group kMathWGs (the last one): the producer. One thread walks the CTA's tiles and, for every
+//     K block, waits for a free pipeline stage and issues three TMA loads into it: the token tile
+//     (tokens x 128 K bytes), the weight tile (weight rows x 128 K bytes) and the tokens' scales of
+//     that K block (from the MN-major copy the preparation kernel writes).
+//   warp groups 0 .. kMathWGs-1: the math. Each owns 64 rows of the WGMMA M side. Per K block: wait for
+//     the stage, 4 WGMMAs (K = 32 each), wait for them, free the stage, promote with the two scales.
+//     Per tile: stage the result in shared memory, then 16-byte stores of the rows that belong to the
+//     expert (a tile may run past the expert's last row or n; those rows/columns are never stored).
+//
+// Orientation (SwapAB):
+//   false: WGMMA M = tokens (TileM = 64 * kMathWGs), N = weight rows (TileN <= 128, one weight scale
+//          block per tile). Row scale = token scale, column scale = weight scale.
+//   true : WGMMA M = weight rows (TileM = 64 * kMathWGs, within one 128-row weight scale block),
+//          N = tokens (TileN). Row scale = weight scale, column scale = token scale. For experts with
+//          few tokens: a 32-token tile wastes nothing on a 128-row M side.
+//
+// Tiles of an expert: ceil(m / token rows) token chunks x ceil(n / weight rows) weight tiles, weight
+// tiles fastest (CTAs running at the same time share the token chunk in L2). Every CTA scans the
+// offsets itself at start (tiles per expert, exclusive prefix in shared memory) and takes the tiles
+// blockIdx.x, blockIdx.x + gridDim.x, ...: no device-to-host copy, nothing to prepare per call but the
+// tensor maps. Rows past the expert's end that a TMA box covers belong to the next expert (or lie past
+// total_m and read as zeros): they are computed and never stored, so a GEMM row never reads another
+// expert's data into a stored result.
+#pragma once
+
+#include <atomic>
+#include <tuple>
+#include <utility>
+
+#include <cuda.h>  // CUtensorMap (types only: the encoder is reached through the runtime, no libcuda link)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cute/arch/cluster_sm90.hpp"
+#include "cute/arch/copy_sm90_desc.hpp"
+#include "cute/arch/copy_sm90_tma.hpp"
+#include "cute/arch/mma_sm90_desc.hpp"
+#include "cute/arch/mma_sm90_gmma.hpp"
+#include "cute/arch/mma_sm90_gmma_ext.hpp"
+#include "cutlass/arch/barrier.h"
+#include "cutlass/arch/reg_reconfig.h"
+
+#include "operands.cuh"
+
+namespace es_dual::native {
+
+constexpr int kMaxExperts = kNativeMaxExperts;  // the tile prefix per expert lives in shared memory
+constexpr int kMaxKBlocks = kNativeMaxKBlocks;  // so do the tile's weight scales of every K block
+constexpr int kSmemBudget = 232448;   // bytes of dynamic shared memory a CTA may opt in to on SM90
+constexpr int kBlockK = kScaleBlock;  // one K block = one scale = one 128-byte swizzled smem row
+
+// ---------------------------------------------------------------------------------------------------
+// PTX helpers
+// ---------------------------------------------------------------------------------------------------
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// Shared-memory matrix descriptor of a K-major tile written by TMA with the 128-byte swizzle: rows of
+// 128 bytes, 8-row groups 1024 bytes apart (stride byte offset), swizzle mode 1 (128B).
+__device__ __forceinline__ uint64_t smem_desc_k_major_sw128(const void* smem) {
+  cute::GmmaDescriptor desc;
+  desc.bitfield.start_address_ = static_cast<uint16_t>(cute::cast_smem_ptr_to_uint(smem) >> 4);
+  desc.bitfield.leading_byte_offset_ = 1;  // unused for swizzled K-major layouts
+  desc.bitfield.stride_byte_offset_ = 1024 >> 4;
+  desc.bitfield.base_offset_ = 0;  // tiles are 1024-byte aligned
+  desc.bitfield.layout_type_ = 1;  // SWIZZLE_128B
+  return desc.desc_;
+}
+
+// The m64 x N x k32 FP8 WGMMA (both operands K-major in shared memory) for a compile-time N.
+template <int N> struct Wgmma;
+#define ES_DUAL_WGMMA(N) \
+  template <> struct Wgmma<N> { using Op = cute::SM90::GMMA::MMA_64x##N##x32_F32E4M3E4M3_SS_TN<>; };
+ES_DUAL_WGMMA(8) ES_DUAL_WGMMA(16) ES_DUAL_WGMMA(24) ES_DUAL_WGMMA(32) ES_DUAL_WGMMA(48) ES_DUAL_WGMMA(64)
+ES_DUAL_WGMMA(96) ES_DUAL_WGMMA(128) ES_DUAL_WGMMA(192) ES_DUAL_WGMMA(256)
+#undef ES_DUAL_WGMMA
+
+template <int N, size_t... I>
+__device__ __forceinline__ void wgmma_call(uint64_t a, uint64_t b, float* d, bool accumulate,
+                                           std::index_sequence<I...>) {
+  Wgmma<N>::Op::fma(a, b, d[I]..., accumulate ? cute::SM90::GMMA::ScaleOut::One : cute::SM90::GMMA::ScaleOut::Zero);
+}
+
+template <int N>
+__device__ __forceinline__ void wgmma(uint64_t a, uint64_t b, float* d, bool accumulate) {
+  wgmma_call<N>(a, b, d, accumulate, std::make_index_sequence<N / 2>{});
+}
+
+template <class T> struct Pack2;
+template <> struct Pack2<cutlass::bfloat16_t> {
+  static __device__ __forceinline__ uint32_t pack(float x, float y) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
+    return reinterpret_cast<uint32_t&>(v);
+  }
+  static __device__ __forceinline__ uint16_t one(float x) {
+    __nv_bfloat16 v = __float2bfloat16_rn(x);
+    return reinterpret_cast<uint16_t&>(v);
+  }
+};
+template <> struct Pack2<cutlass::half_t> {
+  static __device__ __forceinline__ uint32_t pack(float x, float y) {
+    __half2 v = __floats2half2_rn(x, y);
+    return reinterpret_cast<uint32_t&>(v);
+  }
+  static __device__ __forceinline__ uint16_t one(float x) {
+    __half v = __float2half_rn(x);
+    return reinterpret_cast<uint16_t&>(v);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Tile kinds and modes
+// ---------------------------------------------------------------------------------------------------
+constexpr int kMaxKinds = 4;  // tile kinds (buckets) of one mode
+
+// One tile shape and orientation (a bucket of es_dual/cutlass/buckets.py, NativeConfig).
+template <bool SwapAB, int TileM, int TileN>
+struct Kind {
+  static constexpr bool kSwapAB = SwapAB;
+  static constexpr int kTileM = TileM, kTileN = TileN;
+  static constexpr int kMathWGs = TileM / 64;
+  static constexpr int kTokenRows = SwapAB ? TileN : TileM;   // rows of a per tile
+  static constexpr int kWeightRows = SwapAB ? TileM : TileN;  // rows of b per tile
+  static_assert(TileM == 64 || TileM == 128, "one or two math warp groups of 64 WGMMA rows");
+  static_assert(TileN % 8 == 0 && TileN >= 8 && TileN <= 256, "WGMMA N");
+  static_assert(kScaleBlock % kWeightRows == 0, "the weight rows of a tile lie in one 128-row weight scale block");
+  static_assert(kTokenRows % 4 == 0, "token scale boxes are whole 16-byte rows");
+  static constexpr int kMBytes = TileM * kBlockK;  // WGMMA A operand tile (a multiple of 1024 bytes)
+  static constexpr int kNBytes = TileN * kBlockK;  // WGMMA B operand tile (a multiple of 1024 bytes)
+  // The tokens' scales of one K block. A TMA box must start on a 16-byte boundary of its innermost
+  // dimension (here: rows), so the box starts at row0 rounded down to 4 and holds 4 rows more.
+  static constexpr int kScaleBox = kTokenRows + 4;
+  static constexpr int kScaleBytes = (kScaleBox * 4 + 127) / 128 * 128;
+  static constexpr int kOutPitch = kWeightRows + 8;  // staged output row, elements; +16 bytes against bank conflicts
+  static constexpr int kOutBytes = (kTokenRows * kOutPitch * 2 + 1023) / 1024 * 1024;
+  static constexpr uint32_t kTxBytes = kMBytes + kNBytes + kScaleBox * 4;
+};
+
+constexpr int cmax(int a) { return a; }
+template <class... T>
+constexpr int cmax(int a, int b, T... rest) { return cmax(a > b ? a : b, rest...); }
+
+// A mode: the tile kinds of its buckets, in routing order, and the output type. One persistent launch
+// runs the tiles of every kind; a pipeline stage is sized for the largest kind.
+template <class ElementD_, class... Kinds>
+struct Mode {
+  using ElementD = ElementD_;
+  static constexpr int kNumKinds = sizeof...(Kinds);
+  static_assert(kNumKinds >= 1 && kNumKinds <= kMaxKinds, "1 to kMaxKinds tile kinds");
+  template <int I> using KindAt = std::tuple_element_t<I, std::tuple<Kinds...>>;
+  static constexpr int kMathWGs = KindAt<0>::kMathWGs;
+  static_assert(((Kinds::kMathWGs == kMathWGs) && ...), "every kind of a mode has the same math warp groups");
+  static constexpr int kMathThreads = 128 * kMathWGs;
+  static constexpr int kThreads = kMathThreads + 128;
+
+  static constexpr int kMBytes = cmax(Kinds::kMBytes...);
+  static constexpr int kNBytes = cmax(Kinds::kNBytes...);
+  static constexpr int kScaleBytes = cmax(Kinds::kScaleBytes...);
+  static constexpr int kOutBytes = cmax(Kinds::kOutBytes...);
+  static constexpr int kStageBytes = kMBytes + kNBytes + kScaleBytes;
+  static constexpr int kWeightScaleBytes = kMaxKBlocks * 4;
+  static constexpr int kScheduleBytes = (3 * kMaxExperts + 4 + 32) * 4;  // tile prefix, row ranges, warp sums
+  static constexpr int kBarrierBytes = 2 * 16 * 8;                       // full + empty per stage (<= 16)
+  static constexpr int kFixedBytes = kOutBytes + kWeightScaleBytes + kScheduleBytes + kBarrierBytes
+                                     + 1024;  // the base rounded up to 1024 bytes
+  static constexpr int kStagesFit = (kSmemBudget - kFixedBytes) / kStageBytes;
+  static constexpr int kStages = kStagesFit > 16 ? 16 : kStagesFit;
+  static_assert(kStages >= 3, "a pipeline needs at least three stages");
+  static constexpr int kSmemBytes = kStages * kStageBytes + kFixedBytes;
+};
+
+// Calls f(Kind{}) for the mode's kind number `kind` (a compile-time type for a run-time index).
+template <class M, int I = 0, class F>
+__device__ __forceinline__ void with_kind(int kind, F&& f) {
+  if constexpr (I < M::kNumKinds) {
+    if (kind == I) f(typename M::template KindAt<I>{});
+    else with_kind<M, I + 1>(kind, f);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Kernel parameters (one struct, passed by value as a __grid_constant__ so the tensor maps live in the
+// parameter space, where TMA reads them). Per kind: its own boxes.
+// ---------------------------------------------------------------------------------------------------
+struct Params {
+  CUtensorMap tokens[kMaxKinds];        // a       : dims {k, total_m}, FP8, box {128, token rows}, 128B swizzle
+  CUtensorMap weights[kMaxKinds];       // b       : dims {k, E * n},   FP8, box {128, weight rows}, 128B swizzle
+  CUtensorMap token_scales[kMaxKinds];  // a_scale : MN-major copy, dims {total_m, k blocks}, box {scale box, 1}
+  const float* b_scale;                 // (E, n blocks, k blocks) row-major
+  uint8_t* out;                         // (total_m, n), 2-byte elements
+  const void* offsets;                  // (E + 1) int32 or int64
+  int offsets_int64;
+  int total_m, n, k, num_experts;
+  int max_tokens[kMaxKinds];            // kind i: experts with max_tokens[i - 1] < m <= max_tokens[i]
+};
+
+// The tile a CTA works on, as both roles decode it from the linear tile index.
+struct Tile {
+  int expert;
+  int kind;
+  int row0;  // first token row of the tile (row of a and out)
+  int rows;  // rows of the tile that belong to the expert (1 .. token rows)
+  int col0;  // first weight row of the tile within the expert (column of out)
+};
+
+// The kind (bucket) of an expert with m > 0 tokens; -1 for none.
+template <class M>
+__device__ __forceinline__ int kind_of(const Params& p, int m) {
+  if (m <= 0) return -1;
+#pragma unroll
+  for (int i = 0; i < M::kNumKinds; ++i)
+    if (m <= p.max_tokens[i]) return i;
+  return -1;
+}
+
+template <class M>
+__device__ __forceinline__ void tile_shape(int kind, int& token_rows, int& weight_rows) {
+  with_kind<M>(kind, [&](auto k) {
+    token_rows = decltype(k)::kTokenRows;
+    weight_rows = decltype(k)::kWeightRows;
+  });
+}
+
+// Where the CTA's schedule lives in shared memory. Built by every CTA at start from the offsets.
+struct Schedule {
+  int* tile_start;  // [E + 1]: exclusive prefix of the tiles per expert; [E] = total tiles
+  int* first_row;   // [E]: the expert's first row, offsets clamped to [0, total_m]
+  int* end_row;     // [E]: one past its last row (>= first_row)
+
+  template <class M>
+  __device__ __forceinline__ Tile decode(const Params& p, int t) const {
+    // The last expert whose first tile is <= t: tile_start[lo] <= t < tile_start[lo + 1] (experts with
+    // no tile repeat a start; the search lands past them on the expert that owns t).
+    int lo = 0, hi = p.num_experts;
+    while (hi - lo > 1) {
+      const int mid = (lo + hi) >> 1;
+      if (tile_start[mid] <= t) lo = mid; else hi = mid;
+    }
+    Tile tile;
+    tile.expert = lo;
+    tile.kind = kind_of<M>(p, end_row[lo] - first_row[lo]);
+    int token_rows = 0, weight_rows = 0;
+    tile_shape<M>(tile.kind, token_rows, weight_rows);
+    const int weight_tiles = (p.n + weight_rows - 1) / weight_rows;
+    const int local = t - tile_start[lo];
+    const int chunk = local / weight_tiles;
+    tile.row0 = first_row[lo] + chunk * token_rows;
+    tile.rows = min(token_rows, end_row[lo] - tile.row0);
+    tile.col0 = (local - chunk * weight_tiles) * weight_rows;
+    return tile;
+  }
+};
+
+__device__ __forceinline__ int64_t read_offset(const Params& p, int i) {
+  return p.offsets_int64 ? static_cast<const int64_t*>(p.offsets)[i]
+                         : int64_t(static_cast<const int32_t*>(p.offsets)[i]);
+}
+
+// Every thread of the CTA: clamp the offsets (the documented meaning of offsets that break the contract),
+// count each expert's tiles (its kind's shape) and scan them into sched.tile_start. Returns the total.
+template <class M>
+__device__ int build_schedule(const Params& p, const Schedule& sched, int* warp_sums) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  int carry = 0;
+  for (int base = 0; base < p.num_experts; base += blockDim.x) {
+    const int e = base + threadIdx.x;
+    int tiles = 0;
+    if (e < p.num_experts) {
+      int64_t lo = read_offset(p, e), hi = read_offset(p, e + 1);
+      lo = lo < 0 ? 0 : (lo > p.total_m ? p.total_m : lo);
+      hi = hi < lo ? lo : (hi > p.total_m ? p.total_m : hi);
+      const int m = int(hi - lo);
+      sched.first_row[e] = int(lo);
+      sched.end_row[e] = int(hi);
+      const int kind = kind_of<M>(p, m);
+      if (kind >= 0) {
+        int token_rows = 1, weight_rows = 1;
+        tile_shape<M>(kind, token_rows, weight_rows);
+        tiles = (m + token_rows - 1) / token_rows * ((p.n + weight_rows - 1) / weight_rows);
+      }
+    }
+    int x = tiles;  // inclusive scan within the warp
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+      const int y = __shfl_up_sync(0xffffffffu, x, d);
+      if (lane >= d) x += y;
+    }
+    if (lane == 31) warp_sums[warp] = x;
+    __syncthreads();
+    if (warp == 0) {
+      int w = lane < warps ? warp_sums[lane] : 0;
+#pragma unroll
+      for (int d = 1; d < 32; d <<= 1) {
+        const int y = __shfl_up_sync(0xffffffffu, w, d);
+        if (lane >= d) w += y;
+      }
+      if (lane < warps) warp_sums[lane] = w;
+    }
+    __syncthreads();
+    if (e < p.num_experts) sched.tile_start[e] = carry + (warp > 0 ? warp_sums[warp - 1] : 0) + x - tiles;
+    carry += warp_sums[warps - 1];
+    __syncthreads();  // warp_sums is rewritten by the next chunk
+  }
+  if (threadIdx.x == 0) sched.tile_start[p.num_experts] = carry;
+  __syncthreads();
+  return carry;
+}
+
+// Shared memory of one CTA, carved in this order (see Mode).
+template <class M>
+struct Smem {
+  uint8_t* m;        // [kStages][kMBytes]  WGMMA A operand tiles
+  uint8_t* n;        // [kStages][kNBytes]  WGMMA B operand tiles
+  uint16_t* out;     // staged output tile
+  uint8_t* ts;       // [kStages][kScaleBytes] token scales
+  float* ws;         // [kMaxKBlocks] the current tile's weight scales
+  Schedule sched;
+  int* warp_sums;    // [32]
+  cutlass::arch::ClusterTransactionBarrier* full;   // [kStages]: data landed
+  cutlass::arch::ClusterTransactionBarrier* empty;  // [kStages]: stage free again
+
+  __device__ explicit Smem(uint8_t* base) {
+    m = base;
+    n = m + M::kStages * M::kMBytes;
+    out = reinterpret_cast<uint16_t*>(n + M::kStages * M::kNBytes);
+    ts = reinterpret_cast<uint8_t*>(out) + M::kOutBytes;
+    ws = reinterpret_cast<float*>(ts + M::kStages * M::kScaleBytes);
+    int* s = reinterpret_cast<int*>(ws + kMaxKBlocks);
+    // tile_start gets kMaxExperts + 4 entries so that every array (and the barriers) stays 16-byte aligned.
+    sched = Schedule{s, s + kMaxExperts + 4, s + 2 * kMaxExperts + 4};
+    warp_sums = s + 3 * kMaxExperts + 4;
+    full = reinterpret_cast<cutlass::arch::ClusterTransactionBarrier*>(warp_sums + 32);
+    empty = full + M::kStages;
+  }
+};
+
+// The producer's loads of one tile: per K block, wait for a free stage, then the three TMA loads into it.
+template <class M, class K>
+__device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, const Tile& tile, int k_blocks,
+                                          int& stage, uint32_t& phase) {
+  // L2 policy: a token chunk is read once per weight tile of its expert (kept); in the swap-AB kinds
+  // (experts of at most a few dozen tokens, one chunk) each weight tile is read once (streamed).
+  constexpr uint64_t kTokenHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
+  constexpr uint64_t kWeightHint = uint64_t(K::kSwapAB ? cute::TMA::CacheHintSm90::EVICT_FIRST
+                                                       : cute::TMA::CacheHintSm90::EVICT_NORMAL);
+  constexpr uint64_t kScaleHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+  const int kind = tile.kind;
+  const int weight_row = tile.expert * p.n + tile.col0;  // row of b seen as (E * n, k); < 2^31 (host)
+  for (int kb = 0; kb < k_blocks; ++kb) {
+    s.empty[stage].wait(phase ^ 1);
+    s.full[stage].arrive_and_expect_tx(K::kTxBytes);
+    uint64_t* bar = reinterpret_cast<uint64_t*>(&s.full[stage]);
+    uint8_t* m_tile = s.m + stage * M::kMBytes;
+    uint8_t* n_tile = s.n + stage * M::kNBytes;
+    cute::SM90_TMA_LOAD_2D::copy(&p.tokens[kind], bar, kTokenHint, K::kSwapAB ? n_tile : m_tile, kb * kBlockK, tile.row0);
+    cute::SM90_TMA_LOAD_2D::copy(&p.weights[kind], bar, kWeightHint, K::kSwapAB ? m_tile : n_tile, kb * kBlockK, weight_row);
+    cute::SM90_TMA_LOAD_2D::copy(&p.token_scales[kind], bar, kScaleHint, s.ts + stage * M::kScaleBytes, tile.row0 & ~3, kb);
+    if (++stage == M::kStages) stage = 0, phase ^= 1;
+  }
+}
+
+// The math warp groups' work on one tile: the K loop (WGMMA, promotion), then the epilogue.
+template <class M, class K>
+__device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, const Tile& tile, int k_blocks,
+                                             int& stage, uint32_t& phase) {
+  constexpr int N = K::kTileN;
+  const int tid = threadIdx.x;
+  const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
+  const int lane = tid % 32;
+  const int row_in_wg = (tid / 32) % 4 * 16 + lane / 4;  // accumulator rows row_in_wg and row_in_wg + 8
+  const int col_in_8 = 2 * (lane % 4);                    // accumulator columns 8j + col_in_8 (+1)
+  float acc[N / 2], sum[N / 2];
+#pragma unroll
+  for (int i = 0; i < N / 2; ++i) sum[i] = 0.f;
+
+  for (int kb = 0; kb < k_blocks; ++kb) {
+    const float weight_scale = s.ws[kb];
+    s.full[stage].wait(phase);
+    const uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
+    const uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+    cute::warpgroup_arrive();
+#pragma unroll
+    for (int k = 0; k < kBlockK / 32; ++k)  // +32 bytes along K inside the swizzled row: +2 in 16-byte units
+      wgmma<N>(desc_m + 2 * k, desc_n + 2 * k, acc, k > 0);
+    cute::warpgroup_commit_batch();
+    // The tokens' scales of this K block, read while the tensor cores work (the stage is still ours).
+    const float* ts = reinterpret_cast<const float*>(s.ts + stage * M::kScaleBytes) + (tile.row0 & 3);
+    float row_scale[2];
+    float2 col_scale[K::kSwapAB ? N / 8 : 1];
+    if constexpr (K::kSwapAB) {
+#pragma unroll
+      for (int j = 0; j < N / 8; ++j) col_scale[j] = make_float2(ts[8 * j + col_in_8], ts[8 * j + col_in_8 + 1]);
+    } else {
+      row_scale[0] = ts[wg * 64 + row_in_wg] * weight_scale;
+      row_scale[1] = ts[wg * 64 + row_in_wg + 8] * weight_scale;
+    }
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+    cute::warpgroup_wait<0>();
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+    if (lane == 0) s.empty[stage].arrive();
+    // Promotion: sum += (token scale * weight scale) * this K block's product.
+#pragma unroll
+    for (int j = 0; j < N / 8; ++j) {
+      if constexpr (K::kSwapAB) {
+        const float s0 = col_scale[j].x * weight_scale, s1 = col_scale[j].y * weight_scale;
+        sum[4 * j + 0] += s0 * acc[4 * j + 0];
+        sum[4 * j + 1] += s1 * acc[4 * j + 1];
+        sum[4 * j + 2] += s0 * acc[4 * j + 2];
+        sum[4 * j + 3] += s1 * acc[4 * j + 3];
+      } else {
+        sum[4 * j + 0] += row_scale[0] * acc[4 * j + 0];
+        sum[4 * j + 1] += row_scale[0] * acc[4 * j + 1];
+        sum[4 * j + 2] += row_scale[1] * acc[4 * j + 2];
+        sum[4 * j + 3] += row_scale[1] * acc[4 * j + 3];
+      }
+    }
+    if (++stage == M::kStages) stage = 0, phase ^= 1;
+  }
+
+  // --- Epilogue: round, stage as [token][weight row] in smem, store the expert's rows ----------------
+  using Pack = Pack2<typename M::ElementD>;
+  constexpr int kPitch = K::kOutPitch;
+  const int r0 = wg * 64 + row_in_wg;
+#pragma unroll
+  for (int j = 0; j < N / 8; ++j) {
+    const int c = 8 * j + col_in_8;
+    if constexpr (K::kSwapAB) {  // rows are weight rows, columns tokens: transpose while staging
+      s.out[c * kPitch + r0] = Pack::one(sum[4 * j + 0]);
+      s.out[(c + 1) * kPitch + r0] = Pack::one(sum[4 * j + 1]);
+      s.out[c * kPitch + r0 + 8] = Pack::one(sum[4 * j + 2]);
+      s.out[(c + 1) * kPitch + r0 + 8] = Pack::one(sum[4 * j + 3]);
+    } else {
+      *reinterpret_cast<uint32_t*>(s.out + r0 * kPitch + c) = Pack::pack(sum[4 * j + 0], sum[4 * j + 1]);
+      *reinterpret_cast<uint32_t*>(s.out + (r0 + 8) * kPitch + c) = Pack::pack(sum[4 * j + 2], sum[4 * j + 3]);
+    }
+  }
+  named_barrier_sync(1, M::kMathThreads);
+  constexpr int kChunks = K::kWeightRows / 8;  // 16-byte chunks per staged row
+  for (int i = tid; i < K::kTokenRows * kChunks; i += M::kMathThreads) {
+    const int r = i / kChunks, col = tile.col0 + (i % kChunks) * 8;
+    if (r < tile.rows && col < p.n) {
+      const uint4 v = *reinterpret_cast<const uint4*>(s.out + r * kPitch + (i % kChunks) * 8);
+      *reinterpret_cast<uint4*>(p.out + (int64_t(tile.row0 + r) * p.n + col) * 2) = v;
+    }
+  }
+  // The next tile's first barrier (after its weight-scale store) orders these smem reads before the
+  // next writes of s.out and s.ws.
+}
+
+template <class M>
+__global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __grid_constant__ Params p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(CUTE_ARCH_MMA_SM90A_ENABLED)
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  // Round up to 1024 bytes by an offset from smem_raw, so that the compiler keeps the shared address
+  // space (ld/st.shared rather than generic accesses).
+  const Smem<M> s(smem_raw + ((1024 - (cute::cast_smem_ptr_to_uint(smem_raw) & 1023)) & 1023));
+
+  if (threadIdx.x == M::kMathThreads) {
+    for (int i = 0; i < M::kNumKinds; ++i) {
+      cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.tokens[i]));
+      cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.weights[i]));
+      cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.token_scales[i]));
+    }
+    for (int i = 0; i < M::kStages; ++i) {
+      s.full[i].init(1);                      // the producer's arrive_and_expect_tx
+      s.empty[i].init(M::kMathThreads / 32);  // one arrival per math warp
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  const int total_tiles = build_schedule<M>(p, s.sched, s.warp_sums);  // ends with __syncthreads
+  const int k_blocks = (p.k + kBlockK - 1) / kBlockK;
+  int stage = 0;
+  uint32_t phase = 0;
+
+  if (threadIdx.x >= M::kMathThreads) {
+    // --- Producer warp group: one thread issues every TMA load ---------------------------------------
+    cutlass::arch::warpgroup_reg_dealloc<40>();
+    if (threadIdx.x == M::kMathThreads) {
+      for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
+        const Tile tile = s.sched.template decode<M>(p, t);
+        with_kind<M>(tile.kind, [&](auto k) { load_tile<M, decltype(k)>(p, s, tile, k_blocks, stage, phase); });
+      }
+    }
+  } else {
+    // --- Math warp groups ------------------------------------------------------------------------------
+    cutlass::arch::warpgroup_reg_alloc<M::kMathWGs == 1 ? 248 : 232>();
+    const int tid = threadIdx.x;
+    const int n_blocks = (p.n + kScaleBlock - 1) / kScaleBlock;
+    // The weight scales of a tile (its weight rows lie in one 128-row scale block: one scale per K block)
+    // are loaded from global memory one tile ahead, into registers, so that their latency hides behind
+    // the previous tile's mainloop instead of stalling every tile's start (short-K tiles last ~1 us).
+    constexpr int kScalesPerThread = (kMaxKBlocks + M::kMathThreads - 1) / M::kMathThreads;
+    float next_scales[kScalesPerThread];
+    auto load_weight_scales = [&](int t) {
+      const Tile tile = s.sched.template decode<M>(p, t);
+      const float* src = p.b_scale + (int64_t(tile.expert) * n_blocks + tile.col0 / kScaleBlock) * k_blocks;
+#pragma unroll
+      for (int i = 0; i < kScalesPerThread; ++i) {
+        const int kb = tid + i * M::kMathThreads;
+        next_scales[i] = kb < k_blocks ? src[kb] : 0.f;
+      }
+    };
+    if (int(blockIdx.x) < total_tiles) load_weight_scales(blockIdx.x);
+    for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
+      const Tile tile = s.sched.template decode<M>(p, t);
+#pragma unroll
+      for (int i = 0; i < kScalesPerThread; ++i) {
+        const int kb = tid + i * M::kMathThreads;
+        if (kb < k_blocks) s.ws[kb] = next_scales[i];
+      }
+      named_barrier_sync(1, M::kMathThreads);
+      if (t + int(gridDim.x) < total_tiles) load_weight_scales(t + gridDim.x);
+      with_kind<M>(tile.kind, [&](auto k) { compute_tile<M, decltype(k)>(p, s, tile, k_blocks, stage, phase); });
+    }
+  }
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------------------------------
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point: the library links no libcuda.
+inline EncodeTiled encoder() {
+  static EncodeTiled fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult found;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      ptr = nullptr;
+    return reinterpret_cast<EncodeTiled>(ptr);
+  }();
+  return fn;
+}
+
+// A 2-D tensor map: `rows` rows of `cols` elements (row pitch `pitch_bytes`), boxes of box_cols x box_rows.
+inline const char* encode_2d(CUtensorMap* map, CUtensorMapDataType type, const void* base, uint64_t cols,
+                             uint64_t rows, uint64_t pitch_bytes, uint32_t box_cols, uint32_t box_rows,
+                             CUtensorMapSwizzle swizzle) {
+  EncodeTiled encode = encoder();
+  if (!encode) return "cuTensorMapEncodeTiled is not available from the driver";
+  const cuuint64_t dims[2] = {cols, rows};
+  const cuuint64_t strides[1] = {pitch_bytes};
+  const cuuint32_t box[2] = {box_cols, box_rows};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  CUresult r = encode(map, type, 2, const_cast<void*>(base), dims, strides, box, elem_strides,
+                      CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? nullptr : "cuTensorMapEncodeTiled refused a tensor map";
+}
+
+template <class M>
+struct GroupedGemm {
+  static constexpr bool kSwapAB = false;  // not read for native kernels (no per-expert arrays)
+  static constexpr bool kNative = true;
+
+  static size_t workspace_bytes(int, int) { return 0; }  // no CUTLASS workspace: tensor maps are kernel params
+
+  // Per kind I: its three tensor maps and its bucket bound; adds to `bound` its most tiles,
+  // (ceil(total_m / token rows) + E) x weight tiles.
+  template <int I = 0>
+  static const char* encode_kinds(Params& p, const LaunchArgs& la, int k_blocks, int64_t& bound) {
+    if constexpr (I == M::kNumKinds) {
+      return nullptr;
+    } else {
+      using K = typename M::template KindAt<I>;
+      const NativeArgs& na = la.native;
+      const char* err = encode_2d(&p.tokens[I], CU_TENSOR_MAP_DATA_TYPE_UINT8, na.a, na.k, na.total_m, na.k,
+                                  kBlockK, K::kTokenRows, CU_TENSOR_MAP_SWIZZLE_128B);
+      if (!err)
+        err = encode_2d(&p.weights[I], CU_TENSOR_MAP_DATA_TYPE_UINT8, na.b, na.k, uint64_t(la.num_experts) * na.n,
+                        na.k, kBlockK, K::kWeightRows, CU_TENSOR_MAP_SWIZZLE_128B);
+      if (!err)
+        err = encode_2d(&p.token_scales[I], CU_TENSOR_MAP_DATA_TYPE_FLOAT32, na.a_scale_mn, na.total_m, k_blocks,
+                        na.a_scale_pitch * 4, K::kScaleBox, 1, CU_TENSOR_MAP_SWIZZLE_NONE);
+      if (err) return err;
+      p.max_tokens[I] = na.max_tokens[I];
+      bound += ((na.total_m + K::kTokenRows - 1) / K::kTokenRows + la.num_experts) *
+               ((na.n + K::kWeightRows - 1) / K::kWeightRows);
+      return encode_kinds<I + 1>(p, la, k_blocks, bound);
+    }
+  }
+
+  static const char* run(const LaunchArgs& la) {
+    const NativeArgs& na = la.native;
+    if (la.num_experts > kMaxExperts) return "too many experts for the native kernels";
+    if (na.num_buckets != M::kNumKinds) return "the mode's bucket count differs from its kernel's tile kinds";
+    Params p{};
+    const int k_blocks = int((na.k + kBlockK - 1) / kBlockK);
+    int64_t bound = 0;  // CTAs beyond the number of tiles would have nothing to do
+    if (const char* err = encode_kinds(p, la, k_blocks, bound)) return err;
+    p.b_scale = na.b_scale;
+    p.out = static_cast<uint8_t*>(na.out);
+    p.offsets = na.offsets;
+    p.offsets_int64 = na.offsets_int64;
+    p.total_m = int(na.total_m), p.n = int(na.n), p.k = int(na.k), p.num_experts = la.num_experts;
+
+    static std::atomic<bool> opted_in[kMaxDevices];
+    auto kernel = grouped_gemm_kernel<M>;
+    if (la.device < 0 || la.device >= kMaxDevices || !opted_in[la.device].load(std::memory_order_relaxed)) {
+      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, M::kSmemBytes) != cudaSuccess)
+        return cudaGetErrorString(cudaGetLastError());
+      if (la.device >= 0 && la.device < kMaxDevices) opted_in[la.device].store(true, std::memory_order_relaxed);
+    }
+    const int grid = int(bound < la.sm_count ? bound : la.sm_count);
+    kernel<<<grid, M::kThreads, M::kSmemBytes, la.stream>>>(p);
+    cudaError_t status = cudaGetLastError();
+    return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
+  }
+};
+
+}  // namespace es_dual::native
