@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from es_dual.cutlass import build, buckets, generate, loader
+from es_dual.cutlass import build, buckets, generate, launch, loader
 
 NVCC_MISSING = build.find_nvcc() is None
 # The tests hold for the build the environment selects (production, or ES_DUAL_TUNING=1).
@@ -261,6 +261,19 @@ def test_workspace_bytes_are_sane(lib, mode, dtype):
     # an upper bound for any routing: independent of total_m; grows with the SM count
     assert _workspace(lib, total_m=0, mode=mode, dtype=dtype)[1] == _workspace(lib, total_m=10**6, mode=mode, dtype=dtype)[1]
     assert _workspace(lib, sms=264, mode=mode, dtype=dtype)[1] > _workspace(lib, sms=132, mode=mode, dtype=dtype)[1]
+
+
+def test_only_native_workspaces_depend_on_total_m(lib):
+    """A native mode holds an MN-major copy of a_scale (k/128 rows of total_m rounded up to 4 floats), so
+    its workspace grows with total_m; the launcher passes total_m only for such modes, so that a new row
+    count costs no library query on the CUTLASS tables' path."""
+    codes = loader.modes()
+    for name, code in codes.items():
+        small, large = (_workspace(lib, total_m=m, mode=code)[1] for m in (0, 1000))
+        assert launch._sized_by_rows(name) == (large > small), name
+        if launch._sized_by_rows(name):
+            assert large - small >= 4 * 1000 * (7168 // 128)  # _workspace's default k is 7168
+    assert launch._sized_by_rows("native") and not launch._sized_by_rows("es")
 
 
 def test_workspace_bytes_rejects_bad_sizes(lib):

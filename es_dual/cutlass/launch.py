@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import functools
 
-from . import buckets, build, loader
+from . import buckets, build, generate, loader
 
 
 def _sm_count(index: int) -> int:
@@ -54,9 +54,16 @@ def workspace_bytes(total_m: int, n: int, k: int, num_experts: int, out_dtype_co
 @functools.lru_cache(maxsize=1024)
 def _workspace_bytes(total_m: int, n: int, k: int, num_experts: int, out_dtype_code: int, mode: int,
                      sm_count: int) -> int:
-    # An upper bound over every routing of total_m rows (modes with native buckets hold an MN-major copy
-    # of a_scale, whose size depends on total_m).
+    # An upper bound over every routing of total_m rows; the caller passes total_m = 0 for modes whose
+    # size does not depend on it, so a call with a new row count costs no library query.
     return workspace_bytes(total_m, n, k, num_experts, out_dtype_code, mode, sm_count)
+
+
+@functools.lru_cache(maxsize=None)
+def _sized_by_rows(mode: str) -> bool:
+    """Whether a mode's workspace depends on total_m: a native mode holds an MN-major copy of a_scale."""
+    rows = dict(generate.compiled_modes(generate.tuning_requested())).get(mode)
+    return rows is not None and buckets.fused_kernel(rows) is not None
 
 
 @functools.lru_cache(maxsize=1)
@@ -100,7 +107,8 @@ def grouped_gemm_cutlass(a, a_scale, b, b_scale, expert_offsets, out, *, mode: s
     torch, raw_stream, out_codes = _torch_hooks()
     lib = loader.load_library()
     total_m, k = a.shape
-    code = mode_code("single" if single else mode or buckets.es_mode(k))
+    mode = "single" if single else mode or buckets.es_mode(k)
+    code = mode_code(mode)
     if overlap is None:
         overlap = buckets.DEFAULT_OVERLAP
     num_experts, n, _ = b.shape
@@ -108,7 +116,7 @@ def grouped_gemm_cutlass(a, a_scale, b, b_scale, expert_offsets, out, *, mode: s
     index = device.index
     sm_count = _sm_count(index)
     out_code = out_codes[out.dtype]
-    nbytes = _workspace_bytes(total_m, n, k, num_experts, out_code, code, sm_count)
+    nbytes = _workspace_bytes(total_m if _sized_by_rows(mode) else 0, n, k, num_experts, out_code, code, sm_count)
     # From the caching allocator on the current stream: reused only by work ordered after this call's.
     workspace = torch.empty(nbytes, dtype=torch.uint8, device=device)
     status = lib.es_dual_grouped_gemm(
