@@ -4,7 +4,8 @@ native kernels' "native" table) on the public workloads, in one process on one c
 Each (workload, mode) is checked against the reference, then timed in kernel mode: the call captured in
 a CUDA graph and replayed, the L2 flushed before each replay (triton's do_bench), 100 ms of warm-up right
 before, median. Modes are timed in two rounds, the second in reverse order; the better round is printed.
-python benchmarks/mode_ab.py [--modes es,native] [--workloads a,b] [--extra]
+python benchmarks/mode_ab.py [--modes es,native] [--workloads a,b] [--extra] [--eager]
+(--eager: time plain calls, L2 flushed before each, instead of graph replays)
 ("es" means the production CUTLASS table for the workload's k: es, or es_small_k for k <= 256.)
 """
 import argparse
@@ -20,8 +21,8 @@ from es_dual.cutlass.launch import grouped_gemm_cutlass
 from es_dual.reference import run_reference
 
 
-def kernel_us(graph) -> float:
-    return 1e3 * triton.testing.do_bench(graph.replay, warmup=100, rep=300, return_mode="median")
+def kernel_us(fn) -> float:
+    return 1e3 * triton.testing.do_bench(fn, warmup=100, rep=300, return_mode="median")
 
 
 def main():
@@ -29,13 +30,14 @@ def main():
     parser.add_argument("--modes", default="es,native")
     parser.add_argument("--workloads", help="comma-separated names (default: the public eight)")
     parser.add_argument("--extra", action="store_true", help="also the extra workloads (es_dual.bench --set extra)")
+    parser.add_argument("--eager", action="store_true", help="time plain calls instead of CUDA-graph replays")
     args = parser.parse_args()
     modes = args.modes.split(",")
     pool = PUBLIC_WORKLOADS + (EXTRA_WORKLOADS if args.extra else ())
     workloads = [w for w in pool if not args.workloads or w.name in args.workloads.split(",")]
     device = torch.device("cuda", 0)
     max_tol, rms_tol = tolerance(torch.bfloat16, both_rounded=True)
-    print(f"{'workload':<20} " + " ".join(f"{m:>12}" for m in modes) + "   (us, kernel mode, better of 2 rounds)")
+    print(f"{'workload':<20} " + " ".join(f"{m:>12}" for m in modes) + "   (us, " + ("eager" if args.eager else "kernel mode") + ", better of 2 rounds)")
     for w in workloads:
         inputs = w.make_inputs(device)
         ref = torch.empty(w.total_m, w.n, dtype=torch.bfloat16, device=device)
@@ -48,7 +50,7 @@ def main():
             call()
             max_rel, rms_rel = relative_errors(out, ref)
             errors[mode] = "" if max_rel <= max_tol and rms_rel <= rms_tol else f"WRONG({max_rel:.2g},{rms_rel:.2g})"
-            graphs[mode] = capture(call)
+            graphs[mode] = call if args.eager else capture(call).replay
         times = {m: [] for m in modes}
         for order in (modes, modes[::-1]):
             for m in order:

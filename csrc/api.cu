@@ -290,10 +290,10 @@ int es_dual_grouped_gemm(const void* a, const float* a_scale, const void* b, con
   const WorkspacePlan plan = plan_workspace(table, out_dtype, total_m, k, num_experts, sm_count);
   if (plan.native) {  // what the native kernels can hold (shared-memory schedule, 32-bit TMA row coordinates)
     const int64_t k_blocks = (k + kScaleBlock - 1) / kScaleBlock;
-    if (num_experts > kNativeMaxExperts || k_blocks > kNativeMaxKBlocks || int64_t(num_experts) * n > INT_MAX ||
+    if (num_experts > kNativeMaxExperts || k_blocks > kNativeMaxKBlocks || (int64_t(num_experts) + 1) * n > INT_MAX ||
         (total_m + num_experts) * ((n + 7) / 8) > INT_MAX)
       return fail(ES_DUAL_ERROR_INVALID_ARGUMENT,
-                  "mode %d (%s): native kernels take at most %d experts, k <= %d, E * n <= %d and fewer than "
+                  "mode %d (%s): native kernels take at most %d experts, k <= %d, (E + 1) * n <= %d and fewer than "
                   "2^31 tiles, got E = %d, n = %lld, k = %lld, total_m = %lld", mode, table.name, kNativeMaxExperts,
                   kNativeMaxKBlocks * kScaleBlock, INT_MAX, num_experts, (long long)n, (long long)k, (long long)total_m);
   }

@@ -15,12 +15,17 @@
 //     that K block (from the MN-major copy the preparation kernel writes).
 //   warp groups 0 .. kMathWGs-1: the math. Each owns 64 rows of the WGMMA M side. Per K block: wait for
 //     the stage, 4 WGMMAs (K = 32 each), wait for them, free the stage, promote with the two scales.
-//     Per tile: stage the result in shared memory, then 16-byte stores of the rows that belong to the
-//     expert (a tile may run past the expert's last row or n; those rows/columns are never stored).
+//     Per tile: stage the rounded result in shared memory and hand it to the store warps.
+//   warps 1-3 of the producer warp group: the stores. They copy each staged tile to `out` with 16-byte
+//     stores of the rows and columns that belong to the expert (a tile may run past the expert's last
+//     row or n; those are never stored), while the math warp groups run the next tile's K loop; the
+//     math waits for them only before it stages the next tile.
 //
 // Orientation (SwapAB):
-//   false: WGMMA M = tokens (TileM = 64 * kMathWGs), N = weight rows (TileN <= 128, one weight scale
-//          block per tile). Row scale = token scale, column scale = weight scale.
+//   false: WGMMA M = tokens (TileM = 64 * kMathWGs), N = weight rows. Row scale = token scale, column
+//          scale = weight scale: one weight scale block per tile for TileN dividing 128; wider tiles
+//          (e.g. 192, fewer shared-memory and L2 bytes per FLOP for compute-bound experts) span two,
+//          and each accumulator column takes the scale of the block it lies in.
 //   true : WGMMA M = weight rows (TileM = 64 * kMathWGs, within one 128-row weight scale block),
 //          N = tokens (TileN). Row scale = weight scale, column scale = token scale. For experts with
 //          few tokens: a 32-token tile wastes nothing on a 128-row M side.
@@ -65,6 +70,24 @@ constexpr int kBlockK = kScaleBlock;  // one K block = one scale = one 128-byte 
 // ---------------------------------------------------------------------------------------------------
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// Named barriers of the math warp groups (0 is __syncthreads).
+constexpr int kMathBarrier = 1;     // both math warp groups: tile start
+constexpr int kIssuedByWG0 = 2;     // warp group 0 issued its WGMMAs of a K block: warp group 1's turn
+constexpr int kIssuedByWG1 = 3;     // warp group 1 issued its WGMMAs of a K block: warp group 0's turn
+
+// Calls f(std::integral_constant<int, V>{}) for V == cols, V in {G, 2G, ..., 16} (a run-time column
+// split of a wide tile as a compile-time constant, so the promotion has no selects).
+template <int G, int V = G, class F>
+__device__ __forceinline__ void with_split(int cols, F&& f) {
+  if constexpr (V >= kScaleBlock / 8) f(std::integral_constant<int, V>{});
+  else if (cols == V) f(std::integral_constant<int, V>{});
+  else with_split<G, V + G>(cols, f);
 }
 
 // Shared-memory matrix descriptor of a K-major tile written by TMA with the 128-byte swizzle: rows of
@@ -125,6 +148,8 @@ template <> struct Pack2<cutlass::half_t> {
 // ---------------------------------------------------------------------------------------------------
 constexpr int kMaxKinds = 4;  // tile kinds (buckets) of one mode
 
+constexpr int gcd(int a, int b) { return b == 0 ? a : gcd(b, a % b); }
+
 // One tile shape and orientation (a bucket of es_dual/cutlass/buckets.py, NativeConfig).
 template <bool SwapAB, int TileM, int TileN>
 struct Kind {
@@ -135,7 +160,12 @@ struct Kind {
   static constexpr int kWeightRows = SwapAB ? TileM : TileN;  // rows of b per tile
   static_assert(TileM == 64 || TileM == 128, "one or two math warp groups of 64 WGMMA rows");
   static_assert(TileN % 8 == 0 && TileN >= 8 && TileN <= 256, "WGMMA N");
-  static_assert(kScaleBlock % kWeightRows == 0, "the weight rows of a tile lie in one 128-row weight scale block");
+  // The weight rows of a tile lie in one 128-row weight scale block, or (tokens x weights kinds wider
+  // than 128, e.g. 192) in two: tiles start at multiples of TileN, so at most 128 - gcd(TileN, 128) rows
+  // into a block, and the tile ends inside the next one.
+  static constexpr bool kTwoWeightScales = !SwapAB && kScaleBlock % kWeightRows != 0;
+  static_assert(SwapAB ? kScaleBlock % kWeightRows == 0 : kWeightRows - gcd(kWeightRows, kScaleBlock) <= kScaleBlock,
+                "the weight rows of a tile span at most two 128-row weight scale blocks");
   static_assert(kTokenRows % 4 == 0, "token scale boxes are whole 16-byte rows");
   static constexpr int kMBytes = TileM * kBlockK;  // WGMMA A operand tile (a multiple of 1024 bytes)
   static constexpr int kNBytes = TileN * kBlockK;  // WGMMA B operand tile (a multiple of 1024 bytes)
@@ -152,11 +182,22 @@ constexpr int cmax(int a) { return a; }
 template <class... T>
 constexpr int cmax(int a, int b, T... rest) { return cmax(a > b ? a : b, rest...); }
 
-// A mode: the tile kinds of its buckets, in routing order, and the output type. One persistent launch
-// runs the tiles of every kind; a pipeline stage is sized for the largest kind.
-template <class ElementD_, class... Kinds>
+// A mode: the tile kinds of its buckets, in routing order, the output type and the cluster size. One
+// persistent launch runs the tiles of every kind; a pipeline stage is sized for the largest kind.
+//
+// Cluster 2: the two CTAs of a cluster work on a pair of tiles at a time, and every stage of either
+// CTA is released by the math of both (the producers may write each other's stages), so both walk the
+// same pair list. Tokens x weights kinds pair two token chunks of one weight tile, and each CTA loads
+// half of the weight tile for both (TMA multicast): a third fewer L2-to-SM bytes for a 128 x 192 tile,
+// which is what bounds compute-bound experts without it. Swap-AB kinds pair two weight tiles of one
+// token chunk and load their own operands. A pair whose second tile lies past the expert (an odd
+// count) computes that tile and stores nothing.
+template <class ElementD_, int Cluster, class... Kinds>
 struct Mode {
   using ElementD = ElementD_;
+  static constexpr int kCluster = Cluster;
+  static_assert(Cluster == 1 || Cluster == 2, "clusters of one or two CTAs");
+  template <class K> static constexpr bool kMulticast = Cluster == 2 && !K::kSwapAB;
   static constexpr int kNumKinds = sizeof...(Kinds);
   static_assert(kNumKinds >= 1 && kNumKinds <= kMaxKinds, "1 to kMaxKinds tile kinds");
   template <int I> using KindAt = std::tuple_element_t<I, std::tuple<Kinds...>>;
@@ -164,15 +205,20 @@ struct Mode {
   static_assert(((Kinds::kMathWGs == kMathWGs) && ...), "every kind of a mode has the same math warp groups");
   static constexpr int kMathThreads = 128 * kMathWGs;
   static constexpr int kThreads = kMathThreads + 128;
+  static constexpr int kStoreThreads = 96;  // warps 1-3 of the producer warp group
 
   static constexpr int kMBytes = cmax(Kinds::kMBytes...);
   static constexpr int kNBytes = cmax(Kinds::kNBytes...);
   static constexpr int kScaleBytes = cmax(Kinds::kScaleBytes...);
   static constexpr int kOutBytes = cmax(Kinds::kOutBytes...);
   static constexpr int kStageBytes = kMBytes + kNBytes + kScaleBytes;
-  static constexpr int kWeightScaleBytes = kMaxKBlocks * 4;
-  static constexpr int kScheduleBytes = (3 * kMaxExperts + 4 + 32) * 4;  // tile prefix, row ranges, warp sums
-  static constexpr int kBarrierBytes = 2 * 16 * 8;                       // full + empty per stage (<= 16)
+  static constexpr int kWeightScaleSets = (Kinds::kTwoWeightScales || ...) ? 2 : 1;  // scale blocks per tile
+  // Two tiles' weight scales: a math warp group writes the next tile's while the other may still read
+  // the current tile's (nothing orders the end of one warp group's K loop with the other's).
+  static constexpr int kWeightScaleFloats = kWeightScaleSets * kMaxKBlocks;  // one tile
+  static constexpr int kWeightScaleBytes = 2 * kWeightScaleFloats * 4;
+  static constexpr int kScheduleBytes = (2 * (kMaxExperts + 4) + 32) * 4;  // tile prefix, row starts, warp sums
+  static constexpr int kBarrierBytes = (2 * 16 + 2) * 8;  // full + empty per stage (<= 16), out full + empty
   static constexpr int kFixedBytes = kOutBytes + kWeightScaleBytes + kScheduleBytes + kBarrierBytes
                                      + 1024;  // the base rounded up to 1024 bytes
   static constexpr int kStagesFit = (kSmemBudget - kFixedBytes) / kStageBytes;
@@ -211,8 +257,8 @@ struct Tile {
   int expert;
   int kind;
   int row0;  // first token row of the tile (row of a and out)
-  int rows;  // rows of the tile that belong to the expert (1 .. token rows)
-  int col0;  // first weight row of the tile within the expert (column of out)
+  int rows;  // rows of the tile that belong to the expert (0 .. token rows; 0 only for a pair's spare)
+  int col0;  // first weight row of the tile within the expert (column of out; >= n for a pair's spare)
 };
 
 // The kind (bucket) of an expert with m > 0 tokens; -1 for none.
@@ -225,22 +271,53 @@ __device__ __forceinline__ int kind_of(const Params& p, int m) {
   return -1;
 }
 
+// A kind's tile shape and how its tiles pair in a cluster: 2 token chunks per cluster tile
+// (multicast kinds) or 2 weight tiles (swap-AB kinds of a 2-CTA mode), else 1 and 1.
+struct TileShape {
+  int token_rows, weight_rows, chunks_per_pair, weight_tiles_per_pair;
+
+  __device__ __forceinline__ int cluster_tiles(int m, int n) const {
+    const int chunks = (m + token_rows - 1) / token_rows, weight_tiles = (n + weight_rows - 1) / weight_rows;
+    return (chunks + chunks_per_pair - 1) / chunks_per_pair *
+           ((weight_tiles + weight_tiles_per_pair - 1) / weight_tiles_per_pair);
+  }
+};
+
 template <class M>
-__device__ __forceinline__ void tile_shape(int kind, int& token_rows, int& weight_rows) {
+__device__ __forceinline__ TileShape tile_shape(int kind) {
+  TileShape shape{1, 1, 1, 1};
   with_kind<M>(kind, [&](auto k) {
-    token_rows = decltype(k)::kTokenRows;
-    weight_rows = decltype(k)::kWeightRows;
+    using K = decltype(k);
+    shape.token_rows = K::kTokenRows;
+    shape.weight_rows = K::kWeightRows;
+    shape.chunks_per_pair = M::template kMulticast<K> ? 2 : 1;
+    shape.weight_tiles_per_pair = M::kCluster == 2 && K::kSwapAB ? 2 : 1;
   });
+  return shape;
 }
 
-// Where the CTA's schedule lives in shared memory. Built by every CTA at start from the offsets.
+// offsets[i] clamped to [0, total_m]. Expert e's rows are [clamped(e), max(clamped(e), clamped(e + 1))):
+// the documented meaning of offsets that break the contract.
+__device__ __forceinline__ int clamped_offset(const Params& p, int i) {
+  const int64_t v = p.offsets_int64 ? static_cast<const int64_t*>(p.offsets)[i]
+                                    : int64_t(static_cast<const int32_t*>(p.offsets)[i]);
+  return int(v < 0 ? 0 : (v > p.total_m ? p.total_m : v));
+}
+
+// Where the CTA's schedule lives in shared memory, built by every CTA at start from the offsets (a
+// tile's decode reads shared memory only: a global load there would stall the math at every tile start).
 struct Schedule {
   int* tile_start;  // [E + 1]: exclusive prefix of the tiles per expert; [E] = total tiles
-  int* first_row;   // [E]: the expert's first row, offsets clamped to [0, total_m]
-  int* end_row;     // [E]: one past its last row (>= first_row)
+  int* row_start;   // [E + 1]: the offsets, clamped (clamped_offset)
 
+  __device__ __forceinline__ void expert_rows(int e, int& lo, int& hi) const {
+    lo = row_start[e];
+    hi = max(lo, row_start[e + 1]);
+  }
+
+  // Cluster tile t as CTA `rank` of its cluster sees it.
   template <class M>
-  __device__ __forceinline__ Tile decode(const Params& p, int t) const {
+  __device__ __forceinline__ Tile decode(const Params& p, int t, int rank) const {
     // The last expert whose first tile is <= t: tile_start[lo] <= t < tile_start[lo + 1] (experts with
     // no tile repeat a start; the search lands past them on the expert that owns t).
     int lo = 0, hi = p.num_experts;
@@ -248,48 +325,42 @@ struct Schedule {
       const int mid = (lo + hi) >> 1;
       if (tile_start[mid] <= t) lo = mid; else hi = mid;
     }
+    int first_row, end_row;
+    expert_rows(lo, first_row, end_row);
     Tile tile;
     tile.expert = lo;
-    tile.kind = kind_of<M>(p, end_row[lo] - first_row[lo]);
-    int token_rows = 0, weight_rows = 0;
-    tile_shape<M>(tile.kind, token_rows, weight_rows);
-    const int weight_tiles = (p.n + weight_rows - 1) / weight_rows;
+    tile.kind = kind_of<M>(p, end_row - first_row);
+    const TileShape shape = tile_shape<M>(tile.kind);
+    const int weight_tiles = (p.n + shape.weight_rows - 1) / shape.weight_rows;
+    const int paired_weight_tiles = (weight_tiles + shape.weight_tiles_per_pair - 1) / shape.weight_tiles_per_pair;
     const int local = t - tile_start[lo];
-    const int chunk = local / weight_tiles;
-    tile.row0 = first_row[lo] + chunk * token_rows;
-    tile.rows = min(token_rows, end_row[lo] - tile.row0);
-    tile.col0 = (local - chunk * weight_tiles) * weight_rows;
+    const int pair_chunk = local / paired_weight_tiles, pair_weight = local - pair_chunk * paired_weight_tiles;
+    const int chunk = pair_chunk * shape.chunks_per_pair + (shape.chunks_per_pair > 1 ? rank : 0);
+    const int weight_tile = pair_weight * shape.weight_tiles_per_pair + (shape.weight_tiles_per_pair > 1 ? rank : 0);
+    tile.row0 = first_row + chunk * shape.token_rows;
+    tile.rows = max(0, min(shape.token_rows, end_row - tile.row0));  // 0: the spare tile of a pair
+    tile.col0 = weight_tile * shape.weight_rows;                      // >= n: likewise
     return tile;
   }
 };
 
-__device__ __forceinline__ int64_t read_offset(const Params& p, int i) {
-  return p.offsets_int64 ? static_cast<const int64_t*>(p.offsets)[i]
-                         : int64_t(static_cast<const int32_t*>(p.offsets)[i]);
-}
-
-// Every thread of the CTA: clamp the offsets (the documented meaning of offsets that break the contract),
-// count each expert's tiles (its kind's shape) and scan them into sched.tile_start. Returns the total.
+// Every thread of the CTA: count each expert's tiles (its kind's shape) and scan them into
+// sched.tile_start. Returns the total.
 template <class M>
 __device__ int build_schedule(const Params& p, const Schedule& sched, int* warp_sums) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   int carry = 0;
+  for (int e = threadIdx.x; e <= p.num_experts; e += blockDim.x) sched.row_start[e] = clamped_offset(p, e);
+  __syncthreads();
   for (int base = 0; base < p.num_experts; base += blockDim.x) {
     const int e = base + threadIdx.x;
     int tiles = 0;
     if (e < p.num_experts) {
-      int64_t lo = read_offset(p, e), hi = read_offset(p, e + 1);
-      lo = lo < 0 ? 0 : (lo > p.total_m ? p.total_m : lo);
-      hi = hi < lo ? lo : (hi > p.total_m ? p.total_m : hi);
-      const int m = int(hi - lo);
-      sched.first_row[e] = int(lo);
-      sched.end_row[e] = int(hi);
+      int lo, hi;
+      sched.expert_rows(e, lo, hi);
+      const int m = hi - lo;
       const int kind = kind_of<M>(p, m);
-      if (kind >= 0) {
-        int token_rows = 1, weight_rows = 1;
-        tile_shape<M>(kind, token_rows, weight_rows);
-        tiles = (m + token_rows - 1) / token_rows * ((p.n + weight_rows - 1) / weight_rows);
-      }
+      if (kind >= 0) tiles = tile_shape<M>(kind).cluster_tiles(m, p.n);
     }
     int x = tiles;  // inclusive scan within the warp
 #pragma unroll
@@ -325,11 +396,13 @@ struct Smem {
   uint8_t* n;        // [kStages][kNBytes]  WGMMA B operand tiles
   uint16_t* out;     // staged output tile
   uint8_t* ts;       // [kStages][kScaleBytes] token scales
-  float* ws;         // [kMaxKBlocks] the current tile's weight scales
+  float* ws;         // [2 tiles][kWeightScaleSets][kMaxKBlocks]: tile `index` uses ws + (index & 1) * kWeightScaleFloats
   Schedule sched;
   int* warp_sums;    // [32]
   cutlass::arch::ClusterTransactionBarrier* full;   // [kStages]: data landed
   cutlass::arch::ClusterTransactionBarrier* empty;  // [kStages]: stage free again
+  cutlass::arch::ClusterBarrier* out_full;          // the math staged a tile in `out`
+  cutlass::arch::ClusterBarrier* out_empty;         // the store warps copied it out
 
   __device__ explicit Smem(uint8_t* base) {
     m = base;
@@ -337,19 +410,22 @@ struct Smem {
     out = reinterpret_cast<uint16_t*>(n + M::kStages * M::kNBytes);
     ts = reinterpret_cast<uint8_t*>(out) + M::kOutBytes;
     ws = reinterpret_cast<float*>(ts + M::kStages * M::kScaleBytes);
-    int* s = reinterpret_cast<int*>(ws + kMaxKBlocks);
-    // tile_start gets kMaxExperts + 4 entries so that every array (and the barriers) stays 16-byte aligned.
-    sched = Schedule{s, s + kMaxExperts + 4, s + 2 * kMaxExperts + 4};
-    warp_sums = s + 3 * kMaxExperts + 4;
+    int* s = reinterpret_cast<int*>(ws + 2 * M::kWeightScaleFloats);
+    // kMaxExperts + 4 entries each, so that every array (and the barriers) stays 16-byte aligned.
+    sched = Schedule{s, s + kMaxExperts + 4};
+    warp_sums = s + 2 * (kMaxExperts + 4);
     full = reinterpret_cast<cutlass::arch::ClusterTransactionBarrier*>(warp_sums + 32);
     empty = full + M::kStages;
+    out_full = reinterpret_cast<cutlass::arch::ClusterBarrier*>(empty + M::kStages);
+    out_empty = out_full + 1;
   }
 };
 
-// The producer's loads of one tile: per K block, wait for a free stage, then the three TMA loads into it.
+// The producer's loads of one tile: per K block, wait for a free stage, then the three TMA loads into it
+// (multicast kinds: this CTA's half of the weight tile, into the same stage of both CTAs).
 template <class M, class K>
 __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, const Tile& tile, int k_blocks,
-                                          int& stage, uint32_t& phase) {
+                                          int rank, int& stage, uint32_t& phase) {
   // L2 policy: a token chunk is read once per weight tile of its expert (kept); in the swap-AB kinds
   // (experts of at most a few dozen tokens, one chunk) each weight tile is read once (streamed).
   constexpr uint64_t kTokenHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
@@ -357,7 +433,9 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
                                                        : cute::TMA::CacheHintSm90::EVICT_NORMAL);
   constexpr uint64_t kScaleHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
   const int kind = tile.kind;
-  const int weight_row = tile.expert * p.n + tile.col0;  // row of b seen as (E * n, k); < 2^31 (host)
+  // Row of b seen as (E * n, k); < 2^31 (host), also for a pair's spare tile (col0 < n + weight rows).
+  const int weight_row = tile.expert * p.n + tile.col0;
+  constexpr int kWeightBoxRows = M::template kMulticast<K> ? K::kWeightRows / 2 : K::kWeightRows;
   for (int kb = 0; kb < k_blocks; ++kb) {
     s.empty[stage].wait(phase ^ 1);
     s.full[stage].arrive_and_expect_tx(K::kTxBytes);
@@ -365,31 +443,48 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
     uint8_t* m_tile = s.m + stage * M::kMBytes;
     uint8_t* n_tile = s.n + stage * M::kNBytes;
     cute::SM90_TMA_LOAD_2D::copy(&p.tokens[kind], bar, kTokenHint, K::kSwapAB ? n_tile : m_tile, kb * kBlockK, tile.row0);
-    cute::SM90_TMA_LOAD_2D::copy(&p.weights[kind], bar, kWeightHint, K::kSwapAB ? m_tile : n_tile, kb * kBlockK, weight_row);
+    if constexpr (M::template kMulticast<K>) {
+      cute::SM90_TMA_LOAD_MULTICAST_2D::copy(&p.weights[kind], bar, uint16_t(0b11), kWeightHint,
+                                             n_tile + rank * kWeightBoxRows * kBlockK, kb * kBlockK,
+                                             weight_row + rank * kWeightBoxRows);
+    } else {
+      cute::SM90_TMA_LOAD_2D::copy(&p.weights[kind], bar, kWeightHint, K::kSwapAB ? m_tile : n_tile, kb * kBlockK, weight_row);
+    }
     cute::SM90_TMA_LOAD_2D::copy(&p.token_scales[kind], bar, kScaleHint, s.ts + stage * M::kScaleBytes, tile.row0 & ~3, kb);
     if (++stage == M::kStages) stage = 0, phase ^= 1;
   }
 }
 
-// The math warp groups' work on one tile: the K loop (WGMMA, promotion), then the epilogue.
+// The math warp groups' work on one tile: the K loop (WGMMA, promotion), then the staging of the
+// result for the store warps. `index`: the tile's number among this CTA's tiles (0, 1, ...).
 template <class M, class K>
 __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, const Tile& tile, int k_blocks,
-                                             int& stage, uint32_t& phase) {
+                                             int& stage, uint32_t& phase, int index) {
   constexpr int N = K::kTileN;
   const int tid = threadIdx.x;
   const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
   const int lane = tid % 32;
   const int row_in_wg = (tid / 32) % 4 * 16 + lane / 4;  // accumulator rows row_in_wg and row_in_wg + 8
   const int col_in_8 = 2 * (lane % 4);                    // accumulator columns 8j + col_in_8 (+1)
+  const float* ws = s.ws + (index & 1) * M::kWeightScaleFloats;  // this tile's weight scales
   float acc[N / 2], sum[N / 2];
 #pragma unroll
   for (int i = 0; i < N / 2; ++i) sum[i] = 0.f;
 
+  // The K loop for accumulator column groups j < kFirst in the tile's first weight scale block and the
+  // rest in the second (kinds whose weight rows may span two blocks).
+  auto k_loop = [&](auto first_block_groups) {
+  constexpr int kFirst = decltype(first_block_groups)::value;
   for (int kb = 0; kb < k_blocks; ++kb) {
-    const float weight_scale = s.ws[kb];
+    const float weight_scale = ws[kb];
+    const float weight_scale_hi = K::kTwoWeightScales ? ws[kMaxKBlocks + kb] : 0.f;
     s.full[stage].wait(phase);
     const uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
     const uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
+    // Two math warp groups take turns issuing (0, 1, 0, 1, ...): the tensor cores run each group's
+    // WGMMAs in issue order, so one group's promotion overlaps the other's WGMMAs instead of both
+    // groups promoting at once while the tensor cores idle.
+    if constexpr (M::kMathWGs == 2) named_barrier_sync(wg == 0 ? kIssuedByWG1 : kIssuedByWG0, M::kMathThreads);
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
     cute::warpgroup_arrive();
@@ -397,23 +492,30 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
     for (int k = 0; k < kBlockK / 32; ++k)  // +32 bytes along K inside the swizzled row: +2 in 16-byte units
       wgmma<N>(desc_m + 2 * k, desc_n + 2 * k, acc, k > 0);
     cute::warpgroup_commit_batch();
+    if constexpr (M::kMathWGs == 2) named_barrier_arrive(wg == 0 ? kIssuedByWG0 : kIssuedByWG1, M::kMathThreads);
     // The tokens' scales of this K block, read while the tensor cores work (the stage is still ours).
     const float* ts = reinterpret_cast<const float*>(s.ts + stage * M::kScaleBytes) + (tile.row0 & 3);
-    float row_scale[2];
+    float row_scale[2], row_scale_hi[2];
     float2 col_scale[K::kSwapAB ? N / 8 : 1];
     if constexpr (K::kSwapAB) {
 #pragma unroll
       for (int j = 0; j < N / 8; ++j) col_scale[j] = make_float2(ts[8 * j + col_in_8], ts[8 * j + col_in_8 + 1]);
     } else {
-      row_scale[0] = ts[wg * 64 + row_in_wg] * weight_scale;
-      row_scale[1] = ts[wg * 64 + row_in_wg + 8] * weight_scale;
+      const float t0 = ts[wg * 64 + row_in_wg], t1 = ts[wg * 64 + row_in_wg + 8];
+      row_scale[0] = t0 * weight_scale, row_scale[1] = t1 * weight_scale;
+      row_scale_hi[0] = t0 * weight_scale_hi, row_scale_hi[1] = t1 * weight_scale_hi;
     }
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
     cute::warpgroup_wait<0>();
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-    if (lane == 0) s.empty[stage].arrive();
+    // The stage is free: in a 2-CTA mode for both CTAs' producers (lane r arrives on CTA r's barrier).
+    if constexpr (M::kCluster == 1) {
+      if (lane == 0) s.empty[stage].arrive();
+    } else {
+      if (lane < M::kCluster) s.empty[stage].arrive(uint32_t(lane));
+    }
     // Promotion: sum += (token scale * weight scale) * this K block's product.
 #pragma unroll
     for (int j = 0; j < N / 8; ++j) {
@@ -424,16 +526,27 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
         sum[4 * j + 2] += s0 * acc[4 * j + 2];
         sum[4 * j + 3] += s1 * acc[4 * j + 3];
       } else {
-        sum[4 * j + 0] += row_scale[0] * acc[4 * j + 0];
-        sum[4 * j + 1] += row_scale[0] * acc[4 * j + 1];
-        sum[4 * j + 2] += row_scale[1] * acc[4 * j + 2];
-        sum[4 * j + 3] += row_scale[1] * acc[4 * j + 3];
+        const float s0 = j < kFirst ? row_scale[0] : row_scale_hi[0];  // compile-time choices
+        const float s1 = j < kFirst ? row_scale[1] : row_scale_hi[1];
+        sum[4 * j + 0] += s0 * acc[4 * j + 0];
+        sum[4 * j + 1] += s0 * acc[4 * j + 1];
+        sum[4 * j + 2] += s1 * acc[4 * j + 2];
+        sum[4 * j + 3] += s1 * acc[4 * j + 3];
       }
     }
     if (++stage == M::kStages) stage = 0, phase ^= 1;
   }
+  };
+  if constexpr (K::kTwoWeightScales) {
+    // column groups of 8 in the first block: (128 - col0 % 128) / 8, a multiple of gcd(TileN, 128) / 8
+    with_split<gcd(N, kScaleBlock) / 8>((kScaleBlock - tile.col0 % kScaleBlock) / 8, k_loop);
+  } else {
+    k_loop(std::integral_constant<int, N / 8>{});
+  }
 
-  // --- Epilogue: round, stage as [token][weight row] in smem, store the expert's rows ----------------
+  // --- Epilogue: round, stage as [token][weight row] in smem for the store warps --------------------
+  // s.out is free once the store warps have copied the previous tile out (its completion number index).
+  if (index > 0) s.out_empty->wait((index - 1) & 1);
   using Pack = Pack2<typename M::ElementD>;
   constexpr int kPitch = K::kOutPitch;
   const int r0 = wg * 64 + row_in_wg;
@@ -450,17 +563,25 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
       *reinterpret_cast<uint32_t*>(s.out + (r0 + 8) * kPitch + c) = Pack::pack(sum[4 * j + 2], sum[4 * j + 3]);
     }
   }
-  named_barrier_sync(1, M::kMathThreads);
-  constexpr int kChunks = K::kWeightRows / 8;  // 16-byte chunks per staged row
-  for (int i = tid; i < K::kTokenRows * kChunks; i += M::kMathThreads) {
-    const int r = i / kChunks, col = tile.col0 + (i % kChunks) * 8;
-    if (r < tile.rows && col < p.n) {
-      const uint4 v = *reinterpret_cast<const uint4*>(s.out + r * kPitch + (i % kChunks) * 8);
-      *reinterpret_cast<uint4*>(p.out + (int64_t(tile.row0 + r) * p.n + col) * 2) = v;
-    }
+  s.out_full->arrive();  // every math thread: its staged values are written (release)
+}
+
+// The store warps' work on one staged tile: 16-byte stores of the expert's rows and the columns below n.
+// A warp stores 32 / chunks rows at a time (chunks: 16-byte pieces of a staged row), lane by lane.
+template <class M, class K>
+__device__ __forceinline__ void store_tile(const Params& p, const Smem<M>& s, const Tile& tile, int thread) {
+  constexpr int kPitch = K::kOutPitch;
+  constexpr int kChunks = K::kWeightRows / 8;
+  static_assert(kChunks <= 32, "a staged row is at most one warp of 16-byte chunks");
+  constexpr int kRowsPerWarp = 32 / kChunks;
+  constexpr int kRowsPerPass = kRowsPerWarp * (M::kStoreThreads / 32);
+  const int lane = thread % 32, chunk = lane % kChunks;
+  const int col = tile.col0 + chunk * 8;
+  if (lane >= kRowsPerWarp * kChunks || col >= p.n) return;
+  for (int r = thread / 32 * kRowsPerWarp + lane / kChunks; r < tile.rows; r += kRowsPerPass) {
+    const uint4 v = *reinterpret_cast<const uint4*>(s.out + r * kPitch + chunk * 8);
+    *reinterpret_cast<uint4*>(p.out + (int64_t(tile.row0 + r) * p.n + col) * 2) = v;
   }
-  // The next tile's first barrier (after its weight-scale store) orders these smem reads before the
-  // next writes of s.out and s.ws.
 }
 
 template <class M>
@@ -479,22 +600,47 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
     }
     for (int i = 0; i < M::kStages; ++i) {
       s.full[i].init(1);                      // the producer's arrive_and_expect_tx
-      s.empty[i].init(M::kMathThreads / 32);  // one arrival per math warp
+      s.empty[i].init(M::kCluster * M::kMathThreads / 32);  // one arrival per math warp of each CTA
     }
+    s.out_full->init(M::kMathThreads);
+    s.out_empty->init(M::kStoreThreads);
     cutlass::arch::fence_barrier_init();
   }
   const int total_tiles = build_schedule<M>(p, s.sched, s.warp_sums);  // ends with __syncthreads
+  // Both CTAs' barriers are initialized before either producer multicasts or math arrives remotely.
+  if constexpr (M::kCluster > 1) cute::cluster_sync();
   const int k_blocks = (p.k + kBlockK - 1) / kBlockK;
+  // The cluster's tiles: first, first + step, ... (a cluster tile is one tile per CTA of the cluster).
+  const int rank = M::kCluster > 1 ? int(cute::block_rank_in_cluster()) : 0;
+  const int first = blockIdx.x / M::kCluster, step = gridDim.x / M::kCluster;
   int stage = 0;
   uint32_t phase = 0;
 
   if (threadIdx.x >= M::kMathThreads) {
-    // --- Producer warp group: one thread issues every TMA load ---------------------------------------
+    // --- Producer warp group: its first thread issues every TMA load, warps 1-3 store the results ----
     cutlass::arch::warpgroup_reg_dealloc<40>();
     if (threadIdx.x == M::kMathThreads) {
-      for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
-        const Tile tile = s.sched.template decode<M>(p, t);
-        with_kind<M>(tile.kind, [&](auto k) { load_tile<M, decltype(k)>(p, s, tile, k_blocks, stage, phase); });
+      for (int t = first; t < total_tiles; t += step) {
+        const Tile tile = s.sched.template decode<M>(p, t, rank);
+        with_kind<M>(tile.kind, [&](auto k) { load_tile<M, decltype(k)>(p, s, tile, k_blocks, rank, stage, phase); });
+      }
+      // In a 2-CTA mode the other CTA's math arrives on this CTA's barriers: wait for its last releases
+      // of every stage, so that none lands after this CTA has exited.
+      if constexpr (M::kCluster > 1) {
+        for (int i = 0; i < M::kStages; ++i) {
+          s.empty[stage].wait(phase ^ 1);
+          if (++stage == M::kStages) stage = 0, phase ^= 1;
+        }
+      }
+    } else if (threadIdx.x >= M::kMathThreads + 32) {
+      // --- Store warps: copy each staged tile to out, then free the staging buffer ---------------------
+      const int thread = threadIdx.x - (M::kMathThreads + 32);
+      int index = 0;
+      for (int t = first; t < total_tiles; t += step, ++index) {
+        const Tile tile = s.sched.template decode<M>(p, t, rank);
+        s.out_full->wait(index & 1);
+        with_kind<M>(tile.kind, [&](auto k) { store_tile<M, decltype(k)>(p, s, tile, thread); });
+        s.out_empty->arrive();
       }
     }
   } else {
@@ -502,32 +648,47 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
     cutlass::arch::warpgroup_reg_alloc<M::kMathWGs == 1 ? 248 : 232>();
     const int tid = threadIdx.x;
     const int n_blocks = (p.n + kScaleBlock - 1) / kScaleBlock;
-    // The weight scales of a tile (its weight rows lie in one 128-row scale block: one scale per K block)
-    // are loaded from global memory one tile ahead, into registers, so that their latency hides behind
-    // the previous tile's mainloop instead of stalling every tile's start (short-K tiles last ~1 us).
+    // The weight scales of a tile (one or, for wide kinds, two 128-row scale blocks: a scale per K block
+    // each) are loaded from global memory one tile ahead, into registers, so that their latency hides
+    // behind the previous tile's mainloop instead of stalling every tile's start (short-K tiles last ~1 us).
+    constexpr int kSets = M::kWeightScaleSets;
     constexpr int kScalesPerThread = (kMaxKBlocks + M::kMathThreads - 1) / M::kMathThreads;
-    float next_scales[kScalesPerThread];
+    float next_scales[kSets][kScalesPerThread];
     auto load_weight_scales = [&](int t) {
-      const Tile tile = s.sched.template decode<M>(p, t);
-      const float* src = p.b_scale + (int64_t(tile.expert) * n_blocks + tile.col0 / kScaleBlock) * k_blocks;
+      const Tile tile = s.sched.template decode<M>(p, t, rank);
 #pragma unroll
-      for (int i = 0; i < kScalesPerThread; ++i) {
-        const int kb = tid + i * M::kMathThreads;
-        next_scales[i] = kb < k_blocks ? src[kb] : 0.f;
+      for (int set = 0; set < kSets; ++set) {
+        const int block = tile.col0 / kScaleBlock + set;  // past n: never used, read as zeros
+        const float* src = p.b_scale + (int64_t(tile.expert) * n_blocks + block) * k_blocks;
+#pragma unroll
+        for (int i = 0; i < kScalesPerThread; ++i) {
+          const int kb = tid + i * M::kMathThreads;
+          next_scales[set][i] = kb < k_blocks && block < n_blocks ? src[kb] : 0.f;
+        }
       }
     };
-    if (int(blockIdx.x) < total_tiles) load_weight_scales(blockIdx.x);
-    for (int t = blockIdx.x; t < total_tiles; t += gridDim.x) {
-      const Tile tile = s.sched.template decode<M>(p, t);
+    // Warp group 1's turn-taking arrivals run one K block ahead of warp group 0's waits: one at the
+    // start (warp group 0 issues first), and warp group 0 takes the last one at the end.
+    const bool wg0 = tid < 128;
+    if (M::kMathWGs == 2 && !wg0) named_barrier_arrive(kIssuedByWG1, M::kMathThreads);
+    if (first < total_tiles) load_weight_scales(first);
+    for (int t = first, index = 0; t < total_tiles; t += step, ++index) {
+      const Tile tile = s.sched.template decode<M>(p, t, rank);
 #pragma unroll
-      for (int i = 0; i < kScalesPerThread; ++i) {
-        const int kb = tid + i * M::kMathThreads;
-        if (kb < k_blocks) s.ws[kb] = next_scales[i];
+      for (int set = 0; set < kSets; ++set) {
+#pragma unroll
+        for (int i = 0; i < kScalesPerThread; ++i) {
+          const int kb = tid + i * M::kMathThreads;
+          if (kb < k_blocks) s.ws[(index & 1) * M::kWeightScaleFloats + set * kMaxKBlocks + kb] = next_scales[set][i];
+        }
       }
-      named_barrier_sync(1, M::kMathThreads);
-      if (t + int(gridDim.x) < total_tiles) load_weight_scales(t + gridDim.x);
-      with_kind<M>(tile.kind, [&](auto k) { compute_tile<M, decltype(k)>(p, s, tile, k_blocks, stage, phase); });
+      named_barrier_sync(kMathBarrier, M::kMathThreads);
+      if (t + step < total_tiles) load_weight_scales(t + step);
+      with_kind<M>(tile.kind, [&](auto k) {
+        compute_tile<M, decltype(k)>(p, s, tile, k_blocks, stage, phase, index);
+      });
     }
+    if (M::kMathWGs == 2 && wg0) named_barrier_sync(kIssuedByWG1, M::kMathThreads);
   }
 #endif
 }
@@ -586,9 +747,11 @@ struct GroupedGemm {
       const NativeArgs& na = la.native;
       const char* err = encode_2d(&p.tokens[I], CU_TENSOR_MAP_DATA_TYPE_UINT8, na.a, na.k, na.total_m, na.k,
                                   kBlockK, K::kTokenRows, CU_TENSOR_MAP_SWIZZLE_128B);
+      // multicast kinds: each CTA of the pair loads half of the weight tile
+      constexpr int kWeightBoxRows = M::template kMulticast<K> ? K::kWeightRows / 2 : K::kWeightRows;
       if (!err)
         err = encode_2d(&p.weights[I], CU_TENSOR_MAP_DATA_TYPE_UINT8, na.b, na.k, uint64_t(la.num_experts) * na.n,
-                        na.k, kBlockK, K::kWeightRows, CU_TENSOR_MAP_SWIZZLE_128B);
+                        na.k, kBlockK, kWeightBoxRows, CU_TENSOR_MAP_SWIZZLE_128B);
       if (!err)
         err = encode_2d(&p.token_scales[I], CU_TENSOR_MAP_DATA_TYPE_FLOAT32, na.a_scale_mn, na.total_m, k_blocks,
                         na.a_scale_pitch * 4, K::kScaleBox, 1, CU_TENSOR_MAP_SWIZZLE_NONE);
@@ -614,17 +777,37 @@ struct GroupedGemm {
     p.offsets_int64 = na.offsets_int64;
     p.total_m = int(na.total_m), p.n = int(na.n), p.k = int(na.k), p.num_experts = la.num_experts;
 
-    static std::atomic<bool> opted_in[kMaxDevices];
     auto kernel = grouped_gemm_kernel<M>;
-    if (la.device < 0 || la.device >= kMaxDevices || !opted_in[la.device].load(std::memory_order_relaxed)) {
+    cudaLaunchConfig_t config{};
+    config.blockDim = dim3(M::kThreads);
+    config.dynamicSmemBytes = M::kSmemBytes;
+    config.stream = la.stream;
+    cudaLaunchAttribute cluster[1];
+    cluster[0].id = cudaLaunchAttributeClusterDimension;
+    cluster[0].val.clusterDim.x = M::kCluster, cluster[0].val.clusterDim.y = 1, cluster[0].val.clusterDim.z = 1;
+    config.attrs = cluster;
+    config.numAttrs = M::kCluster > 1 ? 1 : 0;
+
+    // Per device, once: opt in to the shared memory and ask how many clusters can be resident at once
+    // (not every GPC holds an even number of SMs), so that the persistent grid is one wave.
+    static std::atomic<int> resident[kMaxDevices];  // clusters + 1; 0: not queried yet
+    int clusters = la.device >= 0 && la.device < kMaxDevices ? resident[la.device].load(std::memory_order_relaxed) - 1 : -1;
+    if (clusters < 0) {
       if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, M::kSmemBytes) != cudaSuccess)
         return cudaGetErrorString(cudaGetLastError());
-      if (la.device >= 0 && la.device < kMaxDevices) opted_in[la.device].store(true, std::memory_order_relaxed);
+      clusters = la.sm_count / M::kCluster;
+      if (M::kCluster > 1) {
+        config.gridDim = dim3(clusters * M::kCluster);
+        if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess)
+          return cudaGetErrorString(cudaGetLastError());
+        if (clusters < 1) return "no cluster of the native kernel fits on an SM pair";
+      }
+      if (la.device >= 0 && la.device < kMaxDevices) resident[la.device].store(clusters + 1, std::memory_order_relaxed);
     }
-    const int grid = int(bound < la.sm_count ? bound : la.sm_count);
-    kernel<<<grid, M::kThreads, M::kSmemBytes, la.stream>>>(p);
-    cudaError_t status = cudaGetLastError();
-    return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
+    // bound counts single tiles: at least as many as cluster tiles
+    config.gridDim = dim3(unsigned(bound < clusters ? bound : clusters) * M::kCluster);
+    if (cudaLaunchKernelEx(&config, kernel, p) != cudaSuccess) return cudaGetErrorString(cudaGetLastError());
+    return nullptr;
   }
 };
 

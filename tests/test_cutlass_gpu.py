@@ -31,9 +31,10 @@ from support import make_inputs as support_make_inputs
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 pytestmark = pytest.mark.skipif(not HOPPER, reason="needs a compute capability 9.0 GPU (the library is sm_90a)")
 
-# "native": the mode of es_dual's own kernels (csrc/native_gemm.cuh), through the launcher
-BACKENDS = ("cutlass", "cutlass_single", "native")
-MODE_OF = {"cutlass": None, "cutlass_single": "single", "native": "native"}  # None: the production table for k
+# "native*": the modes of es_dual's own kernels (csrc/native_gemm.cuh), through the launcher
+NATIVE_MODES = ("native", "native_wide", "native_mc")
+BACKENDS = ("cutlass", "cutlass_single", *NATIVE_MODES)
+MODE_OF = {"cutlass": None, "cutlass_single": "single", **{m: m for m in NATIVE_MODES}}  # None: the production table for k
 OVERLAPS = (None, *buckets.OVERLAPS)  # None: through the public API (production default overlap)
 OUT_DTYPES = (torch.bfloat16, torch.float16)
 # bucket boundaries from the table, plus the 128-token tile edges of the large configuration
@@ -219,7 +220,7 @@ def test_graph_replay_after_routing_and_inputs_change(backend, overlap):
 # --- what the backend claims ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n,k", [(136, 128), (128, 144), (200, 400), (520, 2064), (4104, 7184)])
-@pytest.mark.parametrize("mode", ["es", "single", "native"])
+@pytest.mark.parametrize("mode", ["es", "single", *NATIVE_MODES])
 def test_tails(n, k, mode):
     """n % 128 != 0 and k % 128 != 0 (the blockwise mainloop's partial tiles and scale blocks), through
     the launcher, so it holds whatever limits.N_MULTIPLE / K_MULTIPLE claim."""

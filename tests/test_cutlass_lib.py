@@ -130,12 +130,21 @@ def test_table_invariants():
 
 
 def test_native_table_rules(monkeypatch):
-    """Native kinds: a tile's weight rows in one weight scale block; a mode is all native
-    (one fused kernel, named by every bucket) or all CUTLASS, and its kinds share the math warp groups."""
-    with pytest.raises(ValueError, match="must divide 128"):
-        buckets.NativeConfig(128, 192, swap_ab=False)
+    """Native kinds: a tile's weight rows in at most two weight scale blocks (one for swap-AB kinds),
+    no wider than the registers hold; a mode is all native (one fused kernel, named by every bucket) or
+    all CUTLASS, and its kinds share the math warp groups."""
+    buckets.NativeConfig(128, 192, swap_ab=False)  # two scale blocks per tile: accepted
+    buckets.NativeConfig(128, 160, swap_ab=False)
+    with pytest.raises(ValueError, match="span three"):
+        buckets.NativeConfig(128, 176, swap_ab=False)  # a tile at column 176 ends in block 2
+    with pytest.raises(ValueError, match="<= 192"):
+        buckets.NativeConfig(128, 256, swap_ab=False)
     with pytest.raises(ValueError, match="tile_m must be 64 or 128"):
         buckets.NativeConfig(96, 32, swap_ab=True)
+    with pytest.raises(ValueError, match="cluster must be 1 or 2"):
+        buckets.NativeConfig(128, 128, swap_ab=False, cluster=4)
+    with pytest.raises(ValueError, match="half of tile_n"):
+        buckets.NativeConfig(128, 40, swap_ab=False, cluster=2)
     native = dict(buckets.MODES)["native"]
     fused = buckets.fused_kernel(native)
     assert fused is not None and all(buckets.kernel_of(native, b) == fused for b in native)
@@ -149,6 +158,11 @@ def test_native_table_rules(monkeypatch):
                            ("large", None, buckets.NativeConfig(128, 128, swap_ab=False), ""))
     monkeypatch.setattr(buckets, "TUNING_MODES", (("uneven", uneven),))
     with pytest.raises(ValueError, match="share tile_m"):
+        buckets.check_table()
+    clusters = buckets.table(("decode", 32, buckets.NativeConfig(128, 32, swap_ab=True), ""),
+                             ("large", None, buckets.NativeConfig(128, 128, swap_ab=False, cluster=2), ""))
+    monkeypatch.setattr(buckets, "TUNING_MODES", (("clusters", clusters),))
+    with pytest.raises(ValueError, match="share the cluster size"):
         buckets.check_table()
 
 

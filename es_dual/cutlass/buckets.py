@@ -18,6 +18,7 @@ n x m column-major, which is ``out`` row-major, so no transpose is written.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 SCHEDULES = ("cooperative", "pingpong")
@@ -86,11 +87,14 @@ class NativeConfig:
     GEMM with a TMA producer warp group and tile_m / 64 math warp groups of WGMMA m64 x tile_n x k32.
 
     swap_ab=False: WGMMA M = tokens, N = weight rows; swap_ab=True: M = weight rows, N = tokens. The
-    pipeline depth is what fits in shared memory (computed in the kernel's Config)."""
+    pipeline depth is what fits in shared memory (computed in the kernel's Mode). cluster=2: the mode
+    runs 2-CTA clusters on pairs of tiles, multicasting the weight tiles of tokens x weights kinds
+    (every kind of a mode has the same cluster)."""
 
     tile_m: int
     tile_n: int
     swap_ab: bool
+    cluster: int = 1
 
     def __post_init__(self):
         reasons = self.invalid_reasons()
@@ -101,16 +105,27 @@ class NativeConfig:
         r = []
         if self.tile_m not in (64, 128):
             r.append("tile_m must be 64 or 128 (one or two math warp groups of 64 WGMMA rows)")
+        if self.cluster not in (1, 2):
+            r.append("cluster must be 1 or 2 CTAs")
+        if self.cluster == 2 and not self.swap_ab and (self.tile_n // 2) % 8:
+            r.append("cluster 2: half of tile_n (each CTA's share of the multicast weight tile) must be a multiple of 8")
         if self.tile_n % 8 or not 8 <= self.tile_n <= 256:
             r.append("tile_n must be a multiple of 8 in [8, 256] (WGMMA N)")
-        weight_side = self.tile_m if self.swap_ab else self.tile_n
-        if SCALE_BLOCK % weight_side:
-            r.append(f"the weights' tile side ({weight_side}) must divide {SCALE_BLOCK}: one weight scale per tile")
+        if self.swap_ab and SCALE_BLOCK % self.tile_m:
+            r.append(f"swap-AB: tile_m (weight rows) must divide {SCALE_BLOCK}: one weight scale block per tile")
+        if not self.swap_ab:
+            # tiles start at multiples of tile_n, so up to 128 - gcd(tile_n, 128) rows into a scale block;
+            # the kernel handles a tile that ends in the next block, not one that reaches a third
+            if self.tile_n - math.gcd(self.tile_n, SCALE_BLOCK) > SCALE_BLOCK:
+                r.append(f"tile_n ({self.tile_n}) would span three {SCALE_BLOCK}-row weight scale blocks")
+            if self.tile_n > 192:
+                r.append("tile_n must be <= 192: the accumulator and the promoted sum take tile_n registers "
+                         "per math thread (232 available)")
         return r
 
     @property
     def name(self) -> str:
-        return f"native_t{self.tile_m}x{self.tile_n}{'_swapab' if self.swap_ab else ''}"
+        return f"native_t{self.tile_m}x{self.tile_n}{'_swapab' if self.swap_ab else ''}{'_c2' if self.cluster == 2 else ''}"
 
 
 @dataclass(frozen=True)
@@ -122,8 +137,13 @@ class NativeFused:
     swap_ab = False  # no per-expert arrays: the orientation is per kind
 
     @property
+    def cluster(self) -> int:
+        return self.kinds[0].cluster
+
+    @property
     def name(self) -> str:
-        return "native_" + "_".join(k.name.removeprefix("native_") for k in self.kinds)
+        kinds = "_".join(k.name.removeprefix("native_").removesuffix("_c2") for k in self.kinds)
+        return f"native_{kinds}{'_c2' if self.cluster == 2 else ''}"
 
 
 @dataclass(frozen=True)
@@ -209,9 +229,25 @@ BUCKETS_NATIVE: tuple[Bucket, ...] = table(
     ("large", None, NativeConfig(128, 128, swap_ab=False), _N_LARGE),
 )
 
+# The same with 128 x 192 large tiles: a third fewer shared-memory and L2 bytes per FLOP than 128 x 128
+# for compute-bound experts (4 stages of 41 KB), two weight scale blocks in every other tile.
+_N_WIDE = "128 tokens x 192 weight rows, two math warp groups; two weight scale blocks per tile"
+BUCKETS_NATIVE_WIDE: tuple[Bucket, ...] = BUCKETS_NATIVE[:-1] + table(
+    ("large", None, NativeConfig(128, 192, swap_ab=False), _N_WIDE),
+)
+
+# The same in 2-CTA clusters: the 192-row weight tiles of the large kind multicast to two token chunks.
+_N_MC = _N_WIDE + "; 2-CTA clusters, the weight tile multicast to two token chunks"
+BUCKETS_NATIVE_MC: tuple[Bucket, ...] = table(
+    ("decode", 32, NativeConfig(128, 32, swap_ab=True, cluster=2), _N_DECODE + "; paired weight tiles"),
+    ("small", 64, NativeConfig(128, 64, swap_ab=True, cluster=2), _N_SMALL + "; paired weight tiles"),
+    ("large", None, NativeConfig(128, 192, swap_ab=False, cluster=2), _N_MC),
+)
+
 # The production modes, in the order of the library's mode argument (0, 1, ...).
 MODES: tuple[tuple[str, tuple[Bucket, ...]], ...] = (
     ("es", BUCKETS), ("single", (SINGLE,)), ("es_small_k", BUCKETS_SMALL_K), ("native", BUCKETS_NATIVE),
+    ("native_wide", BUCKETS_NATIVE_WIDE), ("native_mc", BUCKETS_NATIVE_MC),
 )
 
 # How the bucket kernels of one call are enqueued (the C API's overlap argument, csrc/es_dual.h). They
@@ -295,6 +331,8 @@ def check_table() -> None:
             raise ValueError(f"{mode}: a mode's buckets are all native kernels or all CUTLASS kernels")
         if all(native) and len({b.config.tile_m for b in buckets}) != 1:
             raise ValueError(f"{mode}: the kinds of a native mode share tile_m (its math warp groups)")
+        if all(native) and len({b.config.cluster for b in buckets}) != 1:
+            raise ValueError(f"{mode}: the kinds of a native mode share the cluster size")
     if DEFAULT_OVERLAP not in OVERLAPS:
         raise ValueError(f"DEFAULT_OVERLAP must be one of {list(OVERLAPS)}, got {DEFAULT_OVERLAP}")
 

@@ -58,7 +58,7 @@ def _kernel_type(config, element: str) -> tuple[str, str]:
     if isinstance(config, tbl.NativeFused):
         kinds = ", ".join(f"native::Kind<{'true' if k.swap_ab else 'false'}, {k.tile_m}, {k.tile_n}>"
                           for k in config.kinds)
-        return "native_gemm.cuh", f"native::GroupedGemm<native::Mode<{element}, {kinds}>>"
+        return "native_gemm.cuh", f"native::GroupedGemm<native::Mode<{element}, {config.cluster}, {kinds}>>"
     return "grouped_gemm.cuh", (
         f"GroupedGemm<{config.tile_m}, {config.tile_n}, {config.tile_k}, {config.cluster_m}, "
         f"{config.cluster_n}, {_SCHEDULE_TAG[config.schedule]}, {swap}, {element}>"
