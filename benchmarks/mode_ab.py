@@ -42,7 +42,7 @@ def main():
         inputs = w.make_inputs(device)
         ref = torch.empty(w.total_m, w.n, dtype=torch.bfloat16, device=device)
         run_reference(**inputs, out=ref)
-        graphs, errors = {}, {}
+        graphs, errors, calls = {}, {}, []
         for mode in modes:
             out = torch.full((w.total_m, w.n), float("nan"), dtype=torch.bfloat16, device=device)
             call = lambda mode=mode, out=out: grouped_gemm_cutlass(  # noqa: E731
@@ -50,7 +50,11 @@ def main():
             call()
             max_rel, rms_rel = relative_errors(out, ref)
             errors[mode] = "" if max_rel <= max_tol and rms_rel <= rms_tol else f"WRONG({max_rel:.2g},{rms_rel:.2g})"
+            # The graph writes into `out`, which only the lambda holds: keep the lambda with the graph
+            # (torch.cuda.graph empties the allocator's cache when the next capture begins, so a tensor
+            # freed meanwhile is unmapped and the replay faults).
             graphs[mode] = call if args.eager else capture(call).replay
+            calls.append(call)
         times = {m: [] for m in modes}
         for order in (modes, modes[::-1]):
             for m in order:
@@ -58,7 +62,7 @@ def main():
                 times[m].append(kernel_us(graphs[m]))
         cells = [errors[m] or f"{min(times[m]):.1f}" for m in modes]
         print(f"{w.name:<20} " + " ".join(f"{c:>12}" for c in cells), flush=True)
-        del inputs, ref, graphs
+        del inputs, ref, graphs, calls
 
 
 if __name__ == "__main__":

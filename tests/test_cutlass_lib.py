@@ -129,6 +129,18 @@ def test_table_invariants():
     assert buckets.DEFAULT_OVERLAP in buckets.OVERLAPS
 
 
+def test_es_mode_by_shape():
+    """The production mode for a shape: es_small_k at k <= 256, the native mode at 256 < k <= 4096 when
+    its kernels take the shape (else the es table), es above."""
+    assert buckets.es_mode(4096, 7168, 256, 256) == "es_small_k"
+    assert buckets.es_mode(4096, 4096, 384, 128) == "native"
+    assert buckets.es_mode(4096, 768, 4096, 128) == "native"
+    assert buckets.es_mode(4096, 4096, 7168, 32) == "es"
+    assert buckets.es_mode(4096, 4096, 384, buckets.NATIVE_MAX_EXPERTS + 1) == "es"  # schedule in smem
+    assert buckets.es_mode(4096, 2**24, 384, 128) == "es"  # (E + 1) * n past 32-bit TMA rows
+    assert buckets.native_fits(4096, 4096, 384, 128) and not buckets.native_fits(2**22, 8192, 384, 128)
+
+
 def test_native_table_rules(monkeypatch):
     """Native kinds: a tile's weight rows in at most two weight scale blocks (one for swap-AB kinds),
     no wider than the registers hold; a mode is all native (one fused kernel, named by every bucket) or

@@ -193,9 +193,30 @@ BUCKETS_SMALL_K: tuple[Bucket, ...] = table(
 SMALL_K_MAX = 256  # k at or below which BUCKETS_SMALL_K is used (measured at k = 256 and 384)
 
 
-def es_mode(k: int) -> str:
-    """The expert-specialized mode for a problem's k (known on the host, unlike the token counts)."""
-    return "es_small_k" if k <= SMALL_K_MAX else "es"
+NATIVE_K_MAX = 4096  # k at or below which (and above SMALL_K_MAX) the native mode is used
+
+
+def native_fits(total_m: int, n: int, k: int, num_experts: int) -> bool:
+    """Whether the native kernels take a problem (csrc/api.cu checks the same): the tile prefix and one
+    tile's weight scales in shared memory, 32-bit TMA row coordinates and tile numbers."""
+    return (num_experts <= NATIVE_MAX_EXPERTS and -(-k // SCALE_BLOCK) <= NATIVE_MAX_K_BLOCKS
+            and (num_experts + 1) * n <= 2**31 - 1 and (total_m + num_experts) * -(-n // 8) <= 2**31 - 1)
+
+
+def es_mode(total_m: int, n: int, k: int, num_experts: int) -> str:
+    """The expert-specialized mode for a problem's shape (known on the host, unlike the token counts).
+
+    Measured on one H200 (docs/perf-notes.md, 2026-12-01, benchmarks/mode_ab.py, kernel mode, es / native,
+    µs): at 256 < k <= 4096 the native mode is faster or level in every visit (qwen_gateup 133.2 / 130.0,
+    132.4 / 129.9 with 128 x 192 tiles, qwen_down 106.2 / 104.5, 104.3 / 99.1; qwen_gateup_zipf 132.6 /
+    133.0, qwen3_30b_down 84.4 / 84.5, ds_down_tp4_prefill 400.3 / 399.1); at k = 7168 (the decode rows,
+    balanced_big) and at k <= 256 it is slower.
+    """
+    if k <= SMALL_K_MAX:
+        return "es_small_k"
+    if k <= NATIVE_K_MAX and native_fits(total_m, n, k, num_experts):
+        return "native"
+    return "es"
 
 
 # --- Single configuration: every expert in one grouped GEMM, the non-specialized baseline --------------
@@ -219,7 +240,7 @@ OUT_DTYPES: tuple[tuple[str, str], ...] = (("bf16", "cutlass::bfloat16_t"), ("fp
 # decode experts (ds_decode_ep16 155 vs 141, decode_uniform8 244 vs 236) and at k = 256 (299 vs 235).
 # A large kind of 128 x 64 (24 KB stages, 7 of them) was slower everywhere: balanced_big 2735 vs 1860,
 # ds_down_prefill 385 vs 299, and no better on the decode rows, so the stage count is not what holds
-# the decode rows back. Not the default of the cutlass backend yet (docs/perf-notes.md says why).
+# the decode rows back. The cutlass backend uses this mode at 256 < k <= 4096 (es_mode).
 _N_DECODE = "swap-AB: 128 weight rows x 32 tokens, the decode shape of the seed table without padding M"
 _N_SMALL = "swap-AB: 128 weight rows x 64 tokens"
 _N_LARGE = "128 tokens x 128 weight rows, two math warp groups"

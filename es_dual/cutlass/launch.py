@@ -94,9 +94,10 @@ def grouped_gemm_cutlass(a, a_scale, b, b_scale, expert_offsets, out, *, mode: s
                          overlap: int | None = None, single: bool = False) -> None:
     """Write ``out`` with the CUTLASS SM90 kernels of one mode of the bucket table.
 
-    mode: a mode name of the loaded library ("es" / "es_small_k": expert-specialized buckets,
-        "single": one configuration; a tuning build has more, see buckets.TUNING_MODES). None: the
-        expert-specialized table for this k (buckets.es_mode). ``single=True`` means mode="single".
+    mode: a mode name of the loaded library ("es" / "es_small_k": expert-specialized buckets of CUTLASS
+        kernels, "native*": es_dual's own kernels, "single": one configuration; a tuning build has more,
+        see buckets.TUNING_MODES). None: the expert-specialized mode for this shape (buckets.es_mode).
+        ``single=True`` means mode="single".
     overlap: how the bucket kernels are enqueued (buckets.OVERLAPS); None: buckets.DEFAULT_OVERLAP.
 
     The arguments are validated by the caller (es_dual.problem.check_inputs): contiguous, on one CUDA
@@ -107,11 +108,11 @@ def grouped_gemm_cutlass(a, a_scale, b, b_scale, expert_offsets, out, *, mode: s
     torch, raw_stream, out_codes = _torch_hooks()
     lib = loader.load_library()
     total_m, k = a.shape
-    mode = "single" if single else mode or buckets.es_mode(k)
+    num_experts, n, _ = b.shape
+    mode = "single" if single else mode or buckets.es_mode(total_m, n, k, num_experts)
     code = mode_code(mode)
     if overlap is None:
         overlap = buckets.DEFAULT_OVERLAP
-    num_experts, n, _ = b.shape
     device = a.device
     index = device.index
     sm_count = _sm_count(index)
