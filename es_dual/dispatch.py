@@ -7,27 +7,14 @@ every backend's reasons. ``ES_DUAL_BACKEND`` replaces the default choice ("auto"
 """
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from .device import device_capability
 from .problem import OUT_DTYPES, Problem
-
-
-@functools.lru_cache(maxsize=None)
-def device_properties(device: torch.device):
-    """torch's properties of a CUDA device, read once per device (the backends read capability and SM
-    count on every call: a query each time would be host overhead)."""
-    return torch.cuda.get_device_properties(device)
-
-
-def device_capability(device: torch.device) -> tuple[int, int]:
-    """Compute capability of the tensors' own device (never device 0 by default)."""
-    props = device_properties(device)
-    return props.major, props.minor
 
 
 @dataclass(frozen=True)

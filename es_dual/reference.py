@@ -5,16 +5,27 @@ never the fast path. It runs on the CPU and on any GPU.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
+from .problem import check_contents, check_inputs
 from .quant import dequantize_per_block, dequantize_per_token_group
 
 
 def grouped_gemm_fp8_reference(a, a_scale, b, b_scale, expert_offsets, *, out=None, out_dtype=torch.bfloat16):
-    """out[offs[e]:offs[e+1]] = (dequant(a)[rows] @ dequant(b[e]).T).to(out_dtype) for every expert e."""
-    from .api import grouped_gemm_fp8
+    """out[offs[e]:offs[e+1]] = (dequant(a)[rows] @ dequant(b[e]).T).to(out_dtype) for every expert e.
 
-    return grouped_gemm_fp8(a, a_scale, b, b_scale, expert_offsets, out=out, out_dtype=out_dtype, backend="reference")
+    The arguments, errors and ES_DUAL_VALIDATE of es_dual.grouped_gemm_fp8, computed here directly (the
+    "reference" backend of the public function runs the same loop)."""
+    problem = check_inputs(a, a_scale, b, b_scale, expert_offsets, out, out_dtype)  # raises before any write
+    if os.environ.get("ES_DUAL_VALIDATE") == "1":
+        check_contents(a_scale, b_scale, expert_offsets, problem.total_m)
+    if out is None:
+        out = torch.empty(problem.total_m, problem.n, dtype=problem.out_dtype, device=problem.device)
+    if problem.total_m:
+        run_reference(a, a_scale, b, b_scale, expert_offsets, out)
+    return out
 
 
 def run_reference(a, a_scale, b, b_scale, expert_offsets, out) -> None:

@@ -15,7 +15,7 @@ from . import buckets, build, generate, loader
 def _sm_count(index: int) -> int:
     import torch
 
-    from ..dispatch import device_properties
+    from ..device import device_properties
 
     return device_properties(torch.device("cuda", index)).multi_processor_count
 

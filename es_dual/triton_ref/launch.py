@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from ..dispatch import device_capability, device_properties
+from ..device import device_capability, device_properties
 from ..problem import SCALE_BLOCK, Problem, cdiv
 from .kernel import grouped_gemm_fp8_kernel
 
