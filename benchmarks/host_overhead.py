@@ -1,10 +1,12 @@
-"""CPU time of one eager call per backend on a small problem, and where the CUTLASS path spends it.
+"""CPU time of one eager call on a small problem: es_dual's backends, where the CUTLASS path spends it, the
+peers on the same problem, and the MoE layer.
 
 The GPU work of the problem is far shorter than the host's, so the wall time of many back-to-back calls
 (synchronized outside the loop) is the host time per call.
-python benchmarks/host_overhead.py [--calls 2000]
+python benchmarks/host_overhead.py [--calls 2000] [--peers DIR]   (DIR: as es_dual.bench --peers)
 """
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,10 +15,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import es_dual  # noqa: E402
+from es_dual.bench import layer  # noqa: E402
+from es_dual.bench.providers import PEERS, PROVIDERS, Unavailable, add_peer_paths, describe  # noqa: E402
 from es_dual.cutlass import buckets, launch, loader  # noqa: E402
-from es_dual.dispatch import available_backends, select_backend  # noqa: E402
+from es_dual.dispatch import select_backend  # noqa: E402
 from es_dual.problem import check_inputs  # noqa: E402
 from support import make_inputs  # noqa: E402
+
+COUNTS, N, K = [4, 0, 3, 1, 2, 0, 5, 1], 256, 512  # 16 rows, 8 experts: microseconds of GPU work
+LAYER = layer.LayerModel("small", num_experts=8, topk=2, hidden=512, intermediate=256)
 
 
 def per_call_us(fn, calls: int) -> float:
@@ -31,39 +38,83 @@ def per_call_us(fn, calls: int) -> float:
     return 1e6 * elapsed / calls
 
 
+def _library_rows(inputs, out, total_m) -> list:
+    """The C library alone, per mode and overlap, on a workspace allocated once."""
+    lib = loader.load_library()
+    ptrs = [t.data_ptr() for t in inputs.values()]
+    stream = torch.cuda.current_stream().cuda_stream
+    sm_count = launch._sm_count(0)
+    rows = []
+    for mode in ("es", "single", "native"):
+        code = launch.mode_code(mode)
+        ws = torch.empty(launch.workspace_bytes(total_m, N, K, len(COUNTS), 0, code, sm_count),
+                         dtype=torch.uint8, device="cuda")
+        overlaps = buckets.OVERLAPS if buckets.fused_kernel(dict(buckets.MODES)[mode]) is None else {0: "none"}
+        for overlap, name in overlaps.items():
+            call = (lambda code=code, overlap=overlap, ws=ws: lib.es_dual_grouped_gemm(
+                ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], 0, out.data_ptr(), total_m, N, K, len(COUNTS), 0,
+                code, overlap, 0, sm_count, ws.data_ptr(), ws.numel(), stream))
+            rows.append((f"C library alone, mode {mode}, overlap {name}", call))
+    return rows
+
+
+def _peer_rows(inputs) -> list:
+    """Each peer's prepared call (what its users time), or why it cannot run here."""
+    problem = check_inputs(**inputs)
+    rows = []
+    for name in PEERS:
+        try:
+            rows.append((f"peer {name}", PROVIDERS[name].prepare(problem, inputs).run))
+        except Unavailable as exc:
+            rows.append((f"peer {name}: unavailable ({exc})", None))
+        except Exception as exc:  # a peer whose API differs from the one the adapter was written for
+            rows.append((f"peer {name}: failed ({describe(exc)})", None))
+    return rows
+
+
+def _layer_rows(device) -> list:
+    """fused_moe_fp8 at one token and at 16 tokens, per backend."""
+    w13, w13_scale, w2, w2_scale = layer.make_weights(LAYER, device)
+    rows = []
+    for batch in (1, 16):
+        hidden, topk_weights, topk_ids = layer.make_batch(LAYER, batch, device)
+        for backend in ("auto", "triton"):
+            rows.append((f"es_dual.fused_moe_fp8(backend={backend!r}), {batch} token(s)",
+                         lambda hidden=hidden, w=topk_weights, ids=topk_ids, backend=backend: es_dual.fused_moe_fp8(
+                             hidden, w13, w13_scale, w2, w2_scale, w, ids, backend=backend)))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--peers", default=os.environ.get("ES_DUAL_PEERS", ".peers"))
     args = parser.parse_args()
-    inputs = make_inputs([4, 0, 3, 1, 2, 0, 5, 1], 256, 512, seed=0, device="cuda")
-    out = torch.empty(16, 256, dtype=torch.bfloat16, device="cuda")
+    add_peer_paths(args.peers)
+    device = torch.device("cuda", 0)
+    inputs = make_inputs(COUNTS, N, K, seed=0, device="cuda")
+    total_m = sum(COUNTS)
+    out = torch.empty(total_m, N, dtype=torch.bfloat16, device="cuda")
     problem = check_inputs(**inputs, out=out)
+    backends = es_dual.available_backends(device)
     rows = [
         ("check_inputs", lambda: check_inputs(**inputs, out=out)),
-        ("select_backend", lambda: select_backend(problem, "cutlass")),
+        ("select_backend", lambda: select_backend(problem, backends[0])),
         ("torch.empty (workspace)", lambda: torch.empty(4096, dtype=torch.uint8, device="cuda")),
     ]
-    if "cutlass" in available_backends("cuda"):
-        lib = loader.load_library()
-        ws = torch.empty(launch._workspace_bytes(256, 512, 8, 0, launch.mode_code("es"), launch._sm_count(0)),
-                         dtype=torch.uint8, device="cuda")
-        ptrs = [t.data_ptr() for t in inputs.values()]
-        stream = torch.cuda.current_stream().cuda_stream
-        for mode in ("es", "single"):
-            for overlap in buckets.OVERLAPS:
-                code = launch.mode_code(mode)
-                call = (lambda code=code, overlap=overlap: lib.es_dual_grouped_gemm(
-                    ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], 0, out.data_ptr(), 16, 256, 512, 8, 0, code,
-                    overlap, 0, launch._sm_count(0), ws.data_ptr(), ws.numel(), stream))
-                rows.append((f"C library alone, mode {mode}, overlap {buckets.OVERLAPS[overlap]}", call))
-        rows.append(("grouped_gemm_cutlass (Python launcher + C)",
+    if "cutlass" in backends:
+        rows += _library_rows(inputs, out, total_m)
+        rows.append((f"grouped_gemm_cutlass (Python launcher + C, mode {buckets.es_mode(total_m, N, K, len(COUNTS))})",
                      lambda: launch.grouped_gemm_cutlass(*inputs.values(), out)))
-    for backend in available_backends("cuda"):
-        if backend != "reference":
-            rows.append((f"es_dual.grouped_gemm_fp8(backend={backend!r})",
-                         lambda backend=backend: es_dual.grouped_gemm_fp8(**inputs, out=out, backend=backend)))
+    for backend in ("auto", *(b for b in backends if b != "reference")):
+        rows.append((f"es_dual.grouped_gemm_fp8(backend={backend!r})",
+                     lambda backend=backend: es_dual.grouped_gemm_fp8(**inputs, out=out, backend=backend)))
+    rows += _peer_rows(inputs) + _layer_rows(device)
+    print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; problem: {len(COUNTS)} experts, "
+          f"{total_m} rows, n = {N}, k = {K}; layer: {LAYER}")
     for name, fn in rows:
-        print(f"host overhead  {name:<52} {per_call_us(fn, args.calls):7.1f} us/call", flush=True)
+        value = f"{per_call_us(fn, args.calls):7.1f} us/call" if fn else ""
+        print(f"host overhead  {name:<64} {value}", flush=True)
 
 
 if __name__ == "__main__":
