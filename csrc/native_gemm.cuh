@@ -33,8 +33,8 @@
 // Tiles of an expert: ceil(m / token rows) token chunks x ceil(n / weight rows) weight tiles, weight
 // tiles fastest (CTAs running at the same time share the token chunk in L2). Every CTA scans the
 // offsets itself at start (tiles per expert, exclusive prefix in shared memory) and takes the tiles
-// blockIdx.x, blockIdx.x + gridDim.x, ...: no device-to-host copy, nothing to prepare per call but the
-// tensor maps. Rows past the expert's end that a TMA box covers belong to the next expert (or lie past
+// c, c + clusters, ... of its cluster c (a cluster is one CTA, or two: see Mode): no device-to-host
+// copy, nothing to prepare per call but the tensor maps. Rows past the expert's end that a TMA box covers belong to the next expert (or lie past
 // total_m and read as zeros): they are computed and never stored, so a GEMM row never reads another
 // expert's data into a stored result.
 #pragma once

@@ -25,8 +25,17 @@ SCHEDULES = ("cooperative", "pingpong")
 SCALE_BLOCK = 128  # K (and weight-N) elements per scale: fixed by the tensor contract
 
 
+class _Checked:
+    """A configuration that refuses to exist when its invalid_reasons() lists anything."""
+
+    def __post_init__(self):
+        reasons = self.invalid_reasons()
+        if reasons:
+            raise ValueError(f"invalid {type(self).__name__} {self}: " + "; ".join(reasons))
+
+
 @dataclass(frozen=True)
-class KernelConfig:
+class KernelConfig(_Checked):
     """One CUTLASS SM90 FP8 blockwise grouped GEMM instantiation (one translation unit per out dtype)."""
 
     tile_m: int
@@ -36,11 +45,6 @@ class KernelConfig:
     cluster_n: int
     schedule: str
     swap_ab: bool
-
-    def __post_init__(self):
-        reasons = self.invalid_reasons()
-        if reasons:
-            raise ValueError(f"invalid KernelConfig {self}: " + "; ".join(reasons))
 
     def invalid_reasons(self) -> list[str]:
         """Every constraint of the SM90 blockwise mainloop we instantiate, in one predicate."""
@@ -82,7 +86,7 @@ NATIVE_MAX_K_BLOCKS = 256  # k <= 32768
 
 
 @dataclass(frozen=True)
-class NativeConfig:
+class NativeConfig(_Checked):
     """One of es_dual's own SM90 kernels (csrc/native_gemm.cuh): a persistent, warp-specialized grouped
     GEMM with a TMA producer warp group and tile_m / 64 math warp groups of WGMMA m64 x tile_n x k32.
 
@@ -95,11 +99,6 @@ class NativeConfig:
     tile_n: int
     swap_ab: bool
     cluster: int = 1
-
-    def __post_init__(self):
-        reasons = self.invalid_reasons()
-        if reasons:
-            raise ValueError(f"invalid NativeConfig {self}: " + "; ".join(reasons))
 
     def invalid_reasons(self) -> list[str]:
         r = []
