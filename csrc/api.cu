@@ -31,38 +31,29 @@ constexpr size_t kZeroPerBlock = kPrepThreads * 8 * sizeof(uint4);  // eight 16-
 size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
 // Where everything lives in the caller's workspace, for one (mode, out dtype, E, SM count). The CUTLASS
-// regions come last, in one piece [cutlass[0], total), which the preparation kernel zeroes.
+// regions come last, in one piece [cutlass[0], total), which the preparation kernel zeroes. A native
+// mode needs none (total 0): its one kernel reads the caller's tensors and nothing else.
 struct WorkspacePlan {
   bool uses[2] = {false, false};     // orientation used by some CUTLASS bucket: [normal, swapped]
-  bool native = false;               // some bucket runs a native kernel: it reads MN-major token scales
   size_t arrays[2] = {0, 0};         // offsets of the per-expert arrays of each orientation
-  size_t token_scales = 0;           // offset of the MN-major copy of a_scale (native buckets)
-  int64_t token_scale_pitch = 0;     // its floats per K block: total_m rounded up to 4 (16-byte rows)
   size_t problems[kMaxBuckets] = {}; // offset of each bucket's masked problem-size array
   size_t cutlass[kMaxBuckets] = {};  // offset of each bucket's CUTLASS workspace
   size_t total = 0;
 };
 
-WorkspacePlan plan_workspace(const ModeTable& mode, int out_dtype, int64_t total_m, int64_t k, int num_experts,
-                             int sm_count) {
+WorkspacePlan plan_workspace(const ModeTable& mode, int out_dtype, int num_experts, int sm_count) {
   WorkspacePlan p;
+  if (mode.fused[out_dtype]) return p;
   size_t off = 0;
   auto take = [&](size_t bytes) {
     size_t at = off;
     off = round_up(off + bytes, kRegionAlign);
     return at;
   };
-  for (int b = 0; b < mode.num_buckets; ++b) {
-    const KernelEntry* kernel = mode.buckets[b].kernels[out_dtype];
-    if (kernel->native) p.native = true; else p.uses[kernel->swap_ab] = true;
-  }
+  for (int b = 0; b < mode.num_buckets; ++b) p.uses[mode.buckets[b].kernels[out_dtype]->swap_ab] = true;
   if (p.uses[0]) p.arrays[0] = take(GroupArrays<false>{}.carve(nullptr, num_experts));
   if (p.uses[1]) p.arrays[1] = take(GroupArrays<true>{}.carve(nullptr, num_experts));
   for (int b = 0; b < mode.num_buckets; ++b) p.problems[b] = take(sizeof(GroupShape) * size_t(num_experts));
-  if (p.native) {
-    p.token_scale_pitch = (total_m + 3) / 4 * 4;
-    p.token_scales = take(sizeof(float) * size_t(p.token_scale_pitch) * size_t((k + kScaleBlock - 1) / kScaleBlock));
-  }
   for (int b = 0; b < mode.num_buckets; ++b)
     p.cutlass[b] = take(mode.buckets[b].kernels[out_dtype]->workspace_bytes(num_experts, sm_count));
   p.total = off;
@@ -97,34 +88,7 @@ struct PrepParams {
   GroupShape* problems[kMaxBuckets];
   uint4* zero;              // the CUTLASS workspace regions, in 16-byte units
   size_t zero_vectors;
-  float* a_scale_mn;        // nullptr, or where to write a_scale MN-major (native buckets)
-  int64_t a_scale_pitch;
 };
-
-// a_scale (total_m, k blocks) row-major -> a_scale_mn[kb * pitch + row], through 32x32 shared tiles so
-// that both the reads and the writes are coalesced. Every thread of the block runs the same iterations.
-constexpr int kTransposeTile = 32;
-
-__device__ void transpose_token_scales(const PrepParams& p, int64_t k_blocks) {
-  __shared__ float tile[kTransposeTile][kTransposeTile + 1];
-  const int tx = threadIdx.x % kTransposeTile, ty = threadIdx.x / kTransposeTile;
-  constexpr int kRowsPerPass = kPrepThreads / kTransposeTile;
-  const int64_t row_tiles = (p.total_m + kTransposeTile - 1) / kTransposeTile;
-  const int64_t tiles = row_tiles * ((k_blocks + kTransposeTile - 1) / kTransposeTile);
-  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
-    const int64_t row0 = (t % row_tiles) * kTransposeTile, kb0 = (t / row_tiles) * kTransposeTile;
-    for (int i = ty; i < kTransposeTile; i += kRowsPerPass) {
-      const int64_t row = row0 + i, kb = kb0 + tx;
-      if (row < p.total_m && kb < k_blocks) tile[i][tx] = p.a_scale[row * k_blocks + kb];
-    }
-    __syncthreads();
-    for (int i = ty; i < kTransposeTile; i += kRowsPerPass) {
-      const int64_t kb = kb0 + i, row = row0 + tx;
-      if (row < p.total_m && kb < k_blocks) p.a_scale_mn[kb * p.a_scale_pitch + row] = tile[tx][i];
-    }
-    __syncthreads();
-  }
-}
 
 __device__ int64_t read_offset(const PrepParams& p, int i) {
   return p.offsets_int64 ? static_cast<const int64_t*>(p.offsets)[i]
@@ -158,7 +122,6 @@ __global__ void prepare_experts(PrepParams p) {
     p.zero[i] = make_uint4(0, 0, 0, 0);
   const int64_t k_blocks = (p.k + kScaleBlock - 1) / kScaleBlock;
   const int64_t n_blocks = (p.n + kScaleBlock - 1) / kScaleBlock;
-  if (p.a_scale_mn) transpose_token_scales(p, k_blocks);
   for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < p.num_experts; e += gridDim.x * blockDim.x) {
     // Clamp so that malformed offsets can never address outside a/out (they are checked in Python).
     int64_t lo = read_offset(p, e), hi = read_offset(p, e + 1);
@@ -264,7 +227,7 @@ int es_dual_workspace_bytes(int64_t total_m, int64_t n, int64_t k, int32_t num_e
                             int32_t mode, int32_t sm_count, size_t* bytes) {
   if (!bytes) return fail(ES_DUAL_ERROR_INVALID_ARGUMENT, "bytes: expected a pointer to write the size to, got NULL");
   if (int status = check_sizes(total_m, n, k, num_experts, out_dtype, mode, sm_count)) return status;
-  *bytes = plan_workspace(kModes[mode], out_dtype, total_m, k, num_experts, sm_count).total;
+  *bytes = plan_workspace(kModes[mode], out_dtype, num_experts, sm_count).total;
   return ES_DUAL_OK;
 }
 
@@ -277,25 +240,17 @@ int es_dual_grouped_gemm(const void* a, const float* a_scale, const void* b, con
   if (overlap != ES_DUAL_OVERLAP_SERIAL && overlap != ES_DUAL_OVERLAP_STREAMS && overlap != ES_DUAL_OVERLAP_PDL)
     return fail(ES_DUAL_ERROR_INVALID_ARGUMENT, "overlap: expected 0 (serial), 1 (streams) or 2 (pdl), got %d", overlap);
   if (total_m == 0) return ES_DUAL_OK;  // no rows: nothing to write
-  const struct { const char* name; const void* ptr; size_t align; } pointers[] = {
-      {"a", a, 16}, {"a_scale", a_scale, 4}, {"b", b, 16}, {"b_scale", b_scale, 4},
-      {"expert_offsets", expert_offsets, size_t(offsets_int64 ? 8 : 4)}, {"out", out, 16},
-      {"workspace", workspace, kRegionAlign}};
+  const ModeTable& table = kModes[mode];
+  const WorkspacePlan plan = plan_workspace(table, out_dtype, num_experts, sm_count);
+  const struct { const char* name; const void* ptr; size_t align; bool needed; } pointers[] = {
+      {"a", a, 16, true}, {"a_scale", a_scale, 4, true}, {"b", b, 16, true}, {"b_scale", b_scale, 4, true},
+      {"expert_offsets", expert_offsets, size_t(offsets_int64 ? 8 : 4), true}, {"out", out, 16, true},
+      {"workspace", workspace, kRegionAlign, plan.total > 0}};  // a native mode needs none
   for (const auto& p : pointers) {
+    if (!p.needed) continue;
     if (!p.ptr) return fail(ES_DUAL_ERROR_INVALID_ARGUMENT, "%s: expected a device pointer, got NULL", p.name);
     if (misaligned(p.ptr, p.align))
       return fail(ES_DUAL_ERROR_INVALID_ARGUMENT, "%s: expected a %zu-byte aligned pointer, got %p", p.name, p.align, p.ptr);
-  }
-  const ModeTable& table = kModes[mode];
-  const WorkspacePlan plan = plan_workspace(table, out_dtype, total_m, k, num_experts, sm_count);
-  if (plan.native) {  // what the native kernels can hold (shared-memory schedule, 32-bit TMA row coordinates)
-    const int64_t k_blocks = (k + kScaleBlock - 1) / kScaleBlock;
-    if (num_experts > kNativeMaxExperts || k_blocks > kNativeMaxKBlocks || (int64_t(num_experts) + 1) * n > INT_MAX ||
-        (total_m + num_experts) * ((n + 7) / 8) > INT_MAX)
-      return fail(ES_DUAL_ERROR_INVALID_ARGUMENT,
-                  "mode %d (%s): native kernels take at most %d experts, k <= %d, (E + 1) * n <= %d and fewer than "
-                  "2^31 tiles, got E = %d, n = %lld, k = %lld, total_m = %lld", mode, table.name, kNativeMaxExperts,
-                  kNativeMaxKBlocks * kScaleBlock, INT_MAX, num_experts, (long long)n, (long long)k, (long long)total_m);
   }
   if (workspace_bytes < plan.total)
     return fail(ES_DUAL_ERROR_WORKSPACE, "workspace: expected at least %zu bytes, got %zu", plan.total, workspace_bytes);
@@ -304,8 +259,26 @@ int es_dual_grouped_gemm(const void* a, const float* a_scale, const void* b, con
   if (guard.error != cudaSuccess)
     return fail(ES_DUAL_ERROR_CUDA, "cannot make device %d current: %s", device, cudaGetErrorString(guard.error));
   cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
-  uint8_t* base = static_cast<uint8_t*>(workspace);
 
+  if (const KernelEntry* fused = table.fused[out_dtype]) {
+    // A native mode: every bucket's tiles in one persistent launch on the caller's stream, straight from
+    // the caller's tensors (no preparation, no workspace; overlap does not apply: nothing to overlap).
+    const int64_t k_blocks = (k + kScaleBlock - 1) / kScaleBlock;
+    if (num_experts > kNativeMaxExperts || k_blocks > kNativeMaxKBlocks || (int64_t(num_experts) + 1) * n > INT_MAX ||
+        (total_m + num_experts) * ((n + 7) / 8) > INT_MAX)  // shared-memory schedule, 32-bit TMA coordinates
+      return fail(ES_DUAL_ERROR_INVALID_ARGUMENT,
+                  "mode %d (%s): native kernels take at most %d experts, k <= %d, (E + 1) * n <= %d and fewer than "
+                  "2^31 tiles, got E = %d, n = %lld, k = %lld, total_m = %lld", mode, table.name, kNativeMaxExperts,
+                  kNativeMaxKBlocks * kScaleBlock, INT_MAX, num_experts, (long long)n, (long long)k, (long long)total_m);
+    NativeArgs native{a, a_scale, b, b_scale, expert_offsets, offsets_int64, out, total_m, n, k, table.num_buckets, {}};
+    for (int i = 0; i < table.num_buckets; ++i) native.max_tokens[i] = table.buckets[i].max_tokens;
+    LaunchArgs launch{num_experts, nullptr, {}, {}, nullptr, device, sm_count, cuda_stream, false, native};
+    if (const char* err = fused->run(launch))
+      return fail(ES_DUAL_ERROR_CUTLASS, "mode %s (kernel %s): %s", table.name, fused->name, err);
+    return ES_DUAL_OK;
+  }
+
+  uint8_t* base = static_cast<uint8_t*>(workspace);
   PrepParams prep = {};
   prep.offsets = expert_offsets;
   prep.offsets_int64 = offsets_int64;
@@ -324,53 +297,38 @@ int es_dual_grouped_gemm(const void* a, const float* a_scale, const void* b, con
   }
   prep.zero = reinterpret_cast<uint4*>(base + plan.cutlass[0]);
   prep.zero_vectors = (plan.total - plan.cutlass[0]) / sizeof(uint4);
-  if (plan.native) {
-    prep.a_scale_mn = reinterpret_cast<float*>(base + plan.token_scales);
-    prep.a_scale_pitch = plan.token_scale_pitch;
-  }
-  // One thread per expert, at least one block per kZeroPerBlock bytes to zero and one per transposed tile.
+  // One thread per expert, and at least one block per kZeroPerBlock bytes to zero.
   const size_t zero_blocks = (plan.total - plan.cutlass[0] + kZeroPerBlock - 1) / kZeroPerBlock;
-  const size_t k_blocks = size_t((k + kScaleBlock - 1) / kScaleBlock);
-  const size_t transpose_blocks = plan.native ? size_t((total_m + kTransposeTile - 1) / kTransposeTile) *
-                                                    ((k_blocks + kTransposeTile - 1) / kTransposeTile) : 0;
   size_t blocks = (size_t(num_experts) + kPrepThreads - 1) / kPrepThreads;
   blocks = blocks > zero_blocks ? blocks : zero_blocks;
-  blocks = blocks > transpose_blocks ? blocks : transpose_blocks;
   blocks = blocks < kPrepMaxBlocks ? blocks : kPrepMaxBlocks;
   prepare_experts<<<unsigned(blocks), kPrepThreads, 0, cuda_stream>>>(prep);
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess)
     return fail(ES_DUAL_ERROR_CUDA, "preparation kernel launch failed: %s", cudaGetErrorString(err));
 
-  // One grouped GEMM per bucket, no host synchronization in between. The buckets depend on the
-  // preparation only (disjoint output rows, separate workspace regions), so they may overlap:
+  // One grouped GEMM per bucket that can hold an expert, no host synchronization in between: an expert
+  // has at most total_m rows (offsets are clamped to [0, total_m]), so the buckets above the first whose
+  // bound reaches total_m are empty and not launched (at decode sizes, one GEMM instead of three). The
+  // buckets depend on the preparation only (disjoint output rows, separate workspace regions), so they
+  // may overlap:
   //   serial : back to back on the caller's stream;
   //   streams: fork/join (valid inside graph capture): bucket 0 on the caller's stream, bucket i > 0 on
   //            an internal stream that waits for the preparation; the caller's stream then waits for all;
   //   pdl    : back to back, buckets after the first launched with programmatic stream serialization.
   //            Bucket 0 is launched normally, so it and (transitively) every later bucket start after
   //            the preparation has completed; a bucket never reads what the one before it writes.
-  NativeArgs native{a, prep.a_scale_mn, prep.a_scale_pitch, b, b_scale, expert_offsets, offsets_int64, out,
-                    total_m, n, k, table.num_buckets, {}};
-  for (int i = 0; i < table.num_buckets; ++i) native.max_tokens[i] = table.buckets[i].max_tokens;
-  if (const KernelEntry* fused = table.fused[out_dtype]) {
-    // A native mode: every bucket's tiles in one persistent launch on the caller's stream (overlap
-    // does not apply: there is nothing to overlap).
-    LaunchArgs launch{num_experts, nullptr, prep.normal, prep.swapped, nullptr, device, sm_count, cuda_stream,
-                      false, native};
-    if (const char* err = fused->run(launch))
-      return fail(ES_DUAL_ERROR_CUTLASS, "mode %s (kernel %s): %s", table.name, fused->name, err);
-    return ES_DUAL_OK;
-  }
-  const bool forking = overlap == ES_DUAL_OVERLAP_STREAMS && table.num_buckets > 1;
+  int active = 1;
+  while (active < table.num_buckets && total_m > table.buckets[active - 1].max_tokens) ++active;
+  const bool forking = overlap == ES_DUAL_OVERLAP_STREAMS && active > 1;
   ForkJoin* fj = nullptr;
   if (forking) {
-    cudaError_t err = fork_join(device, table.num_buckets - 1, &fj);
+    cudaError_t err = fork_join(device, active - 1, &fj);
     if (err == cudaSuccess) err = cudaEventRecord(fj->fork, cuda_stream);
     if (err != cudaSuccess) return fail(ES_DUAL_ERROR_CUDA, "overlap streams: %s", cudaGetErrorString(err));
   }
   int status = ES_DUAL_OK;
   int forked = 0;  // side streams that wait on the fork event, hence must be joined
-  for (int i = 0; i < table.num_buckets && status == ES_DUAL_OK; ++i) {
+  for (int i = 0; i < active && status == ES_DUAL_OK; ++i) {
     const KernelEntry* kernel = table.buckets[i].kernels[out_dtype];
     cudaStream_t bucket_stream = cuda_stream;
     if (forking && i > 0) {
@@ -383,7 +341,7 @@ int es_dual_grouped_gemm(const void* a, const float* a_scale, const void* b, con
     }
     const bool programmatic = overlap == ES_DUAL_OVERLAP_PDL && i > 0;
     LaunchArgs launch{num_experts, prep.problems[i], prep.normal, prep.swapped, base + plan.cutlass[i],
-                      device, sm_count, bucket_stream, programmatic, native};
+                      device, sm_count, bucket_stream, programmatic, {}};
     if (const char* err = kernel->run(launch))
       status = fail(ES_DUAL_ERROR_CUTLASS, "bucket %s (kernel %s): %s", table.buckets[i].name, kernel->name, err);
   }

@@ -10,11 +10,13 @@
 //   offs     (E + 1)                            int32 (or int64 with offsets_int64 = 1), on the device
 //   out      (total_m, n)                       bfloat16 (out_dtype 0) or float16 (out_dtype 1)
 //
-// All pointers are device pointers of `device`. The call only enqueues work (a device preparation
-// kernel, then one CUTLASS grouped GEMM per bucket), all of it ordered before later work on `stream`:
-// no host synchronization, no device memory allocation, so it can be captured in a CUDA graph. The
-// per-expert token counts are read on the device only. `workspace` (at least es_dual_workspace_bytes)
-// is owned by the caller and must stay untouched until the work on `stream` has finished.
+// All pointers are device pointers of `device`. The call only enqueues work (a CUTLASS mode: a device
+// preparation kernel, then one CUTLASS grouped GEMM per bucket that can hold an expert of at most
+// total_m rows; a native mode: one kernel), all of it ordered before later work on `stream`: no host
+// synchronization, no device memory allocation, so it can be captured in a CUDA graph. The per-expert
+// token counts are read on the device only. `workspace` (at least es_dual_workspace_bytes; may be NULL
+// when that is 0, as for the native modes) is owned by the caller and must stay untouched until the work
+// on `stream` has finished.
 //
 // Status: 0 on success; otherwise nonzero and es_dual_last_error() describes the failure (thread-local).
 #pragma once

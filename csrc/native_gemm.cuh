@@ -9,10 +9,10 @@
 // the tensor cores in FP32, then scaled and added into a second FP32 accumulator: "promotion").
 //
 // Roles (one CTA per SM, persistent):
-//   warp group kMathWGs (the last one): the producer. One thread walks the CTA's tiles and, for every
-//     K block, waits for a free pipeline stage and issues three TMA loads into it: the token tile
-//     (tokens x 128 K bytes), the weight tile (weight rows x 128 K bytes) and the tokens' scales of
-//     that K block (from the MN-major copy the preparation kernel writes).
+//   warp group kMathWGs (the last one): the producer. Its warp 0 walks the CTA's tiles and, for every
+//     K block, waits for a free pipeline stage; lane 0 issues two TMA loads into it, the token tile
+//     (tokens x 128 K bytes) and the weight tile (weight rows x 128 K bytes), and the 32 lanes copy
+//     the tokens' scales of that K block from the caller's a_scale (4 bytes per row: cp.async).
 //   warp groups 0 .. kMathWGs-1: the math. Each owns 64 rows of the WGMMA M side. Per K block: wait for
 //     the stage, 4 WGMMAs (K = 32 each), wait for them, free the stage, promote with the two scales.
 //     Per tile: stage the rounded result in shared memory and hand it to the store warps.
@@ -34,7 +34,7 @@
 // tiles fastest (CTAs running at the same time share the token chunk in L2). Every CTA scans the
 // offsets itself at start (tiles per expert, exclusive prefix in shared memory) and takes the tiles
 // c, c + clusters, ... of its cluster c (a cluster is one CTA, or two: see Mode): no device-to-host
-// copy, nothing to prepare per call but the tensor maps. Rows past the expert's end that a TMA box covers belong to the next expert (or lie past
+// copy, no preparation kernel, nothing to prepare per call but the tensor maps. Rows past the expert's end that a TMA box covers belong to the next expert (or lie past
 // total_m and read as zeros): they are computed and never stored, so a GEMM row never reads another
 // expert's data into a stored result.
 #pragma once
@@ -166,16 +166,15 @@ struct Kind {
   static constexpr bool kTwoWeightScales = !SwapAB && kScaleBlock % kWeightRows != 0;
   static_assert(SwapAB ? kScaleBlock % kWeightRows == 0 : kWeightRows - gcd(kWeightRows, kScaleBlock) <= kScaleBlock,
                 "the weight rows of a tile span at most two 128-row weight scale blocks");
-  static_assert(kTokenRows % 4 == 0, "token scale boxes are whole 16-byte rows");
   static constexpr int kMBytes = TileM * kBlockK;  // WGMMA A operand tile (a multiple of 1024 bytes)
   static constexpr int kNBytes = TileN * kBlockK;  // WGMMA B operand tile (a multiple of 1024 bytes)
-  // The tokens' scales of one K block. A TMA box must start on a 16-byte boundary of its innermost
-  // dimension (here: rows), so the box starts at row0 rounded down to 4 and holds 4 rows more.
-  static constexpr int kScaleBox = kTokenRows + 4;
-  static constexpr int kScaleBytes = (kScaleBox * 4 + 127) / 128 * 128;
+  // The tokens' scales of one K block, one float per token row (copied by the producer warp's lanes
+  // from the caller's K-major a_scale: a 4-byte copy per row, which TMA cannot do for rows of k / 128
+  // floats that are not 16-byte multiples).
+  static constexpr int kScaleBytes = (kTokenRows * 4 + 127) / 128 * 128;
   static constexpr int kOutPitch = kWeightRows + 8;  // staged output row, elements; +16 bytes against bank conflicts
   static constexpr int kOutBytes = (kTokenRows * kOutPitch * 2 + 1023) / 1024 * 1024;
-  static constexpr uint32_t kTxBytes = kMBytes + kNBytes + kScaleBox * 4;
+  static constexpr uint32_t kTxBytes = kMBytes + kNBytes;  // the TMA bytes of a stage (not the scales)
 };
 
 constexpr int cmax(int a) { return a; }
@@ -243,7 +242,7 @@ __device__ __forceinline__ void with_kind(int kind, F&& f) {
 struct Params {
   CUtensorMap tokens[kMaxKinds];        // a       : dims {k, total_m}, FP8, box {128, token rows}, 128B swizzle
   CUtensorMap weights[kMaxKinds];       // b       : dims {k, E * n},   FP8, box {128, weight rows}, 128B swizzle
-  CUtensorMap token_scales[kMaxKinds];  // a_scale : MN-major copy, dims {total_m, k blocks}, box {scale box, 1}
+  const float* a_scale;                 // (total_m, k blocks) row-major, as the caller gives it
   const float* b_scale;                 // (E, n blocks, k blocks) row-major
   uint8_t* out;                         // (total_m, n), 2-byte elements
   const void* offsets;                  // (E + 1) int32 or int64
@@ -421,36 +420,61 @@ struct Smem {
   }
 };
 
-// The producer's loads of one tile: per K block, wait for a free stage, then the three TMA loads into it
-// (multicast kinds: this CTA's half of the weight tile, into the same stage of both CTAs).
+// 4 bytes from global to shared memory, asynchronously; zeros and no read when `valid` is false.
+__device__ __forceinline__ void copy_float_async(float* dst, const float* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n"
+               :: "r"(cute::cast_smem_ptr_to_uint(dst)), "l"(src), "r"(valid ? 4 : 0) : "memory");
+}
+
+// One arrival on `bar` once every cp.async this thread issued before has landed (counted in the
+// barrier's arrival count: .noinc).
+__device__ __forceinline__ void arrive_when_copied(void* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n"
+               :: "r"(cute::cast_smem_ptr_to_uint(bar)) : "memory");
+}
+
+// The producer warp's loads of one tile: per K block, wait for a free stage; lane 0 issues the two
+// TMA loads into it (multicast kinds: this CTA's half of the weight tile, into the same stage of both
+// CTAs) and every lane copies the token scales of a few of the tile's rows (rows past the expert's:
+// zeros). The stage is full when the TMA bytes and the 32 lanes' copies have landed.
 template <class M, class K>
 __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, const Tile& tile, int k_blocks,
-                                          int rank, int& stage, uint32_t& phase) {
+                                          int rank, int lane, int& stage, uint32_t& phase) {
   // L2 policy: a token chunk is read once per weight tile of its expert (kept); in the swap-AB kinds
   // (experts of at most a few dozen tokens, one chunk) each weight tile is read once (streamed).
   constexpr uint64_t kTokenHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
   constexpr uint64_t kWeightHint = uint64_t(K::kSwapAB ? cute::TMA::CacheHintSm90::EVICT_FIRST
                                                        : cute::TMA::CacheHintSm90::EVICT_NORMAL);
-  constexpr uint64_t kScaleHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+  constexpr int kScaleRowsPerLane = (K::kTokenRows + 31) / 32;
   const int kind = tile.kind;
   // Row of b seen as (E * n, k); < 2^31 (host), also for a pair's spare tile (col0 < n + weight rows).
   const int weight_row = tile.expert * p.n + tile.col0;
   constexpr int kWeightBoxRows = M::template kMulticast<K> ? K::kWeightRows / 2 : K::kWeightRows;
+  // This lane's token scale rows: a_scale[(row0 + r) * k_blocks + kb] for r = lane, lane + 32, ...
+  const float* scale_rows = p.a_scale + int64_t(tile.row0 + lane) * k_blocks;
   for (int kb = 0; kb < k_blocks; ++kb) {
     s.empty[stage].wait(phase ^ 1);
-    s.full[stage].arrive_and_expect_tx(K::kTxBytes);
     uint64_t* bar = reinterpret_cast<uint64_t*>(&s.full[stage]);
-    uint8_t* m_tile = s.m + stage * M::kMBytes;
-    uint8_t* n_tile = s.n + stage * M::kNBytes;
-    cute::SM90_TMA_LOAD_2D::copy(&p.tokens[kind], bar, kTokenHint, K::kSwapAB ? n_tile : m_tile, kb * kBlockK, tile.row0);
-    if constexpr (M::template kMulticast<K>) {
-      cute::SM90_TMA_LOAD_MULTICAST_2D::copy(&p.weights[kind], bar, uint16_t(0b11), kWeightHint,
-                                             n_tile + rank * kWeightBoxRows * kBlockK, kb * kBlockK,
-                                             weight_row + rank * kWeightBoxRows);
-    } else {
-      cute::SM90_TMA_LOAD_2D::copy(&p.weights[kind], bar, kWeightHint, K::kSwapAB ? m_tile : n_tile, kb * kBlockK, weight_row);
+    if (lane == 0) {
+      s.full[stage].arrive_and_expect_tx(K::kTxBytes);
+      uint8_t* m_tile = s.m + stage * M::kMBytes;
+      uint8_t* n_tile = s.n + stage * M::kNBytes;
+      cute::SM90_TMA_LOAD_2D::copy(&p.tokens[kind], bar, kTokenHint, K::kSwapAB ? n_tile : m_tile, kb * kBlockK, tile.row0);
+      if constexpr (M::template kMulticast<K>) {
+        cute::SM90_TMA_LOAD_MULTICAST_2D::copy(&p.weights[kind], bar, uint16_t(0b11), kWeightHint,
+                                               n_tile + rank * kWeightBoxRows * kBlockK, kb * kBlockK,
+                                               weight_row + rank * kWeightBoxRows);
+      } else {
+        cute::SM90_TMA_LOAD_2D::copy(&p.weights[kind], bar, kWeightHint, K::kSwapAB ? m_tile : n_tile, kb * kBlockK, weight_row);
+      }
     }
-    cute::SM90_TMA_LOAD_2D::copy(&p.token_scales[kind], bar, kScaleHint, s.ts + stage * M::kScaleBytes, tile.row0 & ~3, kb);
+    float* ts = reinterpret_cast<float*>(s.ts + stage * M::kScaleBytes);
+#pragma unroll
+    for (int i = 0; i < kScaleRowsPerLane; ++i) {
+      const int r = lane + 32 * i;
+      if (r < K::kTokenRows) copy_float_async(ts + r, scale_rows + int64_t(32 * i) * k_blocks + kb, r < tile.rows);
+    }
+    arrive_when_copied(bar);
     if (++stage == M::kStages) stage = 0, phase ^= 1;
   }
 }
@@ -494,7 +518,7 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
     cute::warpgroup_commit_batch();
     if constexpr (M::kMathWGs == 2) named_barrier_arrive(wg == 0 ? kIssuedByWG0 : kIssuedByWG1, M::kMathThreads);
     // The tokens' scales of this K block, read while the tensor cores work (the stage is still ours).
-    const float* ts = reinterpret_cast<const float*>(s.ts + stage * M::kScaleBytes) + (tile.row0 & 3);
+    const float* ts = reinterpret_cast<const float*>(s.ts + stage * M::kScaleBytes);
     float row_scale[2], row_scale_hi[2];
     float2 col_scale[K::kSwapAB ? N / 8 : 1];
     if constexpr (K::kSwapAB) {
@@ -596,10 +620,9 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
     for (int i = 0; i < M::kNumKinds; ++i) {
       cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.tokens[i]));
       cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.weights[i]));
-      cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.token_scales[i]));
     }
     for (int i = 0; i < M::kStages; ++i) {
-      s.full[i].init(1);                      // the producer's arrive_and_expect_tx
+      s.full[i].init(1 + 32);  // the producer's arrive_and_expect_tx and its 32 lanes' scale copies
       s.empty[i].init(M::kCluster * M::kMathThreads / 32);  // one arrival per math warp of each CTA
     }
     s.out_full->init(M::kMathThreads);
@@ -617,12 +640,13 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
   uint32_t phase = 0;
 
   if (threadIdx.x >= M::kMathThreads) {
-    // --- Producer warp group: its first thread issues every TMA load, warps 1-3 store the results ----
+    // --- Producer warp group: warp 0 loads every stage (its lane 0 the TMA loads), warps 1-3 store ----
     cutlass::arch::warpgroup_reg_dealloc<40>();
-    if (threadIdx.x == M::kMathThreads) {
+    if (threadIdx.x < M::kMathThreads + 32) {
+      const int lane = threadIdx.x % 32;
       for (int t = first; t < total_tiles; t += step) {
         const Tile tile = s.sched.template decode<M>(p, t, rank);
-        with_kind<M>(tile.kind, [&](auto k) { load_tile<M, decltype(k)>(p, s, tile, k_blocks, rank, stage, phase); });
+        with_kind<M>(tile.kind, [&](auto k) { load_tile<M, decltype(k)>(p, s, tile, k_blocks, rank, lane, stage, phase); });
       }
       // In a 2-CTA mode the other CTA's math arrives on this CTA's barriers: wait for its last releases
       // of every stage, so that none lands after this CTA has exited.
@@ -736,10 +760,10 @@ struct GroupedGemm {
 
   static size_t workspace_bytes(int, int) { return 0; }  // no CUTLASS workspace: tensor maps are kernel params
 
-  // Per kind I: its three tensor maps and its bucket bound; adds to `bound` its most tiles,
+  // Per kind I: its two tensor maps and its bucket bound; adds to `bound` its most tiles,
   // (ceil(total_m / token rows) + E) x weight tiles.
   template <int I = 0>
-  static const char* encode_kinds(Params& p, const LaunchArgs& la, int k_blocks, int64_t& bound) {
+  static const char* encode_kinds(Params& p, const LaunchArgs& la, int64_t& bound) {
     if constexpr (I == M::kNumKinds) {
       return nullptr;
     } else {
@@ -752,14 +776,11 @@ struct GroupedGemm {
       if (!err)
         err = encode_2d(&p.weights[I], CU_TENSOR_MAP_DATA_TYPE_UINT8, na.b, na.k, uint64_t(la.num_experts) * na.n,
                         na.k, kBlockK, kWeightBoxRows, CU_TENSOR_MAP_SWIZZLE_128B);
-      if (!err)
-        err = encode_2d(&p.token_scales[I], CU_TENSOR_MAP_DATA_TYPE_FLOAT32, na.a_scale_mn, na.total_m, k_blocks,
-                        na.a_scale_pitch * 4, K::kScaleBox, 1, CU_TENSOR_MAP_SWIZZLE_NONE);
       if (err) return err;
       p.max_tokens[I] = na.max_tokens[I];
       bound += ((na.total_m + K::kTokenRows - 1) / K::kTokenRows + la.num_experts) *
                ((na.n + K::kWeightRows - 1) / K::kWeightRows);
-      return encode_kinds<I + 1>(p, la, k_blocks, bound);
+      return encode_kinds<I + 1>(p, la, bound);
     }
   }
 
@@ -768,9 +789,9 @@ struct GroupedGemm {
     if (la.num_experts > kMaxExperts) return "too many experts for the native kernels";
     if (na.num_buckets != M::kNumKinds) return "the mode's bucket count differs from its kernel's tile kinds";
     Params p{};
-    const int k_blocks = int((na.k + kBlockK - 1) / kBlockK);
     int64_t bound = 0;  // CTAs beyond the number of tiles would have nothing to do
-    if (const char* err = encode_kinds(p, la, k_blocks, bound)) return err;
+    if (const char* err = encode_kinds(p, la, bound)) return err;
+    p.a_scale = na.a_scale;
     p.b_scale = na.b_scale;
     p.out = static_cast<uint8_t*>(na.out);
     p.offsets = na.offsets;

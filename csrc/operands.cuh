@@ -98,8 +98,7 @@ struct GroupArrays {
 // The raw problem, as es_dual's own (native) kernels read it: they need no per-expert arrays.
 struct NativeArgs {
   const void* a;            // (total_m, k) fp8
-  const float* a_scale_mn;  // the token scales MN-major: element (row, kb) at [kb * a_scale_pitch + row]
-  int64_t a_scale_pitch;    // floats between K blocks; a multiple of 4 (16-byte TMA rows)
+  const float* a_scale;     // (total_m, k blocks), as the caller gives it
   const void* b;            // (E, n, k) fp8
   const float* b_scale;     // (E, n blocks, k blocks)
   const void* offsets;      // (E + 1)

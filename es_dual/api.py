@@ -1,11 +1,10 @@
 """The public entry point: allocate ``out`` if needed, then the custom op (check -> choose -> launch)."""
 from __future__ import annotations
 
-import os
-
 import torch
 
 from . import ops  # noqa: F401  (registers torch.ops.es_dual.grouped_gemm_fp8)
+from .environment import getenv
 from .problem import check_contents, check_inputs, output_for
 
 
@@ -47,7 +46,7 @@ def grouped_gemm_fp8(
         RuntimeError when the requested backend cannot run the problem, with the reasons.
     """
     out = output_for(a, a_scale, b, b_scale, expert_offsets, out, out_dtype)
-    if validate or (validate is None and os.environ.get("ES_DUAL_VALIDATE") == "1"):
+    if validate or (validate is None and getenv("ES_DUAL_VALIDATE") == "1"):
         problem = check_inputs(a, a_scale, b, b_scale, expert_offsets, out)
         check_contents(a_scale, b_scale, expert_offsets, problem.total_m)
     torch.ops.es_dual.grouped_gemm_fp8(a, a_scale, b, b_scale, expert_offsets, out, backend)

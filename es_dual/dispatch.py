@@ -4,6 +4,11 @@ Each backend answers ``not_supported_reasons(problem)``: an empty list means it 
 ``backend="auto"`` takes the first backend of ``AUTO_ORDER`` (fastest first) that can run it; a named
 backend that cannot run raises ``RuntimeError`` with its reasons; when nothing can run, the error lists
 every backend's reasons. ``ES_DUAL_BACKEND`` replaces the default choice ("auto") of every call.
+
+A call's choice depends only on its sizes (``Problem``), the offsets' dtype, the backend asked for and
+ES_DUAL_BACKEND, so ``launch_for`` keeps, per such key, the chosen backend's launch plan: everything
+the launch needs that is not a data pointer, worked out once (host time: a call with known sizes costs
+a dictionary lookup, not a choice).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from typing import Callable
 import torch
 
 from .device import device_capability
+from .environment import getenv
 from .problem import OUT_DTYPES, Problem
 
 
@@ -22,7 +28,9 @@ class Backend:
     name: str
     description: str
     device_types: tuple[str, ...]
-    run: Callable  # run(problem, a, a_scale, b, b_scale, expert_offsets, out) -> None; writes out
+    # plan(problem, offsets_dtype) -> launch(a, a_scale, b, b_scale, expert_offsets, out, ptrs), which
+    # writes out (ptrs: the six tensors' data pointers, in that order)
+    plan: Callable
     availability: Callable[[torch.device], list[str]]  # reasons it cannot run on this device at all
     min_capability: tuple[int, int] | None = None  # CUDA devices only
     max_capability: tuple[int, int] | None = None
@@ -73,32 +81,33 @@ def _cutlass_availability(device: torch.device) -> list[str]:
     return library_reasons()
 
 
-def _run_reference(problem, a, a_scale, b, b_scale, expert_offsets, out):
+def _plan_reference(problem, offsets_dtype):
     from .reference import run_reference
 
-    run_reference(a, a_scale, b, b_scale, expert_offsets, out)
+    return lambda a, a_scale, b, b_scale, expert_offsets, out, ptrs: run_reference(
+        a, a_scale, b, b_scale, expert_offsets, out)
 
 
-def _run_triton(problem, a, a_scale, b, b_scale, expert_offsets, out):
-    from .triton_ref.launch import grouped_gemm_triton
+def _plan_triton(problem, offsets_dtype):
+    from .triton_ref.launch import plan_triton
 
-    grouped_gemm_triton(problem, a, a_scale, b, b_scale, expert_offsets, out)
+    return plan_triton(problem)
 
 
-def _run_cutlass(single: bool) -> Callable:
-    def run(problem, a, a_scale, b, b_scale, expert_offsets, out):
-        from .cutlass.launch import grouped_gemm_cutlass
+def _plan_cutlass(single: bool) -> Callable:
+    def plan(problem, offsets_dtype):
+        from .cutlass.launch import plan_cutlass
 
-        grouped_gemm_cutlass(a, a_scale, b, b_scale, expert_offsets, out, single=single)
+        return plan_cutlass(problem, offsets_dtype, mode="single" if single else None)
 
-    return run
+    return plan
 
 
 def _cutlass(name: str, description: str, single: bool) -> Backend:
     from .cutlass.limits import K_MULTIPLE, N_MULTIPLE, REQUIRED_CAPABILITY
 
     return Backend(
-        name, description, ("cuda",), run=_run_cutlass(single), availability=_cutlass_availability,
+        name, description, ("cuda",), plan=_plan_cutlass(single), availability=_cutlass_availability,
         min_capability=REQUIRED_CAPABILITY, max_capability=REQUIRED_CAPABILITY,
         n_multiple=N_MULTIPLE, k_multiple=K_MULTIPLE,
     )
@@ -110,9 +119,9 @@ BACKENDS = {
         _cutlass("cutlass", "CUTLASS SM90, expert-specialized: one grouped GEMM per token-count bucket", single=False),
         _cutlass("cutlass_single", "CUTLASS SM90, every expert in one 128x128x128 grouped GEMM", single=True),
         Backend("triton", "Triton kernel (FP8 tensor cores from sm_89, bf16 below; interpreter on CPU)",
-                ("cuda", "cpu"), run=_run_triton, availability=_triton_availability),
+                ("cuda", "cpu"), plan=_plan_triton, availability=_triton_availability),
         Backend("reference", "plain torch, float32 on dequantized inputs, loop over experts (host sync)",
-                ("cuda", "cpu"), run=_run_reference, availability=lambda device: []),
+                ("cuda", "cpu"), plan=_plan_reference, availability=lambda device: []),
     )
 }
 
@@ -123,7 +132,8 @@ BACKEND_NAMES = ("auto", *BACKENDS)
 
 def select_backend(problem: Problem, backend: str) -> Backend:
     if backend == "auto":
-        backend = os.environ.get("ES_DUAL_BACKEND", "auto")
+        chosen = getenv("ES_DUAL_BACKEND")
+        backend = "auto" if chosen is None else chosen
     if backend not in BACKEND_NAMES:
         names = ", ".join(repr(n) for n in BACKEND_NAMES)
         raise ValueError(f"backend: expected one of {names}, got {backend!r}")
@@ -138,6 +148,22 @@ def select_backend(problem: Problem, backend: str) -> Backend:
     listing = "\n".join(f"  {name}: " + "; ".join(b.not_supported_reasons(problem) or ["not tried automatically"])
                         for name, b in BACKENDS.items())
     raise RuntimeError(f"no es_dual backend can run this problem on {problem.device}:\n{listing}")
+
+
+_LAUNCHES: dict = {}
+_MAX_LAUNCHES = 4096  # distinct call sizes kept; serving sees a few hundred (one per token count and layer shape)
+
+
+def launch_for(problem: Problem, offsets_dtype: torch.dtype, backend: str) -> Callable:
+    """The launch of the backend chosen for this call (select_backend's rules), planned once per key."""
+    key = (problem, offsets_dtype, backend, getenv("ES_DUAL_BACKEND") if backend == "auto" else None)
+    launch = _LAUNCHES.get(key)
+    if launch is None:
+        launch = select_backend(problem, backend).plan(problem, offsets_dtype)
+        if len(_LAUNCHES) >= _MAX_LAUNCHES:
+            _LAUNCHES.clear()
+        _LAUNCHES[key] = launch
+    return launch
 
 
 def available_backends(device=None) -> list[str]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .dispatch import select_backend
-from .problem import check_inputs
+from .dispatch import launch_for
+from .problem import check_call
 
 SCHEMA = (
     "(Tensor a, Tensor a_scale, Tensor b, Tensor b_scale, Tensor expert_offsets, Tensor(a!) out, "
@@ -21,10 +21,10 @@ torch.library.define("es_dual::grouped_gemm_fp8", SCHEMA)
 @torch.library.impl("es_dual::grouped_gemm_fp8", ("CPU", "CUDA"))
 def _grouped_gemm_fp8(a, a_scale, b, b_scale, expert_offsets, out, backend="auto") -> None:
     """check -> choose backend -> launch; a refused call raises before anything touches out."""
-    problem = check_inputs(a, a_scale, b, b_scale, expert_offsets, out)
-    chosen = select_backend(problem, backend)
+    problem, ptrs = check_call(a, a_scale, b, b_scale, expert_offsets, out)
+    launch = launch_for(problem, expert_offsets.dtype, backend)
     if problem.total_m:
-        chosen.run(problem, a, a_scale, b, b_scale, expert_offsets, out)
+        launch(a, a_scale, b, b_scale, expert_offsets, out, ptrs)
 
 
 @torch.library.register_fake("es_dual::grouped_gemm_fp8")

@@ -104,37 +104,63 @@ def output_for(a, a_scale, b, b_scale, expert_offsets, out, out_dtype) -> torch.
     return torch.empty(a.shape[0], b.shape[1], dtype=out_dtype, device=a.device)
 
 
-def _conforming(a, a_scale, b, b_scale, expert_offsets, out) -> Problem | None:
-    """The call's Problem when every rule of check_inputs holds, else None; one expression, no messages.
+def _conforming(a, a_scale, b, b_scale, expert_offsets, out) -> tuple[Problem, tuple] | None:
+    """(the call's Problem, the six data pointers) when every rule of check_inputs holds, else None.
 
-    This is check_inputs' fast path (it runs on every call: host time matters); it must never accept
-    what the rules below refuse. A None only sends the call through the detailed rules, which raise.
+    This is the per-call fast path (host time matters: about 4 µs on the H200 machine's host): each
+    tensor attribute is read once, and the overlap test works on byte ranges computed from the shapes
+    just checked. It must never accept what the rules of check_inputs refuse; a None only sends the
+    call through those rules, which raise with a message.
     """
     T = torch.Tensor
     if not (isinstance(a, T) and isinstance(a_scale, T) and isinstance(b, T) and isinstance(b_scale, T)
             and isinstance(expert_offsets, T) and isinstance(out, T)):
         return None
-    if not (a.dim() == 2 and b.dim() == 3):
+    try:
+        total_m, k = a.shape
+        num_experts, n, k_b = b.shape
+    except ValueError:  # not 2-D / 3-D
         return None
-    total_m, k = a.shape
-    num_experts, n, k_b = b.shape
     device = a.device
     groups_k = -(-k // SCALE_BLOCK)
-    ok = (
+    groups_n = -(-n // SCALE_BLOCK)
+    offsets_dtype = expert_offsets.dtype
+    out_dtype = out.dtype
+    if not (
         a.dtype == FP8 and b.dtype == FP8 and a_scale.dtype == torch.float32 and b_scale.dtype == torch.float32
-        and expert_offsets.dtype in OFFSET_DTYPES and out.dtype in OUT_DTYPES
+        and offsets_dtype in OFFSET_DTYPES and out_dtype in OUT_DTYPES
         and a_scale.device == device and b.device == device and b_scale.device == device
         and expert_offsets.device == device and out.device == device
         and k_b == k and num_experts >= 1 and k > 0 and k % DIM_MULTIPLE == 0 and n > 0 and n % DIM_MULTIPLE == 0
-        and a_scale.shape == (total_m, groups_k)
-        and b_scale.shape == (num_experts, -(-n // SCALE_BLOCK), groups_k)
+        and a_scale.shape == (total_m, groups_k) and b_scale.shape == (num_experts, groups_n, groups_k)
         and expert_offsets.shape == (num_experts + 1,) and out.shape == (total_m, n)
         and a.is_contiguous() and a_scale.is_contiguous() and b.is_contiguous() and b_scale.is_contiguous()
         and expert_offsets.is_contiguous() and out.is_contiguous()
-        and a.data_ptr() % PTR_ALIGN == 0 and b.data_ptr() % PTR_ALIGN == 0 and out.data_ptr() % PTR_ALIGN == 0
-        and _overlapped(out, (a, a_scale, b, b_scale, expert_offsets)) is None
-    )
-    return Problem(total_m, n, k, num_experts, out.dtype, device) if ok else None
+    ):
+        return None
+    ptrs = (a.data_ptr(), a_scale.data_ptr(), b.data_ptr(), b_scale.data_ptr(), expert_offsets.data_ptr(),
+            out.data_ptr())
+    if ptrs[0] % PTR_ALIGN or ptrs[2] % PTR_ALIGN or ptrs[5] % PTR_ALIGN:
+        return None
+    # Contiguous tensors of the shapes above: their bytes are [ptr, ptr + size).
+    out_end = ptrs[5] + total_m * n * 2
+    sizes = (total_m * k, total_m * groups_k * 4, num_experts * n * k, num_experts * groups_n * groups_k * 4,
+             (num_experts + 1) * (8 if offsets_dtype == torch.int64 else 4))
+    if out_end > ptrs[5]:
+        for ptr, size in zip(ptrs, sizes):
+            if size and ptr < out_end and ptrs[5] < ptr + size:
+                return None
+    return Problem(total_m, n, k, num_experts, out_dtype, device), ptrs
+
+
+def check_call(a, a_scale, b, b_scale, expert_offsets, out) -> tuple[Problem, tuple]:
+    """check_inputs for a call with ``out``, plus the data pointers of (a, a_scale, b, b_scale,
+    expert_offsets, out), read once for the checks and the launch."""
+    checked = _conforming(a, a_scale, b, b_scale, expert_offsets, out)
+    if checked is not None:
+        return checked
+    problem = check_inputs(a, a_scale, b, b_scale, expert_offsets, out)
+    return problem, tuple(t.data_ptr() for t in (a, a_scale, b, b_scale, expert_offsets, out))
 
 
 def check_inputs(a, a_scale, b, b_scale, expert_offsets, out=None, out_dtype=torch.bfloat16) -> Problem:
@@ -143,9 +169,9 @@ def check_inputs(a, a_scale, b, b_scale, expert_offsets, out=None, out_dtype=tor
     Raises ``TypeError`` for a wrong type or dtype and ``ValueError`` for anything else.
     When ``out`` is given, its dtype is the output dtype and ``out_dtype`` is ignored.
     """
-    problem = _conforming(a, a_scale, b, b_scale, expert_offsets, out) if out is not None else None
-    if problem is not None:
-        return problem
+    checked = _conforming(a, a_scale, b, b_scale, expert_offsets, out) if out is not None else None
+    if checked is not None:
+        return checked[0]
     named = {"a": a, "a_scale": a_scale, "b": b, "b_scale": b_scale, "expert_offsets": expert_offsets}
     for name, t in named.items():
         _expect_tensor(name, t)

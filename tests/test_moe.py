@@ -22,7 +22,8 @@ import es_dual
 from es_dual.accuracy import relative_errors
 from es_dual.dispatch import available_backends
 from es_dual.moe import fused_moe_fp8, fused_moe_fp8_reference, moe_float_reference
-from es_dual.moe.layer import permute_quantize, route, silu_mul_quantize
+from es_dual.moe import layer as layer_module
+from es_dual.moe.layer import ROUTE_ONE_PROGRAM_PAIRS, permute_quantize, route, route_by_sort, route_in_one_program, silu_mul_quantize
 from es_dual.moe.reference import layer_tolerance
 from es_dual.quant import dequantize_per_block
 from support import needs_gpu
@@ -115,15 +116,18 @@ def assert_layer_close(out: torch.Tensor, ref: torch.Tensor) -> None:
 
 # ---- routing on the device ----
 
+@pytest.mark.parametrize("route_fn", [route_in_one_program, route_by_sort])
 @given(r=routings(max_tokens=200), invalid=st.booleans())
 @settings(max_examples=EXAMPLES)
-def test_route_offsets_and_stable_order(device, r, invalid):
+def test_route_offsets_and_stable_order(device, route_fn, r, invalid):
+    """Both ways of routing (one Triton program at decode sizes, torch's sort above) give the offsets and
+    the stable order; route() takes the first up to ROUTE_ONE_PROGRAM_PAIRS pairs."""
     ids = topk_ids_of(r, device, torch.int64)
     if invalid:  # every third pair gets an id out of range; those sort after every expert
         every_third = ids.view(-1)[::3]
         bad = torch.tensor([-1, r.num_experts, 2**40], device=device)
         every_third.copy_(bad.repeat(every_third.numel())[: every_third.numel()])
-    offsets, order = route(ids, r.num_experts)
+    offsets, order = route_fn(ids, r.num_experts)
     flat = ids.flatten().tolist()
     valid = [0 <= e < r.num_experts for e in flat]
     expected_offsets = [sum(v and e < x for e, v in zip(flat, valid)) for x in range(r.num_experts + 1)]
@@ -131,6 +135,15 @@ def test_route_offsets_and_stable_order(device, r, invalid):
     # stable: pairs of one expert in (token, k) order, then the pairs of no expert, also in order
     expected_order = sorted(range(len(flat)), key=lambda p: (flat[p] if valid[p] else r.num_experts, p))
     assert order.tolist() == expected_order
+
+
+def test_route_takes_one_program_up_to_its_limit(monkeypatch):
+    calls = []
+    monkeypatch.setattr(layer_module, "route_in_one_program", lambda ids, e: calls.append(ids.numel()))
+    monkeypatch.setattr(layer_module, "route_by_sort", lambda ids, e: calls.append(-ids.numel()))
+    for pairs in (1, ROUTE_ONE_PROGRAM_PAIRS, ROUTE_ONE_PROGRAM_PAIRS + 1):
+        layer_module.route(torch.zeros(pairs, 1, dtype=torch.int64), 4)
+    assert calls == [1, ROUTE_ONE_PROGRAM_PAIRS, -(ROUTE_ONE_PROGRAM_PAIRS + 1)]
 
 
 # ---- the fused quantizing kernels against es_dual.quantize_fp8_per_token_group ----

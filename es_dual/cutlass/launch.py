@@ -9,7 +9,8 @@ from __future__ import annotations
 import ctypes
 import functools
 
-from . import buckets, build, generate, loader
+from ..problem import Problem
+from . import buckets, build, loader
 
 
 def _sm_count(index: int) -> int:
@@ -52,18 +53,10 @@ def workspace_bytes(total_m: int, n: int, k: int, num_experts: int, out_dtype_co
 
 
 @functools.lru_cache(maxsize=1024)
-def _workspace_bytes(total_m: int, n: int, k: int, num_experts: int, out_dtype_code: int, mode: int,
-                     sm_count: int) -> int:
-    # An upper bound over every routing of total_m rows; the caller passes total_m = 0 for modes whose
-    # size does not depend on it, so a call with a new row count costs no library query.
-    return workspace_bytes(total_m, n, k, num_experts, out_dtype_code, mode, sm_count)
-
-
-@functools.lru_cache(maxsize=None)
-def _sized_by_rows(mode: str) -> bool:
-    """Whether a mode's workspace depends on total_m: a native mode holds an MN-major copy of a_scale."""
-    rows = dict(generate.compiled_modes(generate.tuning_requested())).get(mode)
-    return rows is not None and buckets.fused_kernel(rows) is not None
+def _workspace_bytes(n: int, k: int, num_experts: int, out_dtype_code: int, mode: int, sm_count: int) -> int:
+    # No mode's workspace depends on total_m (the CUTLASS modes': per-expert arrays and tensor maps;
+    # the native modes need none), so a call with a new row count costs no library query.
+    return workspace_bytes(0, n, k, num_experts, out_dtype_code, mode, sm_count)
 
 
 @functools.lru_cache(maxsize=1)
@@ -90,41 +83,55 @@ def mode_code(mode: str) -> int:
                          f"was built with; ES_DUAL_TUNING=1 builds add the tuning tables), got {mode!r}") from None
 
 
-def grouped_gemm_cutlass(a, a_scale, b, b_scale, expert_offsets, out, *, mode: str | None = None,
-                         overlap: int | None = None, single: bool = False) -> None:
-    """Write ``out`` with the CUTLASS SM90 kernels of one mode of the bucket table.
+@functools.lru_cache(maxsize=4096)
+def plan_cutlass(problem, offsets_dtype, mode: str | None = None, overlap: int | None = None):
+    """The launch of a call of these sizes: ``launch(a, a_scale, b, b_scale, expert_offsets, out, ptrs)``
+    with everything but the data pointers (``ptrs``, in that order) and the stream worked out here, once.
 
     mode: a mode name of the loaded library ("es" / "es_small_k": expert-specialized buckets of CUTLASS
         kernels, "native*": es_dual's own kernels, "single": one configuration; a tuning build has more,
         see buckets.TUNING_MODES). None: the expert-specialized mode for this shape (buckets.es_mode).
-        ``single=True`` means mode="single".
     overlap: how the bucket kernels are enqueued (buckets.OVERLAPS); None: buckets.DEFAULT_OVERLAP.
 
-    The arguments are validated by the caller (es_dual.problem.check_inputs): contiguous, on one CUDA
-    device, shapes and dtypes of the tensor contract. Only enqueues work ordered before later work on
-    the current stream of that device: no host synchronization, so the call can be captured in a CUDA
+    The arguments are validated by the caller (es_dual.problem.check_call): contiguous, on one CUDA
+    device, shapes and dtypes of the tensor contract. A launch only enqueues work ordered before later
+    work on the current stream of that device: no host synchronization, so it can be captured in a CUDA
     graph.
     """
     torch, raw_stream, out_codes = _torch_hooks()
     lib = loader.load_library()
-    total_m, k = a.shape
-    num_experts, n, _ = b.shape
-    mode = "single" if single else mode or buckets.es_mode(total_m, n, k, num_experts)
+    total_m, n, k, num_experts = problem.total_m, problem.n, problem.k, problem.num_experts
+    mode = mode or buckets.es_mode(total_m, n, k, num_experts)
     code = mode_code(mode)
-    if overlap is None:
-        overlap = buckets.DEFAULT_OVERLAP
-    device = a.device
+    overlap = buckets.DEFAULT_OVERLAP if overlap is None else overlap
+    device = problem.device
     index = device.index
     sm_count = _sm_count(index)
-    out_code = out_codes[out.dtype]
-    nbytes = _workspace_bytes(total_m if _sized_by_rows(mode) else 0, n, k, num_experts, out_code, code, sm_count)
-    # From the caching allocator on the current stream: reused only by work ordered after this call's.
-    workspace = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    status = lib.es_dual_grouped_gemm(
-        a.data_ptr(), a_scale.data_ptr(), b.data_ptr(), b_scale.data_ptr(),
-        expert_offsets.data_ptr(), int(expert_offsets.dtype == torch.int64), out.data_ptr(),
-        total_m, n, k, num_experts, out_code, code, overlap, index, sm_count,
-        workspace.data_ptr(), nbytes, raw_stream(index),
-    )
-    if status != loader.OK:
-        raise RuntimeError(f"es_dual CUTLASS backend: {loader.last_error(lib)}")
+    out_code = out_codes[problem.out_dtype]
+    offsets_int64 = int(offsets_dtype == torch.int64)
+    nbytes = _workspace_bytes(n, k, num_experts, out_code, code, sm_count)
+    run, empty, uint8 = lib.es_dual_grouped_gemm, torch.empty, torch.uint8
+
+    def launch(a, a_scale, b, b_scale, expert_offsets, out, ptrs):
+        # From the caching allocator on the current stream: reused only by work ordered after this call's.
+        # A native mode needs none (nbytes 0: no allocation).
+        workspace = empty(nbytes, dtype=uint8, device=device).data_ptr() if nbytes else None
+        status = run(ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], offsets_int64, ptrs[5], total_m, n, k,
+                     num_experts, out_code, code, overlap, index, sm_count, workspace, nbytes,
+                     raw_stream(index))
+        if status != loader.OK:
+            raise RuntimeError(f"es_dual CUTLASS backend: {loader.last_error(lib)}")
+
+    return launch
+
+
+def grouped_gemm_cutlass(a, a_scale, b, b_scale, expert_offsets, out, *, mode: str | None = None,
+                         overlap: int | None = None, single: bool = False) -> None:
+    """Write ``out`` with the CUTLASS SM90 kernels of one mode of the bucket table (plan_cutlass says
+    what mode and overlap mean; ``single=True`` means mode="single"), on validated arguments."""
+    total_m, k = a.shape
+    num_experts, n, _ = b.shape
+    problem = Problem(total_m, n, k, num_experts, out.dtype, a.device)
+    launch = plan_cutlass(problem, expert_offsets.dtype, "single" if single else mode, overlap)
+    launch(a, a_scale, b, b_scale, expert_offsets, out,
+           tuple(t.data_ptr() for t in (a, a_scale, b, b_scale, expert_offsets, out)))

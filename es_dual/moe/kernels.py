@@ -5,6 +5,7 @@ topk_ids[token, k]. The pairs are laid out grouped by expert: grouped row r hold
 rows offs[e]:offs[e+1] belong to expert e. Rows from offs[E] on hold the pairs whose expert id is out of
 range; no kernel reads or writes them.
 
+    route:              offs, order       (decode sizes: one program; see layer.route)
     permute_quantize:   a[r], a_scale[r]  = quantize(hidden[order[r] // topk]);  pair_rows[order[r]] = r
     silu_mul_quantize:  y[r], y_scale[r]  = quantize(silu(gate_up[r, :I]) * gate_up[r, I:])
     unpermute_sum:      out[t] = sum over k with 0 <= topk_ids[t, k] < E of
@@ -169,3 +170,27 @@ def unpermute_sum_kernel(
         acc = _round_to_bf16_bits(acc)
     out_ptrs = out_ptr + token[:, None] * stride_out + cols[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=token_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def route_kernel(
+    # pointers
+    ids_ptr, offsets_ptr, order_ptr,
+    # sizes
+    pairs, num_experts,
+    # meta-parameters: BLOCK >= pairs, BINS >= num_experts + 2 (powers of 2)
+    BLOCK: tl.constexpr, BINS: tl.constexpr,
+):
+    """One program: order = the pairs sorted stably by expert (ids out of range as expert E), offsets[e] =
+    the pairs of experts below e, for e <= E. The key expert * BLOCK + pair is unique, so a plain sort of
+    the keys is the stable sort; padding lanes take bin BINS - 1 (> E), after every real bin."""
+    p = tl.arange(0, BLOCK)
+    ok = p < pairs
+    e = tl.load(ids_ptr + p, mask=ok, other=0)
+    b = tl.where((e >= 0) & (e < num_experts), e, num_experts).to(tl.int32)
+    b = tl.where(ok, b, BINS - 1)
+    key = tl.sort(b.to(tl.int64) * BLOCK + p)
+    tl.store(order_ptr + p, key % BLOCK, mask=ok)
+    counts = tl.histogram(b, BINS)
+    bins = tl.arange(0, BINS)
+    tl.store(offsets_ptr + bins, tl.cumsum(counts, axis=0) - counts, mask=bins <= num_experts)

@@ -12,13 +12,13 @@ device, so a call can be captured in a CUDA graph and replayed after the routing
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
 
 from ..api import grouped_gemm_fp8
 from ..dispatch import BACKEND_NAMES, BACKENDS
+from ..environment import getenv
 from ..problem import (
     DIM_MULTIPLE, FP8, SCALE_BLOCK, _expect_aligned, _expect_contiguous, _expect_dtype, _expect_shape,
     _expect_tensor, cdiv, check_scales,
@@ -105,12 +105,41 @@ def check_moe_contents(w13_scale, w2_scale, topk_ids, num_experts: int) -> None:
     check_scales(w13_scale=w13_scale, w2_scale=w2_scale)
 
 
+# Pairs (T * topk) that route_in_one_program sorts in one Triton program's registers: every decode step
+# and small prefills. Above that, route_by_sort (torch's sort and searchsorted: five kernels and about
+# 90 µs of host time on the H200 machine, which larger batches hide behind their GEMMs).
+ROUTE_ONE_PROGRAM_PAIRS = 4096
+
+
 def route(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(expert_offsets (E+1,) int32, order (T*topk,) int64): grouped row r holds pair order[r].
 
     A stable sort keeps the pairs of one expert in (token, k) order. Ids out of range sort as expert E,
     after every expert: offs[E] counts only the pairs of real experts, and the rows past it belong to none.
     """
+    pairs = topk_ids.numel()
+    if 0 < pairs <= ROUTE_ONE_PROGRAM_PAIRS:
+        return route_in_one_program(topk_ids, num_experts)
+    return route_by_sort(topk_ids, num_experts)
+
+
+def route_in_one_program(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """route() in one Triton program: a sort of (expert, pair) keys and a histogram of the experts."""
+    from ..triton_ref.direct import launch
+    from .kernels import route_kernel
+
+    flat = topk_ids.reshape(-1)
+    pairs = flat.shape[0]
+    offsets = torch.empty(num_experts + 1, dtype=torch.int32, device=flat.device)
+    order = torch.empty(pairs, dtype=torch.int64, device=flat.device)
+    block = _next_power_of_2(pairs)
+    launch(route_kernel, (1,), (flat, offsets, order), flat.device, options=dict(num_warps=4 if block <= 1024 else 8),
+           pairs=pairs, num_experts=num_experts, BLOCK=block, BINS=_next_power_of_2(num_experts + 2))
+    return offsets, order
+
+
+def route_by_sort(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """route() with torch: a stable sort of the expert ids and a binary search of each expert's start."""
     flat = topk_ids.reshape(-1)
     bucket = torch.where((flat >= 0) & (flat < num_experts), flat, num_experts)
     sorted_bucket, order = torch.sort(bucket, stable=True)
@@ -149,15 +178,15 @@ def permute_quantize(hidden, order, expert_offsets, topk):
     pair_rows = torch.empty(rows, dtype=torch.int32, device=hidden.device)
     units = a_scale.numel()
     if units:
-        from .kernels import permute_quantize_kernel  # imported on first use: TRITON_INTERPRET is read then
+        from ..triton_ref.direct import launch  # imported on first use: TRITON_INTERPRET is read then
+        from .kernels import permute_quantize_kernel
 
         per_program = _units_per_program(rows, a_scale.shape[1], hidden.device)
-        permute_quantize_kernel[(cdiv(units, per_program),)](
-            hidden, order, expert_offsets, _fp8_target(a), a_scale, pair_rows,
-            rows, hidden_size, topk, expert_offsets.shape[0] - 1,
-            hidden.stride(0), a.stride(0), a_scale.stride(0),
-            GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=_interpreted(hidden.device),
-        )
+        launch(permute_quantize_kernel, (cdiv(units, per_program),),
+               (hidden, order, expert_offsets, _fp8_target(a), a_scale, pair_rows), hidden.device,
+               rows=rows, hidden_size=hidden_size, topk=topk, num_experts=expert_offsets.shape[0] - 1,
+               stride_hidden=hidden.stride(0), stride_q=a.stride(0), stride_scale=a_scale.stride(0),
+               GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=_interpreted(hidden.device))
     return a, a_scale, pair_rows
 
 
@@ -169,15 +198,15 @@ def silu_mul_quantize(gate_up, expert_offsets):
     y_scale = torch.empty(rows, cdiv(intermediate, SCALE_BLOCK), dtype=torch.float32, device=gate_up.device)
     units = y_scale.numel()
     if units:
+        from ..triton_ref.direct import launch
         from .kernels import silu_mul_quantize_kernel
 
         per_program = _units_per_program(rows, y_scale.shape[1], gate_up.device)
-        silu_mul_quantize_kernel[(cdiv(units, per_program),)](
-            gate_up, expert_offsets, _fp8_target(y), y_scale,
-            rows, intermediate, expert_offsets.shape[0] - 1,
-            gate_up.stride(0), y.stride(0), y_scale.stride(0),
-            GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=_interpreted(gate_up.device),
-        )
+        launch(silu_mul_quantize_kernel, (cdiv(units, per_program),),
+               (gate_up, expert_offsets, _fp8_target(y), y_scale), gate_up.device,
+               rows=rows, intermediate=intermediate, num_experts=expert_offsets.shape[0] - 1,
+               stride_gate_up=gate_up.stride(0), stride_q=y.stride(0), stride_scale=y_scale.stride(0),
+               GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=_interpreted(gate_up.device))
     return y, y_scale
 
 
@@ -187,18 +216,18 @@ def unpermute_sum(down, pair_rows, topk_weights, topk_ids, num_experts):
     tokens, hidden_size = topk_ids.shape[0], down.shape[1]
     out = torch.empty(tokens, hidden_size, dtype=torch.bfloat16, device=down.device)
     if tokens:
+        from ..triton_ref.direct import launch
         from .kernels import unpermute_sum_kernel
 
         if _interpreted(down.device):
             block_t, block_h = _next_power_of_2(min(tokens, CPU_ROWS)), _next_power_of_2(hidden_size)
         else:
             block_t, block_h = GPU_BLOCK_T, GPU_BLOCK_H
-        unpermute_sum_kernel[(cdiv(tokens, block_t), cdiv(hidden_size, block_h))](
-            down, pair_rows, topk_ids, topk_weights, out,
-            tokens, hidden_size, topk_ids.shape[1], num_experts,
-            down.stride(0), out.stride(0),
-            BLOCK_T=block_t, BLOCK_H=block_h, INTERPRETER=_interpreted(down.device),
-        )
+        launch(unpermute_sum_kernel, (cdiv(tokens, block_t), cdiv(hidden_size, block_h)),
+               (down, pair_rows, topk_ids, topk_weights, out), down.device,
+               tokens=tokens, hidden_size=hidden_size, topk=topk_ids.shape[1], num_experts=num_experts,
+               stride_down=down.stride(0), stride_out=out.stride(0),
+               BLOCK_T=block_t, BLOCK_H=block_h, INTERPRETER=_interpreted(down.device))
     return out
 
 
@@ -247,7 +276,7 @@ def fused_moe_fp8(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, 
     reasons = BACKENDS["triton"].device_reasons(shape.device)
     if reasons:
         raise RuntimeError("fused_moe_fp8 runs Triton kernels: " + "; ".join(reasons))
-    if validate or (validate is None and os.environ.get("ES_DUAL_VALIDATE") == "1"):
+    if validate or (validate is None and getenv("ES_DUAL_VALIDATE") == "1"):
         check_moe_contents(w13_scale, w2_scale, topk_ids, shape.num_experts)
 
     expert_offsets, order = route(topk_ids, shape.num_experts)

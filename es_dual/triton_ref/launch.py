@@ -12,6 +12,7 @@ import triton
 
 from ..device import device_capability, device_properties
 from ..problem import SCALE_BLOCK, Problem, cdiv
+from .direct import DirectLaunch
 from .kernel import grouped_gemm_fp8_kernel
 
 
@@ -57,26 +58,43 @@ def _device_facts(device: torch.device) -> tuple[bool, int]:
     return device_capability(device) >= (8, 9), device_properties(device).multi_processor_count
 
 
-def grouped_gemm_triton(problem: Problem, a, a_scale, b, b_scale, expert_offsets, out, *, upcast=None, config=None) -> None:
-    """Launch on already validated inputs. ``upcast`` forces (True) or forbids (False) the bf16 path;
+def plan_triton(problem: Problem, *, upcast=None, config=None):
+    """The launch of a call of these sizes, ``launch(a, a_scale, b, b_scale, expert_offsets, out, ptrs)``,
+    on validated (contiguous) inputs. ``upcast`` forces (True) or forbids (False) the bf16 path;
     ``config`` overrides the tile table (for tuning)."""
     config = config or choose_config(problem)
     fp8_cores, sm_count = _device_facts(problem.device)
-    num_experts = problem.num_experts
-    row_tiles_bound = cdiv(problem.total_m, config.block_m) + num_experts
-    col_tiles = cdiv(problem.n, config.block_n)
+    total_m, n, k, num_experts = problem.total_m, problem.n, problem.k, problem.num_experts
+    row_tiles_bound = cdiv(total_m, config.block_m) + num_experts
+    col_tiles = cdiv(n, config.block_n)
     persistent = config.programs_per_sm > 0
     if persistent:
         grid = (min(sm_count * config.programs_per_sm, row_tiles_bound * col_tiles),)
     else:
         grid = (row_tiles_bound, col_tiles)
-    grouped_gemm_fp8_kernel[grid](
-        a, a_scale, b, b_scale, expert_offsets, out,
-        problem.total_m, problem.n, problem.k, num_experts,
-        a.stride(0), a_scale.stride(0), b.stride(0), b.stride(1), b_scale.stride(0), b_scale.stride(1), out.stride(0),
+    groups_k, groups_n = cdiv(k, SCALE_BLOCK), cdiv(n, SCALE_BLOCK)
+    constants = dict(
+        total_m=total_m, n=n, k=k, num_experts=num_experts,
+        # contiguous tensors of the contract: every stride follows from the sizes
+        stride_am=k, stride_asm=groups_k, stride_be=n * k, stride_bn=k, stride_bse=groups_n * groups_k,
+        stride_bsn=groups_k, stride_om=n,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SCALE_BLOCK=SCALE_BLOCK,
         EXPERT_CHUNK=min(max(triton.next_power_of_2(num_experts), 128), 1024), PERSISTENT=persistent,
-        EVEN_K=problem.k % config.block_k == 0, UPCAST=not fp8_cores if upcast is None else upcast,
+        EVEN_K=k % config.block_k == 0, UPCAST=not fp8_cores if upcast is None else upcast,
         SOFTWARE_BF16_ROUNDING=problem.device.type == "cpu" and problem.out_dtype == torch.bfloat16,
-        num_warps=config.num_warps, num_stages=config.num_stages,
     )
+    direct = DirectLaunch(grouped_gemm_fp8_kernel, grid, constants,
+                          dict(num_warps=config.num_warps, num_stages=config.num_stages), problem.device)
+
+    def launch(a, a_scale, b, b_scale, expert_offsets, out, ptrs):
+        direct((a, a_scale, b, b_scale, expert_offsets, out), ptrs)
+
+    launch.direct = direct  # what benchmarks/host_overhead.py compares with Triton's own launch
+    return launch
+
+
+def grouped_gemm_triton(problem: Problem, a, a_scale, b, b_scale, expert_offsets, out, *, upcast=None, config=None) -> None:
+    """One call on validated inputs (plan_triton says what upcast and config mean)."""
+    plan_triton(problem, upcast=upcast, config=config)(
+        a, a_scale, b, b_scale, expert_offsets, out,
+        tuple(t.data_ptr() for t in (a, a_scale, b, b_scale, expert_offsets, out)))
