@@ -150,14 +150,13 @@ def main():
         planned_cutlass = launch.plan_cutlass(problem, torch.int32)
         cutlass_ptrs = check_call(*inputs.values(), out)[1]
         rows.append((f"CUTLASS: planned launch (Python + C, mode {buckets.es_mode(total_m, N, K, len(COUNTS))})",
-                     lambda: planned_cutlass(*inputs.values(), out, cutlass_ptrs)))
+                     lambda: planned_cutlass(cutlass_ptrs, None)))
     if "triton" in backends:
-        planned = triton_launch.plan_triton(problem)
-        direct, tensors = planned.direct, (*inputs.values(), out)
+        planned, tensors = triton_launch.plan_triton(problem), (*inputs.values(), out)
         rows.append(("Triton: kernel[grid] (Triton's own launch path, same call)",
-                     lambda: direct.fn[direct.grid](*tensors, **direct.constants, **direct.options)))
+                     lambda: planned.fn[planned.grid](*tensors, **planned.constants, **planned.options)))
         ptrs = check_call(*tensors)[1]
-        rows.append(("Triton: planned launch (direct after the first)", lambda: planned(*tensors, ptrs)))
+        rows.append(("Triton: planned launch (direct after the first)", lambda: planned(ptrs, lambda: tensors)))
     rows.append(("torch.ops.es_dual.grouped_gemm_fp8 (the op without the Python API around it)",
                  lambda: torch.ops.es_dual.grouped_gemm_fp8(*inputs.values(), out, "auto")))
     for backend in ("auto", *(b for b in backends if b != "reference")):

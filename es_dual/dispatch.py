@@ -28,8 +28,9 @@ class Backend:
     name: str
     description: str
     device_types: tuple[str, ...]
-    # plan(problem, offsets_dtype) -> launch(a, a_scale, b, b_scale, expert_offsets, out, ptrs), which
-    # writes out (ptrs: the six tensors' data pointers, in that order)
+    # plan(problem, offsets_dtype) -> launch(ptrs, tensors), which writes out; ptrs: the data pointers of
+    # (a, a_scale, b, b_scale, expert_offsets, out), tensors: a function returning those tensors (a
+    # launch that needs more than the pointers calls it)
     plan: Callable
     availability: Callable[[torch.device], list[str]]  # reasons it cannot run on this device at all
     min_capability: tuple[int, int] | None = None  # CUDA devices only
@@ -84,8 +85,7 @@ def _cutlass_availability(device: torch.device) -> list[str]:
 def _plan_reference(problem, offsets_dtype):
     from .reference import run_reference
 
-    return lambda a, a_scale, b, b_scale, expert_offsets, out, ptrs: run_reference(
-        a, a_scale, b, b_scale, expert_offsets, out)
+    return lambda ptrs, tensors: run_reference(*tensors())
 
 
 def _plan_triton(problem, offsets_dtype):

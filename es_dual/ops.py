@@ -24,7 +24,7 @@ def _grouped_gemm_fp8(a, a_scale, b, b_scale, expert_offsets, out, backend="auto
     problem, ptrs = check_call(a, a_scale, b, b_scale, expert_offsets, out)
     launch = launch_for(problem, expert_offsets.dtype, backend)
     if problem.total_m:
-        launch(a, a_scale, b, b_scale, expert_offsets, out, ptrs)
+        launch(ptrs, lambda: (a, a_scale, b, b_scale, expert_offsets, out))
 
 
 @torch.library.register_fake("es_dual::grouped_gemm_fp8")

@@ -212,6 +212,19 @@ def test_layer_against_reference(device, r, shape, backend, ids_dtype):
     assert_layer_close(fused_moe_fp8(**layer, backend=backend), reference_of(layer))
 
 
+@pytest.mark.parametrize("backend", GEMM_BACKENDS)
+def test_layer_routes_large_batches_by_sort(device, monkeypatch, backend):
+    """Above ROUTE_ONE_PROGRAM_PAIRS the layer routes with torch's sort into tensors of their own (not
+    its buffer): the same bits as the one-program route, whose limit is lowered here to take that path."""
+    layer = make_layer(Routing(40, 6, 3, "hot", seed=4), *SHAPES[0], device, torch.int64)
+    one_program = fused_moe_fp8(**layer, backend=backend)
+    monkeypatch.setattr(layer_module, "ROUTE_ONE_PROGRAM_PAIRS", 8)
+    monkeypatch.setattr(layer_module, "_PLANS", {})  # plans made under the old limit would keep it
+    by_sort = fused_moe_fp8(**layer, backend=backend)
+    assert torch.equal(by_sort, one_program)
+    assert_layer_close(by_sort, reference_of(layer))
+
+
 @pytest.mark.parametrize("shape", SHAPES[:2])
 def test_close_to_unquantized_layer(device, shape):
     """End to end against the float64 layer on unquantized activations, by DeepGEMM's similarity

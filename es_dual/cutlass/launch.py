@@ -85,8 +85,8 @@ def mode_code(mode: str) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def plan_cutlass(problem, offsets_dtype, mode: str | None = None, overlap: int | None = None):
-    """The launch of a call of these sizes: ``launch(a, a_scale, b, b_scale, expert_offsets, out, ptrs)``
-    with everything but the data pointers (``ptrs``, in that order) and the stream worked out here, once.
+    """The launch of a call of these sizes, ``launch(ptrs, tensors)`` (dispatch.Backend.plan), with
+    everything but the data pointers and the stream worked out here, once. It reads only the pointers.
 
     mode: a mode name of the loaded library ("es" / "es_small_k": expert-specialized buckets of CUTLASS
         kernels, "native*": es_dual's own kernels, "single": one configuration; a tuning build has more,
@@ -112,7 +112,7 @@ def plan_cutlass(problem, offsets_dtype, mode: str | None = None, overlap: int |
     nbytes = _workspace_bytes(n, k, num_experts, out_code, code, sm_count)
     run, empty, uint8 = lib.es_dual_grouped_gemm, torch.empty, torch.uint8
 
-    def launch(a, a_scale, b, b_scale, expert_offsets, out, ptrs):
+    def launch(ptrs, tensors):
         # From the caching allocator on the current stream: reused only by work ordered after this call's.
         # A native mode needs none (nbytes 0: no allocation).
         workspace = empty(nbytes, dtype=uint8, device=device).data_ptr() if nbytes else None
@@ -133,5 +133,5 @@ def grouped_gemm_cutlass(a, a_scale, b, b_scale, expert_offsets, out, *, mode: s
     num_experts, n, _ = b.shape
     problem = Problem(total_m, n, k, num_experts, out.dtype, a.device)
     launch = plan_cutlass(problem, expert_offsets.dtype, "single" if single else mode, overlap)
-    launch(a, a_scale, b, b_scale, expert_offsets, out,
-           tuple(t.data_ptr() for t in (a, a_scale, b, b_scale, expert_offsets, out)))
+    tensors = (a, a_scale, b, b_scale, expert_offsets, out)
+    launch(tuple(t.data_ptr() for t in tensors), lambda: tensors)

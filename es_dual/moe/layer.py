@@ -16,11 +16,10 @@ from typing import NamedTuple
 
 import torch
 
-from ..api import grouped_gemm_fp8
-from ..dispatch import BACKEND_NAMES, BACKENDS
+from ..dispatch import BACKEND_NAMES, BACKENDS, launch_for
 from ..environment import getenv
 from ..problem import (
-    DIM_MULTIPLE, FP8, SCALE_BLOCK, _expect_aligned, _expect_contiguous, _expect_dtype, _expect_shape,
+    DIM_MULTIPLE, FP8, PTR_ALIGN, SCALE_BLOCK, Problem, _expect_aligned, _expect_contiguous, _expect_dtype, _expect_shape,
     _expect_tensor, cdiv, check_scales,
 )
 
@@ -41,11 +40,50 @@ class MoeShape(NamedTuple):
     device: torch.device
 
 
+def _moe_conforming(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids) -> MoeShape | None:
+    """The layer's sizes when every rule of check_moe_inputs holds, else None: its per-call fast path,
+    each attribute read once. It must never accept what those rules refuse; a None only sends the call
+    through them, and they raise with a message."""
+    T = torch.Tensor
+    if not (isinstance(hidden, T) and isinstance(w13, T) and isinstance(w13_scale, T) and isinstance(w2, T)
+            and isinstance(w2_scale, T) and isinstance(topk_weights, T) and isinstance(topk_ids, T)):
+        return None
+    try:
+        tokens, hidden_size = hidden.shape
+        num_experts, two_i, h13 = w13.shape
+        ids_tokens, topk = topk_ids.shape
+    except ValueError:  # dimensions: the rules say which
+        return None
+    device = hidden.device
+    intermediate = two_i // 2
+    if not (
+        hidden.dtype == torch.bfloat16 and w13.dtype == FP8 and w13_scale.dtype == torch.float32
+        and w2.dtype == FP8 and w2_scale.dtype == torch.float32 and topk_weights.dtype == torch.float32
+        and topk_ids.dtype in ID_DTYPES
+        and w13.device == device and w13_scale.device == device and w2.device == device
+        and w2_scale.device == device and topk_weights.device == device and topk_ids.device == device
+        and num_experts >= 1 and two_i > 0 and two_i % (2 * DIM_MULTIPLE) == 0
+        and hidden_size > 0 and hidden_size % DIM_MULTIPLE == 0 and h13 == hidden_size
+        and w13_scale.shape == (num_experts, cdiv(two_i, SCALE_BLOCK), cdiv(hidden_size, SCALE_BLOCK))
+        and w2.shape == (num_experts, hidden_size, intermediate)
+        and w2_scale.shape == (num_experts, cdiv(hidden_size, SCALE_BLOCK), cdiv(intermediate, SCALE_BLOCK))
+        and topk >= 1 and ids_tokens == tokens and topk_weights.shape == (tokens, topk)
+        and hidden.is_contiguous() and w13.is_contiguous() and w13_scale.is_contiguous() and w2.is_contiguous()
+        and w2_scale.is_contiguous() and topk_weights.is_contiguous() and topk_ids.is_contiguous()
+        and w13.data_ptr() % PTR_ALIGN == 0 and w2.data_ptr() % PTR_ALIGN == 0  # neither is empty here
+    ):
+        return None
+    return MoeShape(tokens, hidden_size, intermediate, num_experts, topk, device)
+
+
 def check_moe_inputs(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids) -> MoeShape:
     """Check every argument's type, dtype, device, shape and layout; return the layer's sizes.
 
     Raises TypeError for a wrong type or dtype and ValueError for anything else, naming the argument.
     """
+    shape = _moe_conforming(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids)
+    if shape is not None:
+        return shape
     named = dict(hidden=hidden, w13=w13, w13_scale=w13_scale, w2=w2, w2_scale=w2_scale,
                  topk_weights=topk_weights, topk_ids=topk_ids)
     for name, t in named.items():
@@ -125,16 +163,10 @@ def route(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch
 
 def route_in_one_program(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
     """route() in one Triton program: a sort of (expert, pair) keys and a histogram of the experts."""
-    from ..triton_ref.direct import launch
-    from .kernels import route_kernel
-
     flat = topk_ids.reshape(-1)
-    pairs = flat.shape[0]
     offsets = torch.empty(num_experts + 1, dtype=torch.int32, device=flat.device)
-    order = torch.empty(pairs, dtype=torch.int64, device=flat.device)
-    block = _next_power_of_2(pairs)
-    launch(route_kernel, (1,), (flat, offsets, order), flat.device, options=dict(num_warps=4 if block <= 1024 else 8),
-           pairs=pairs, num_experts=num_experts, BLOCK=block, BINS=_next_power_of_2(num_experts + 2))
+    order = torch.empty(flat.shape[0], dtype=torch.int64, device=flat.device)
+    _run(_route_step(flat.shape[0], num_experts, flat.dtype, flat.device), flat, offsets, order)
     return offsets, order
 
 
@@ -163,10 +195,72 @@ def _fp8_target(q: torch.Tensor) -> torch.Tensor:
     return q.view(torch.uint8) if _interpreted(q.device) else q
 
 
+def _fp8_target_dtype(device: torch.device) -> torch.dtype:
+    return torch.uint8 if _interpreted(device) else FP8
+
+
 def _units_per_program(rows: int, groups: int, device: torch.device) -> int:
     if _interpreted(device):
         return _next_power_of_2(max(1, min(rows, CPU_ROWS) * groups))
     return GPU_UNITS
+
+
+# --- The layer's Triton kernels as planned launches (es_dual.triton_ref.direct), by sizes -----------------
+# Each takes contiguous tensors in the kernel's pointer order; its strides follow from the sizes.
+
+def _route_step(pairs, num_experts, ids_dtype, device):
+    from ..triton_ref.direct import direct_launch  # imported on first use: TRITON_INTERPRET is read then
+    from .kernels import route_kernel
+
+    block = _next_power_of_2(pairs)
+    return direct_launch(route_kernel, (1,), (ids_dtype, torch.int32, torch.int64), device,
+                         dict(num_warps=4 if block <= 1024 else 8), pairs=pairs, num_experts=num_experts,
+                         BLOCK=block, BINS=_next_power_of_2(num_experts + 2))
+
+
+def _permute_quantize_step(rows, hidden_size, topk, num_experts, device):
+    from ..triton_ref.direct import direct_launch
+    from .kernels import permute_quantize_kernel
+
+    groups = cdiv(hidden_size, SCALE_BLOCK)
+    per_program = _units_per_program(rows, groups, device)
+    dtypes = (torch.bfloat16, torch.int64, torch.int32, _fp8_target_dtype(device), torch.float32, torch.int32)
+    return direct_launch(permute_quantize_kernel, (cdiv(rows * groups, per_program),), dtypes, device,
+                         rows=rows, hidden_size=hidden_size, topk=topk, num_experts=num_experts,
+                         stride_hidden=hidden_size, stride_q=hidden_size, stride_scale=groups,
+                         GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=_interpreted(device))
+
+
+def _silu_mul_quantize_step(rows, intermediate, num_experts, device):
+    from ..triton_ref.direct import direct_launch
+    from .kernels import silu_mul_quantize_kernel
+
+    groups = cdiv(intermediate, SCALE_BLOCK)
+    per_program = _units_per_program(rows, groups, device)
+    dtypes = (torch.bfloat16, torch.int32, _fp8_target_dtype(device), torch.float32)
+    return direct_launch(silu_mul_quantize_kernel, (cdiv(rows * groups, per_program),), dtypes, device,
+                         rows=rows, intermediate=intermediate, num_experts=num_experts,
+                         stride_gate_up=2 * intermediate, stride_q=intermediate, stride_scale=groups,
+                         GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=_interpreted(device))
+
+
+def _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, device):
+    from ..triton_ref.direct import direct_launch
+    from .kernels import unpermute_sum_kernel
+
+    if _interpreted(device):
+        block_t, block_h = _next_power_of_2(min(tokens, CPU_ROWS)), _next_power_of_2(hidden_size)
+    else:
+        block_t, block_h = GPU_BLOCK_T, GPU_BLOCK_H
+    dtypes = (torch.bfloat16, torch.int32, ids_dtype, torch.float32, torch.bfloat16)
+    return direct_launch(unpermute_sum_kernel, (cdiv(tokens, block_t), cdiv(hidden_size, block_h)), dtypes, device,
+                         tokens=tokens, hidden_size=hidden_size, topk=topk, num_experts=num_experts,
+                         stride_down=hidden_size, stride_out=hidden_size,
+                         BLOCK_T=block_t, BLOCK_H=block_h, INTERPRETER=_interpreted(device))
+
+
+def _run(step, *tensors) -> None:
+    step(tuple(t.data_ptr() for t in tensors), lambda: tensors)
 
 
 def permute_quantize(hidden, order, expert_offsets, topk):
@@ -176,17 +270,9 @@ def permute_quantize(hidden, order, expert_offsets, topk):
     a = torch.empty(rows, hidden_size, dtype=FP8, device=hidden.device)
     a_scale = torch.empty(rows, cdiv(hidden_size, SCALE_BLOCK), dtype=torch.float32, device=hidden.device)
     pair_rows = torch.empty(rows, dtype=torch.int32, device=hidden.device)
-    units = a_scale.numel()
-    if units:
-        from ..triton_ref.direct import launch  # imported on first use: TRITON_INTERPRET is read then
-        from .kernels import permute_quantize_kernel
-
-        per_program = _units_per_program(rows, a_scale.shape[1], hidden.device)
-        launch(permute_quantize_kernel, (cdiv(units, per_program),),
-               (hidden, order, expert_offsets, _fp8_target(a), a_scale, pair_rows), hidden.device,
-               rows=rows, hidden_size=hidden_size, topk=topk, num_experts=expert_offsets.shape[0] - 1,
-               stride_hidden=hidden.stride(0), stride_q=a.stride(0), stride_scale=a_scale.stride(0),
-               GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=_interpreted(hidden.device))
+    if a_scale.numel():
+        step = _permute_quantize_step(rows, hidden_size, topk, expert_offsets.shape[0] - 1, hidden.device)
+        _run(step, hidden, order, expert_offsets, _fp8_target(a), a_scale, pair_rows)
     return a, a_scale, pair_rows
 
 
@@ -196,17 +282,9 @@ def silu_mul_quantize(gate_up, expert_offsets):
     rows, intermediate = gate_up.shape[0], gate_up.shape[1] // 2
     y = torch.empty(rows, intermediate, dtype=FP8, device=gate_up.device)
     y_scale = torch.empty(rows, cdiv(intermediate, SCALE_BLOCK), dtype=torch.float32, device=gate_up.device)
-    units = y_scale.numel()
-    if units:
-        from ..triton_ref.direct import launch
-        from .kernels import silu_mul_quantize_kernel
-
-        per_program = _units_per_program(rows, y_scale.shape[1], gate_up.device)
-        launch(silu_mul_quantize_kernel, (cdiv(units, per_program),),
-               (gate_up, expert_offsets, _fp8_target(y), y_scale), gate_up.device,
-               rows=rows, intermediate=intermediate, num_experts=expert_offsets.shape[0] - 1,
-               stride_gate_up=gate_up.stride(0), stride_q=y.stride(0), stride_scale=y_scale.stride(0),
-               GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=_interpreted(gate_up.device))
+    if y_scale.numel():
+        step = _silu_mul_quantize_step(rows, intermediate, expert_offsets.shape[0] - 1, gate_up.device)
+        _run(step, gate_up, expert_offsets, _fp8_target(y), y_scale)
     return y, y_scale
 
 
@@ -216,18 +294,8 @@ def unpermute_sum(down, pair_rows, topk_weights, topk_ids, num_experts):
     tokens, hidden_size = topk_ids.shape[0], down.shape[1]
     out = torch.empty(tokens, hidden_size, dtype=torch.bfloat16, device=down.device)
     if tokens:
-        from ..triton_ref.direct import launch
-        from .kernels import unpermute_sum_kernel
-
-        if _interpreted(down.device):
-            block_t, block_h = _next_power_of_2(min(tokens, CPU_ROWS)), _next_power_of_2(hidden_size)
-        else:
-            block_t, block_h = GPU_BLOCK_T, GPU_BLOCK_H
-        launch(unpermute_sum_kernel, (cdiv(tokens, block_t), cdiv(hidden_size, block_h)),
-               (down, pair_rows, topk_ids, topk_weights, out), down.device,
-               tokens=tokens, hidden_size=hidden_size, topk=topk_ids.shape[1], num_experts=num_experts,
-               stride_down=down.stride(0), stride_out=out.stride(0),
-               BLOCK_T=block_t, BLOCK_H=block_h, INTERPRETER=_interpreted(down.device))
+        step = _unpermute_sum_step(tokens, hidden_size, topk_ids.shape[1], num_experts, topk_ids.dtype, down.device)
+        _run(step, down, pair_rows, topk_ids, topk_weights, out)
     return out
 
 
@@ -271,18 +339,116 @@ def fused_moe_fp8(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, 
         when the backend cannot run the GEMMs or Triton cannot run on the tensors' device.
     """
     shape = check_moe_inputs(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids)
-    if backend not in BACKEND_NAMES:
-        raise ValueError(f"backend: expected one of {', '.join(map(repr, BACKEND_NAMES))}, got {backend!r}")
-    reasons = BACKENDS["triton"].device_reasons(shape.device)
-    if reasons:
-        raise RuntimeError("fused_moe_fp8 runs Triton kernels: " + "; ".join(reasons))
+    plan = _layer_plan(shape, topk_ids.dtype, backend, getenv("ES_DUAL_BACKEND") if backend == "auto" else None)
     if validate or (validate is None and getenv("ES_DUAL_VALIDATE") == "1"):
         check_moe_contents(w13_scale, w2_scale, topk_ids, shape.num_experts)
+    return plan(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids)
 
-    expert_offsets, order = route(topk_ids, shape.num_experts)
-    a, a_scale, pair_rows = permute_quantize(hidden, order, expert_offsets, shape.topk)
-    # The layer builds the offsets itself; content checks of the GEMM calls would only repeat a sync.
-    gate_up = grouped_gemm_fp8(a, a_scale, w13, w13_scale, expert_offsets, backend=backend, validate=False)
-    y, y_scale = silu_mul_quantize(gate_up, expert_offsets)
-    down = grouped_gemm_fp8(y, y_scale, w2, w2_scale, expert_offsets, backend=backend, validate=False)
-    return unpermute_sum(down, pair_rows, topk_weights, topk_ids, shape.num_experts)
+
+_PLANS: dict = {}
+_MAX_PLANS = 1024  # distinct layer shapes kept (one per batch size and layer shape in serving)
+
+
+def _layer_plan(shape: MoeShape, ids_dtype: torch.dtype, backend: str, env_backend) -> "_LayerPlan":
+    """The plan of a layer call of this shape (its arguments refused here raise on every call)."""
+    key = (shape, ids_dtype, backend, env_backend)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if backend not in BACKEND_NAMES:
+            raise ValueError(f"backend: expected one of {', '.join(map(repr, BACKEND_NAMES))}, got {backend!r}")
+        reasons = BACKENDS["triton"].device_reasons(shape.device)
+        if reasons:
+            raise RuntimeError("fused_moe_fp8 runs Triton kernels: " + "; ".join(reasons))
+        plan = _LayerPlan(shape, ids_dtype, backend)
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
+class _LayerPlan:
+    """Everything a layer call of one shape needs but its tensors, worked out once: the intermediates'
+    places in one buffer, each step's planned launch (the layer's Triton kernels, the two grouped GEMMs as
+    the dispatcher plans them for `backend`). A call then allocates the buffer and `out` and launches on
+    data pointers: the layer builds every GEMM input itself, within the tensor contract by construction
+    (sizes checked by check_moe_inputs, offsets and scales made by its own kernels), so the GEMM op's
+    per-call checks would only repeat what is known."""
+
+    def __init__(self, shape: MoeShape, ids_dtype: torch.dtype, backend: str):
+        tokens, hidden_size, intermediate, num_experts, topk, device = shape
+        rows = tokens * topk
+        self.shape, self.rows = shape, rows
+        groups_h, groups_i = cdiv(hidden_size, SCALE_BLOCK), cdiv(intermediate, SCALE_BLOCK)
+        # name: (dtype, shape); each region starts on a 256-byte boundary (TMA: 16 bytes)
+        regions = {
+            "offsets": (torch.int32, (num_experts + 1,)), "order": (torch.int64, (rows,)),
+            "a": (FP8, (rows, hidden_size)), "a_scale": (torch.float32, (rows, groups_h)),
+            "pair_rows": (torch.int32, (rows,)), "gate_up": (torch.bfloat16, (rows, 2 * intermediate)),
+            "y": (FP8, (rows, intermediate)), "y_scale": (torch.float32, (rows, groups_i)),
+            "down": (torch.bfloat16, (rows, hidden_size)),
+        }
+        self.regions, offset = {}, 0
+        for name, (dtype, dims) in regions.items():
+            self.regions[name] = (offset, dtype, dims)
+            nbytes = dtype.itemsize
+            for d in dims:
+                nbytes *= d
+            offset += -(-nbytes // 256) * 256
+        self.nbytes = offset
+        self.route = (_route_step(rows, num_experts, ids_dtype, device) if 0 < rows <= ROUTE_ONE_PROGRAM_PAIRS
+                      else None)
+        if rows:
+            self.permute = _permute_quantize_step(rows, hidden_size, topk, num_experts, device)
+            self.silu = _silu_mul_quantize_step(rows, intermediate, num_experts, device)
+            self.unpermute = _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, device)
+            self.gemm1 = launch_for(Problem(rows, 2 * intermediate, hidden_size, num_experts, torch.bfloat16, device),
+                                    torch.int32, backend)
+            self.gemm2 = launch_for(Problem(rows, hidden_size, intermediate, num_experts, torch.bfloat16, device),
+                                    torch.int32, backend)
+
+    def _views(self, buf: torch.Tensor) -> dict:
+        """The intermediates as tensors, for the launches that need more than pointers (the first of a
+        kind, the CPU's interpreter, a backend that reads tensors); "a_bits" and "y_bits" are what the
+        quantizing kernels store into (_fp8_target)."""
+        views = {}
+        for name, (offset, dtype, dims) in self.regions.items():
+            count = 1
+            for d in dims:
+                count *= d
+            views[name] = buf[offset:offset + count * dtype.itemsize].view(dtype).view(dims)
+        views["a_bits"], views["y_bits"] = _fp8_target(views["a"]), _fp8_target(views["y"])
+        return views
+
+    def __call__(self, hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids):
+        tokens, hidden_size, _, num_experts, topk, device = self.shape
+        out = torch.empty(tokens, hidden_size, dtype=torch.bfloat16, device=device)
+        if not self.rows:
+            return out
+        buf = torch.empty(self.nbytes, dtype=torch.uint8, device=device)
+        base = buf.data_ptr()
+        offs, order, a, a_scale, pair_rows, gate_up, y, y_scale, down = (base + r[0] for r in self.regions.values())
+        known, replaced = {}, {}
+
+        def tensors(*items):  # each item a tensor or an intermediate's name; made only if a launch asks
+            def make():
+                if not known:
+                    known.update(self._views(buf), **replaced)
+                return tuple(known[i] if isinstance(i, str) else i for i in items)
+            return make
+
+        flat_ids = topk_ids.reshape(-1)
+        if self.route is not None:
+            self.route((flat_ids.data_ptr(), offs, order), tensors(flat_ids, "offsets", "order"))
+        else:  # large batches: torch's sort, into tensors of its own
+            replaced["offsets"], replaced["order"] = route_by_sort(topk_ids, num_experts)
+            offs, order = replaced["offsets"].data_ptr(), replaced["order"].data_ptr()
+        h, w13p, w13s, w2p, w2s, ids, weights = (
+            t.data_ptr() for t in (hidden, w13, w13_scale, w2, w2_scale, topk_ids, topk_weights))
+        self.permute((h, order, offs, a, a_scale, pair_rows),
+                     tensors(hidden, "order", "offsets", "a_bits", "a_scale", "pair_rows"))
+        self.gemm1((a, a_scale, w13p, w13s, offs, gate_up), tensors("a", "a_scale", w13, w13_scale, "offsets", "gate_up"))
+        self.silu((gate_up, offs, y, y_scale), tensors("gate_up", "offsets", "y_bits", "y_scale"))
+        self.gemm2((y, y_scale, w2p, w2s, offs, down), tensors("y", "y_scale", w2, w2_scale, "offsets", "down"))
+        self.unpermute((down, pair_rows, ids, weights, out.data_ptr()),
+                       tensors("down", "pair_rows", topk_ids, topk_weights, out))
+        return out

@@ -21,12 +21,6 @@ def _no_hooks(hook) -> bool:
     return hook is None or not getattr(hook, "calls", True)
 
 
-def _compiling() -> bool:
-    import torch
-
-    return torch.compiler.is_compiling()
-
-
 def _raw_stream():
     import torch
 
@@ -37,10 +31,13 @@ _MOD_16 = (15).__and__
 
 
 class DirectLaunch:
-    """``fn[grid](*pointers, **constants, **options)`` for a fixed grid, constants and options.
+    """``fn[grid](*pointers, **constants, **options)`` for a fixed grid, constants and options, and one
+    dtype per pointer (the caller's promise: a call with other dtypes needs another DirectLaunch).
 
-    pointers: the kernel's leading parameters (tensors), given to each call with their data pointers;
-    constants: every other parameter by name (scalars and constexprs); options: num_warps, num_stages.
+    pointers: the kernel's leading parameters, given to each call as data pointers and, for the launches
+    that go through Triton, as a function returning the tensors (called only then: on the CPU, at the
+    first launch of an alignment pattern, under a profiler's launch hook); constants: every other
+    parameter by name (scalars and constexprs); options: num_warps, num_stages.
     """
 
     def __init__(self, fn, grid: tuple, constants: dict, options: dict, device):
@@ -53,17 +50,17 @@ class DirectLaunch:
         self.grid3 = (tuple(grid) + (1, 1))[:3]
         self.raw_stream = _raw_stream() if device.type == "cuda" and knobs is not None else None
         self.index = device.index
-        self.compiled = {}  # dtypes and alignments of the pointers -> Triton's compiled kernel
+        self.compiled = {}  # alignments of the pointers -> Triton's compiled kernel
 
-    def __call__(self, tensors: tuple, ptrs: tuple) -> None:
+    def __call__(self, ptrs: tuple, tensors) -> None:
         runtime = knobs.runtime if self.raw_stream is not None else None
         direct = runtime is not None and _no_hooks(runtime.launch_enter_hook) and _no_hooks(runtime.launch_exit_hook)
-        # What Triton specializes a pointer on: its dtype and whether it is 16-byte aligned (the remainder
-        # is finer than that, and cheap).
-        key = (*map(_MOD_16, ptrs), *[t.dtype for t in tensors])
+        # Whether each pointer is 16-byte aligned: with the dtypes, what Triton specializes a pointer on
+        # (the remainder is finer than that, and cheap).
+        key = tuple(map(_MOD_16, ptrs))
         compiled = self.compiled.get(key) if direct else None
         if compiled is None:
-            compiled = self.fn[self.grid](*tensors, **self.constants, **self.options)
+            compiled = self.fn[self.grid](*tensors(), **self.constants, **self.options)
             if direct and getattr(compiled, "function", None) is not None:
                 self.compiled[key] = compiled
             return
@@ -76,17 +73,14 @@ _LAUNCHES: dict = {}
 _MAX_LAUNCHES = 4096  # distinct (kernel, grid, constants) kept; a serving process sees a few hundred
 
 
-def launch(fn, grid: tuple, tensors: tuple, device, options: dict | None = None, **constants) -> None:
-    """``fn[grid](*tensors, **constants, **options)`` through a DirectLaunch kept per (kernel, grid,
-    device, constants, options): the form for call sites whose constants change with the call's sizes."""
+def direct_launch(fn, grid: tuple, dtypes: tuple, device, options: dict | None = None, **constants) -> DirectLaunch:
+    """The DirectLaunch of (kernel, grid, pointer dtypes, device, constants, options), made once."""
     options = options or {}
-    if _compiling():  # torch.compile traces kernel[grid] calls, not launchers given integers
-        fn[grid](*tensors, **constants, **options)
-        return
-    key = (fn, grid, device, tuple(constants.items()), tuple(options.items()))
+    key = (fn, grid, dtypes, device, tuple(constants.items()), tuple(options.items()))
     direct = _LAUNCHES.get(key)
     if direct is None:
         if len(_LAUNCHES) >= _MAX_LAUNCHES:
             _LAUNCHES.clear()
         direct = _LAUNCHES[key] = DirectLaunch(fn, grid, constants, options, device)
-    direct(tensors, tuple(t.data_ptr() for t in tensors))
+    return direct
+

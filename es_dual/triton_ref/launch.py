@@ -59,9 +59,9 @@ def _device_facts(device: torch.device) -> tuple[bool, int]:
 
 
 def plan_triton(problem: Problem, *, upcast=None, config=None):
-    """The launch of a call of these sizes, ``launch(a, a_scale, b, b_scale, expert_offsets, out, ptrs)``,
-    on validated (contiguous) inputs. ``upcast`` forces (True) or forbids (False) the bf16 path;
-    ``config`` overrides the tile table (for tuning)."""
+    """The launch of a call of these sizes, ``launch(ptrs, tensors)`` (dispatch.Backend.plan), on
+    validated (contiguous) inputs with one offsets dtype: a DirectLaunch of the kernel. ``upcast`` forces
+    (True) or forbids (False) the bf16 path; ``config`` overrides the tile table (for tuning)."""
     config = config or choose_config(problem)
     fp8_cores, sm_count = _device_facts(problem.device)
     total_m, n, k, num_experts = problem.total_m, problem.n, problem.k, problem.num_experts
@@ -83,18 +83,11 @@ def plan_triton(problem: Problem, *, upcast=None, config=None):
         EVEN_K=k % config.block_k == 0, UPCAST=not fp8_cores if upcast is None else upcast,
         SOFTWARE_BF16_ROUNDING=problem.device.type == "cpu" and problem.out_dtype == torch.bfloat16,
     )
-    direct = DirectLaunch(grouped_gemm_fp8_kernel, grid, constants,
-                          dict(num_warps=config.num_warps, num_stages=config.num_stages), problem.device)
-
-    def launch(a, a_scale, b, b_scale, expert_offsets, out, ptrs):
-        direct((a, a_scale, b, b_scale, expert_offsets, out), ptrs)
-
-    launch.direct = direct  # what benchmarks/host_overhead.py compares with Triton's own launch
-    return launch
+    return DirectLaunch(grouped_gemm_fp8_kernel, grid, constants,
+                        dict(num_warps=config.num_warps, num_stages=config.num_stages), problem.device)
 
 
 def grouped_gemm_triton(problem: Problem, a, a_scale, b, b_scale, expert_offsets, out, *, upcast=None, config=None) -> None:
     """One call on validated inputs (plan_triton says what upcast and config mean)."""
-    plan_triton(problem, upcast=upcast, config=config)(
-        a, a_scale, b, b_scale, expert_offsets, out,
-        tuple(t.data_ptr() for t in (a, a_scale, b, b_scale, expert_offsets, out)))
+    tensors = (a, a_scale, b, b_scale, expert_offsets, out)
+    plan_triton(problem, upcast=upcast, config=config)(tuple(t.data_ptr() for t in tensors), lambda: tensors)
