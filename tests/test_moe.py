@@ -10,6 +10,7 @@ quantizing kernels are held to bit equality with es_dual.quantize_fp8_per_token_
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -223,6 +224,29 @@ def test_layer_routes_large_batches_by_sort(device, monkeypatch, backend):
     by_sort = fused_moe_fp8(**layer, backend=backend)
     assert torch.equal(by_sort, one_program)
     assert_layer_close(by_sort, reference_of(layer))
+
+
+@pytest.mark.skipif(ON_GPU, reason="CPU tensors: the layer's torch steps")
+@pytest.mark.parametrize("routing", [Routing(13, 5, 3, "hot", seed=8), Routing(30, 8, 2, "subset", seed=9)])
+def test_cpu_without_the_interpreter_runs_torch_steps(monkeypatch, routing):
+    """Without TRITON_INTERPRET=1, Triton cannot run CPU tensors: the layer's own steps run in torch
+    (the GEMMs on the reference backend). Same results as the interpreted kernels (up to the last bit of
+    SiLU's exp: numpy's there, torch's here), also for ids out of range and a token naming one expert twice."""
+    layer = make_layer(routing, *SHAPES[0], torch.device("cpu"))
+    layer["topk_ids"][1, 0] = -3
+    layer["topk_ids"][2, 1] = layer["topk_ids"][2, 0]
+    interpreted = fused_moe_fp8(**layer)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(layer_module, "_PLANS", {})
+    in_torch = fused_moe_fp8(**layer)
+    (plan,) = layer_module._PLANS.values()
+    assert plan.route is None and isinstance(plan.permute, functools.partial)  # the torch steps ran
+    max_rel, rms_rel = relative_errors(in_torch, interpreted)
+    max_tol, rms_tol = layer_tolerance("cpu")
+    assert max_rel <= max_tol and rms_rel <= rms_tol
+    assert_layer_close(in_torch, reference_of(layer))
+    with pytest.raises(RuntimeError, match="backend 'triton' cannot run this problem"):
+        fused_moe_fp8(**layer, backend="triton")
 
 
 @pytest.mark.parametrize("shape", SHAPES[:2])

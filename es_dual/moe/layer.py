@@ -12,12 +12,14 @@ device, so a call can be captured in a CUDA graph and replayed after the routing
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
 
 from ..dispatch import BACKEND_NAMES, BACKENDS, launch_for
 from ..environment import getenv
+from ..quant import quantize_fp8_per_token_group
 from ..problem import (
     DIM_MULTIPLE, FP8, PTR_ALIGN, SCALE_BLOCK, Problem, _expect_aligned, _expect_contiguous, _expect_dtype, _expect_shape,
     _expect_tensor, cdiv, check_scales,
@@ -263,6 +265,51 @@ def _run(step, *tensors) -> None:
     step(tuple(t.data_ptr() for t in tensors), lambda: tensors)
 
 
+# --- The same steps in torch, for CPU tensors when Triton cannot run there (no TRITON_INTERPRET=1) --------
+# Each has a kernel's call form, step(ptrs, tensors), and reads only the tensors: the same results (the
+# quantizer is es_dual.quant's, which the kernels match bit for bit; the weighted sum runs over k in order in
+# float32, as the kernel's).
+
+def _valid_rows(offsets: torch.Tensor) -> int:
+    return int(offsets[-1])  # a host read: these steps serve CPU tensors only
+
+
+def _permute_quantize_torch(ptrs, tensors, topk: int) -> None:
+    hidden, order, offsets, a_bits, a_scale, pair_rows = tensors()
+    rows = _valid_rows(offsets)
+    pairs = order[:rows]
+    pair_rows[pairs] = torch.arange(rows, dtype=pair_rows.dtype)
+    q, scale = quantize_fp8_per_token_group(hidden[pairs // topk])
+    a_bits[:rows] = q.view(a_bits.dtype)
+    a_scale[:rows] = scale
+
+
+def _silu_mul_quantize_torch(ptrs, tensors) -> None:
+    gate_up, offsets, y_bits, y_scale = tensors()
+    rows = _valid_rows(offsets)
+    gate, up = gate_up[:rows].float().chunk(2, dim=-1)
+    q, scale = quantize_fp8_per_token_group(torch.nn.functional.silu(gate) * up)
+    y_bits[:rows] = q.view(y_bits.dtype)
+    y_scale[:rows] = scale
+
+
+def _unpermute_sum_torch(ptrs, tensors, num_experts: int) -> None:
+    down, pair_rows, topk_ids, topk_weights, out = tensors()
+    tokens, topk = topk_ids.shape
+    acc = torch.zeros(tokens, down.shape[1], dtype=torch.float32)
+    for k in range(topk):
+        valid = (topk_ids[:, k] >= 0) & (topk_ids[:, k] < num_experts)  # a pair out of range adds nothing
+        rows = torch.where(valid, pair_rows.view(tokens, topk)[:, k].long(), 0)
+        weight = torch.where(valid, topk_weights[:, k], 0.0)
+        acc += weight[:, None] * torch.where(valid[:, None], down[rows].float(), 0.0)
+    out.copy_(acc.to(torch.bfloat16))
+
+
+def _torch_steps(device: torch.device) -> bool:
+    """Whether the layer's own steps run in torch: CPU tensors that Triton cannot run (no interpreter)."""
+    return device.type == "cpu" and bool(BACKENDS["triton"].device_reasons(device))
+
+
 def permute_quantize(hidden, order, expert_offsets, topk):
     """(a, a_scale, pair_rows): the hidden rows in grouped order, quantized per token and 128 columns;
     pair_rows[p] is the grouped row of pair p. Rows from expert_offsets[-1] on are not written."""
@@ -319,8 +366,8 @@ def fused_moe_fp8(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, 
         topk_weights: (T, topk) float32; topk_ids: (T, topk) int32 or int64, on the same device.
             H and I are positive multiples of 16; every tensor is contiguous.
         backend: the grouped GEMM backend, as for es_dual.grouped_gemm_fp8 ("auto", "triton", "cutlass",
-            "cutlass_single", "reference"); the layer's own kernels are Triton kernels (the interpreter
-            on CPU tensors, TRITON_INTERPRET=1).
+            "cutlass_single", "reference"); the layer's own steps are Triton kernels, and on CPU tensors
+            the Triton interpreter with TRITON_INTERPRET=1, else the same steps in torch.
         validate: also check contents on the host: ids in [0, E) and distinct within each token, weight
             scales finite and >= 0. It copies to the host and synchronizes, so it is off by default;
             None reads ES_DUAL_VALIDATE ("1" turns it on).
@@ -357,7 +404,7 @@ def _layer_plan(shape: MoeShape, ids_dtype: torch.dtype, backend: str, env_backe
         if backend not in BACKEND_NAMES:
             raise ValueError(f"backend: expected one of {', '.join(map(repr, BACKEND_NAMES))}, got {backend!r}")
         reasons = BACKENDS["triton"].device_reasons(shape.device)
-        if reasons:
+        if reasons and not _torch_steps(shape.device):
             raise RuntimeError("fused_moe_fp8 runs Triton kernels: " + "; ".join(reasons))
         plan = _LayerPlan(shape, ids_dtype, backend)
         if len(_PLANS) >= _MAX_PLANS:
@@ -395,12 +442,18 @@ class _LayerPlan:
                 nbytes *= d
             offset += -(-nbytes // 256) * 256
         self.nbytes = offset
-        self.route = (_route_step(rows, num_experts, ids_dtype, device) if 0 < rows <= ROUTE_ONE_PROGRAM_PAIRS
-                      else None)
-        if rows:
+        in_torch = _torch_steps(device)
+        self.route = (_route_step(rows, num_experts, ids_dtype, device)
+                      if 0 < rows <= ROUTE_ONE_PROGRAM_PAIRS and not in_torch else None)
+        if rows and in_torch:
+            self.permute = functools.partial(_permute_quantize_torch, topk=topk)
+            self.silu = _silu_mul_quantize_torch
+            self.unpermute = functools.partial(_unpermute_sum_torch, num_experts=num_experts)
+        elif rows:
             self.permute = _permute_quantize_step(rows, hidden_size, topk, num_experts, device)
             self.silu = _silu_mul_quantize_step(rows, intermediate, num_experts, device)
             self.unpermute = _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, device)
+        if rows:
             self.gemm1 = launch_for(Problem(rows, 2 * intermediate, hidden_size, num_experts, torch.bfloat16, device),
                                     torch.int32, backend)
             self.gemm2 = launch_for(Problem(rows, hidden_size, intermediate, num_experts, torch.bfloat16, device),
