@@ -468,6 +468,7 @@ def test_bench_layer_quick(tmp_path):
     assert {r["provider"] for r in rows} >= {f"es_dual_{b}" for b in GEMM_BACKENDS}
     for r in rows:
         assert r["status"] == "ok" or r["status"].startswith("unavailable:"), r
-        assert r["status"] != "ok" or (r["us"] > 0 and r["floor_us"] > 0 and r["pct_weight_floor"] > 0)
+        assert r["status"] != "ok" or (r["us"] > 0 and r["floor_us"] > 0 and r["pct_floor"] > 0)
+    assert {r["mode"] for r in rows} == ({"kernel", "eager"} if ON_GPU else {"eager"})
     assert csv_path.read_text().splitlines()[0] == ",".join(COLUMNS)
     assert len(csv_path.read_text().splitlines()) == len(rows) + 1

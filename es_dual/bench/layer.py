@@ -1,5 +1,6 @@
-"""python -m es_dual.bench --layer: the whole MoE expert block, es_dual's fused layer against the same
-pipeline built on torch._scaled_grouped_mm and a plain torch pipeline, at serving batch sizes.
+"""python -m es_dual.bench --layer: the whole MoE expert block, es_dual's fused layer against vLLM's Triton
+fused-MoE layer (when importable: the copy in --peers DIR, else vLLM's own), the same pipeline built on
+torch._scaled_grouped_mm and a plain torch pipeline, at serving batch sizes.
 
 On a GPU: DeepSeek-R1 TP8 (E=256, topk=8, H=7168, I=256 per shard) and Qwen3-235B TP4 (E=128, topk=8,
 H=4096, I=384 per shard), batches 1 to 4096. On a CPU-only machine: one tiny scaled-down model with the
@@ -7,10 +8,14 @@ Triton interpreter (the times then say nothing about GPUs; the run checks that e
 
 Routing: every token picks topk distinct experts uniformly at random (seeded), softmax weights.
 Each provider's output is checked once against es_dual.moe.fused_moe_fp8_reference; a wrong output is
-reported, not timed. The floor is the weight read: the FP8 bytes of w13 and w2 of every expert that
-received a token (counted on the host from the routing), over the copy bandwidth measured in this run;
-every provider is reported as % of that same floor. It is what small batches are bound by; at large
-batches the activations (T*topk rows of H) and the FLOPs add to it, so 100% is out of reach there.
+reported, not timed. Timing modes, as the grouped-GEMM benchmark's (es_dual/bench/timing.py): kernel (one
+call captured in a CUDA graph, replayed with the L2 flushed; providers that synchronize with the host
+have no row there; the CSV gives the graph's node count per call) and eager (back-to-back calls), each
+after 100 ms of warm-up. The floor is max(bytes / copy bandwidth, FLOPs / FP8 matmul rate), both measured
+in this run: the bytes are the FP8 w13 and w2 of every expert that received a token (counted on the host
+from the routing) plus the hidden states in and the output (bf16); the FLOPs are the two GEMMs' over the
+T * topk routed rows. Small batches are bound by the weight read; at large batches the intermediate
+tensors (T * topk rows) are traffic the floor does not count.
 """
 from __future__ import annotations
 
@@ -29,10 +34,12 @@ from ..dispatch import available_backends
 from ..problem import FP8
 from ..moe.reference import layer_tolerance
 from ..quant import FP8_MAX, dequantize_per_block, quantize_fp8_per_block
-from .timing import copy_bandwidth, time_us
+from .providers import add_peer_paths
+from .timing import L2Flush, capture, copy_bandwidth, fp8_matmul_rate, median_us, time_us
 
-COLUMNS = ("model", "batch", "provider", "mode", "us", "pct_weight_floor", "floor_us", "experts_hit",
+COLUMNS = ("model", "batch", "provider", "mode", "us", "pct_floor", "floor_us", "experts_hit", "graph_nodes",
            "max_rel_err", "rms_rel_err", "status", "device")
+MODES = ("kernel", "eager")
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,7 @@ class LayerProvider:
     name: str
     label: str
     prepare: Callable  # prepare((w13, w13_scale, w2, w2_scale), device) -> call; raises Unavailable
-    capturable: bool  # no host sync: --graph times it as a CUDA-graph replay
+    capturable: bool  # no host sync: timed in kernel mode (a CUDA-graph replay) too
     # allowed (max, rms) relative error against the layer reference; see COARSE_TOL
     tolerance: tuple[float, float]
 
@@ -151,6 +158,26 @@ def _torch_bf16(weights, device):
     return lambda hidden, tw, ids: torch_bf16_moe(hidden, w13_bf16, w2_bf16, tw, ids)
 
 
+def _vllm_triton(weights, device):
+    """vLLM's Triton fused-MoE layer (FP8 w8a8, 128 x 128 blocks): the standalone copy peer_triton_moe when
+    it is on the path (--peers), else vLLM's fused_experts."""
+    if device.type != "cuda":
+        raise Unavailable(f"vLLM's Triton layer runs CUDA tensors, not {device.type}")
+    try:
+        from peer_triton_moe import peer_fused_moe
+
+        return lambda hidden, tw, ids: peer_fused_moe(hidden, *weights, tw, ids)
+    except ImportError:
+        pass
+    try:
+        from vllm.model_executor.layers.fused_moe import fused_experts
+    except ImportError as exc:
+        raise Unavailable(f"neither peer_triton_moe (--peers DIR) nor vllm is importable ({exc})") from None
+    w13, s13, w2, s2 = weights
+    return lambda hidden, tw, ids: fused_experts(hidden, w13, w2, tw, ids, use_fp8_w8a8=True, w1_scale=s13,
+                                                 w2_scale=s2, block_shape=[128, 128])
+
+
 # Tolerances against fused_moe_fp8_reference: es_dual's is the tests' (es_dual.moe.reference.layer_tolerance).
 # The torch pipelines quantize differently, so their distance to the reference is quantization error:
 # each e4m3 rounding is ~2.6% RMS relative (3 mantissa bits), and up to ~8 of them differ between the
@@ -166,6 +193,8 @@ def providers(device) -> list[LayerProvider]:
     es = [LayerProvider(f"es_dual_{b}", f"es_dual.moe.fused_moe_fp8, backend={b!r}", _es_dual(b), b != "reference",
                         layer_tolerance(device)) for b in backends]
     return es + [
+        LayerProvider("vllm_triton", "vLLM's Triton fused-MoE layer (fp8_w8a8, 128x128 blocks, its tuned "
+                      "configurations)", _vllm_triton, True, COARSE_TOL),
         LayerProvider("torch_scaled_grouped_mm", "torch sort/gather + torch._scaled_grouped_mm (rowwise FP8 scales) "
                       "+ torch SiLU*up + index_add_", _torch_scaled_grouped, True, COARSE_TOL),
         LayerProvider("torch_bf16_loop", "plain torch: bf16 weights, host loop over experts with tokens (counts "
@@ -198,58 +227,71 @@ def make_batch(model: LayerModel, batch: int, device, seed: int = 0):
 
 
 def weight_bytes(model: LayerModel, topk_ids) -> tuple[int, int]:
-    """(experts that received a token, FP8 bytes of their w13 and w2): the floor's read."""
+    """(experts that received a token, FP8 bytes of their w13 and w2): the floor's read of weights."""
     hit = len(set(topk_ids.flatten().tolist()))
     return hit, hit * 3 * model.hidden * model.intermediate
 
 
-def _graphed(fn: Callable) -> Callable:
-    """fn captured in a CUDA graph after two warm-up calls on a side stream; replays return its output."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn(), fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
+def floor_us(model: LayerModel, batch: int, weight_nbytes: int, bandwidth: float, fp8_rate: float) -> float:
+    """max(bytes / bandwidth, FLOPs / FP8 rate): the weights of the experts hit, the hidden states in and the
+    output (bf16), and the two GEMMs over batch * topk rows (a rate of 0: bytes only)."""
+    nbytes = weight_nbytes + 2 * 2 * batch * model.hidden
+    flops = 2 * batch * model.topk * 3 * model.hidden * model.intermediate
+    return 1e6 * max(nbytes / bandwidth, flops / fp8_rate if fp8_rate else 0.0)
 
-    def replay():
-        graph.replay()
-        return out
 
-    return replay
+def graph_nodes(graph: torch.cuda.CUDAGraph) -> float:
+    """Nodes of a graph captured with keep_graph=True (kernels, memsets, ...): what one replay launches; NaN
+    where cuda-python is missing."""
+    try:
+        from cuda.bindings import runtime
+
+        err, _, count = runtime.cudaGraphGetNodes(runtime.cudaGraph_t(init_value=graph.raw_cuda_graph()))
+        return float(count) if int(err) == 0 else math.nan
+    except Exception:  # noqa: BLE001  (a count for the table, never a reason to stop the run)
+        return math.nan
 
 
 # ---- the run ----
 
-def _measure_one(provider, call, inputs, reference, device, graph, quick) -> dict:
-    fn = lambda: call(*inputs)
+def _check(call, inputs, reference, tolerance) -> dict:
     try:
-        max_rel, rms_rel = relative_errors(fn(), reference)
+        max_rel, rms_rel = relative_errors(call(*inputs), reference)
     except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:  # e.g. an op this GPU lacks
         return dict(status=f"failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
-    row = dict(max_rel_err=max_rel, rms_rel_err=rms_rel, mode="eager")
-    max_tol, rms_tol = provider.tolerance
-    if not (max_rel <= max_tol and rms_rel <= rms_tol):
+    row = dict(max_rel_err=max_rel, rms_rel_err=rms_rel)
+    if not (max_rel <= tolerance[0] and rms_rel <= tolerance[1]):
         return dict(row, status=f"WRONG: max rel err {max_rel:.3g}, rms {rms_rel:.3g}; not timed")
-    if graph and provider.capturable:
+    return dict(row, status="ok")
+
+
+def _time(fn, device, mode, flush, quick) -> dict:
+    """One mode's time of a checked provider (CPU: the wall clock of plain calls)."""
+    if device.type != "cuda":
+        return dict(us=time_us(fn, device, quick))
+    nodes = math.nan
+    if mode == "kernel":
         try:
-            fn, row["mode"] = _graphed(fn), "graph"
+            graph = capture(fn, keep_graph=True)
         except RuntimeError as exc:
-            return dict(row, status=f"graph capture failed: {str(exc).splitlines()[0]}")
-    return dict(row, us=time_us(fn, device, quick), status="ok")
+            return dict(status=f"graph capture failed: {str(exc).splitlines()[0]}")
+        fn, nodes = graph.replay, graph_nodes(graph)
+    return dict(us=median_us(fn, mode, flush, 20 if quick else 200), graph_nodes=nodes)
 
 
-def _measure(models, batches, device, graph, quick) -> list[dict]:
+def _measure(models, batches, device, modes, quick) -> list[dict]:
     from ..moe import fused_moe_fp8_reference
 
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    on_gpu = device.type == "cuda"
+    device_name = torch.cuda.get_device_name(device) if on_gpu else "cpu"
     # The CPU copy is timed on a small buffer: it only gives the CPU rows a comparable floor.
-    bandwidth = copy_bandwidth(device) if device.type == "cuda" else copy_bandwidth(device, 64 << 20)
-    print(f"copy bandwidth (this run, read + write): {bandwidth / 1e9:.0f} GB/s", flush=True)
-    print(f"{'model':<16} {'batch':>5} {'provider':<24} {'mode':<5} {'us':>9} {'%floor':>7} {'floor_us':>8} "
-          f"{'hit':>4} {'max_rel':>9}", flush=True)
+    bandwidth = copy_bandwidth(device) if on_gpu else copy_bandwidth(device, 64 << 20)
+    fp8_rate = fp8_matmul_rate(device) if on_gpu else 0.0
+    flush = L2Flush(device) if on_gpu else None
+    print(f"ceilings (this run): copy {bandwidth / 1e9:.0f} GB/s (read + write)"
+          + (f", FP8 torch._scaled_mm {fp8_rate / 1e12:.0f} TFLOP/s" if fp8_rate else ""), flush=True)
+    print(f"{'model':<16} {'batch':>5} {'provider':<24} {'mode':<6} {'us':>9} {'%floor':>7} {'floor_us':>8} "
+          f"{'hit':>4} {'nodes':>5} {'max_rel':>9}", flush=True)
     rows = []
     for model in models:
         weights = make_weights(model, device)
@@ -263,26 +305,32 @@ def _measure(models, batches, device, graph, quick) -> list[dict]:
             inputs = make_batch(model, batch, device)
             hidden, topk_weights, topk_ids = inputs
             hit, nbytes = weight_bytes(model, topk_ids)
-            floor_us = nbytes / bandwidth * 1e6
+            floor = floor_us(model, batch, nbytes, bandwidth, fp8_rate)
             reference = fused_moe_fp8_reference(hidden, *weights, topk_weights, topk_ids)
             for p, call, why in prepared:
-                row = dict(model=model.name, batch=batch, provider=p.name, mode="", us=math.nan, floor_us=floor_us,
-                           pct_weight_floor=math.nan, experts_hit=hit, max_rel_err=math.nan, rms_rel_err=math.nan,
-                           device=device_name)
-                row.update(dict(status=why) if why else _measure_one(p, call, inputs, reference, device, graph, quick))
-                row["pct_weight_floor"] = 100 * floor_us / row["us"]
-                rows.append(row)
-                print(_line(row), flush=True)
+                base = dict(model=model.name, batch=batch, provider=p.name, us=math.nan, floor_us=floor,
+                            experts_hit=hit, graph_nodes=math.nan, max_rel_err=math.nan, rms_rel_err=math.nan,
+                            device=device_name)
+                checked = dict(status=why) if why else _check(call, inputs, reference, p.tolerance)
+                for mode in modes:
+                    if mode == "kernel" and checked["status"] == "ok" and not p.capturable:
+                        continue  # it synchronizes with the host: no graph to replay
+                    row = dict(base, mode=mode, **checked)
+                    if checked["status"] == "ok":
+                        row.update(_time(lambda: call(*inputs), device, mode, flush, quick))
+                    row["pct_floor"] = 100 * floor / row["us"]
+                    rows.append(row)
+                    print(_line(row), flush=True)
         del weights, prepared
     return rows
 
 
 def _line(r: dict) -> str:
-    head = f"{r['model']:<16} {r['batch']:>5} {r['provider']:<24}"
+    head = f"{r['model']:<16} {r['batch']:>5} {r['provider']:<24} {r['mode']:<6}"
     if r["status"] != "ok":
         return f"{head} {r['status'][:90]}"
-    return (f"{head} {r['mode']:<5} {r['us']:>9.1f} {r['pct_weight_floor']:>7.1f} {r['floor_us']:>8.1f} "
-            f"{r['experts_hit']:>4} {r['max_rel_err']:>9.2e}")
+    return (f"{head} {r['us']:>9.1f} {r['pct_floor']:>7.1f} {r['floor_us']:>8.1f} {r['experts_hit']:>4} "
+            f"{r['graph_nodes']:>5.0f} {r['max_rel_err']:>9.2e}")
 
 
 def _parse(argv):
@@ -292,9 +340,11 @@ def _parse(argv):
     names = ", ".join(m.name for m in (*MODELS, *CPU_MODELS))
     parser.add_argument("--models", help=f"comma-separated names among {names}")
     parser.add_argument("--batches", help="comma-separated batch sizes (default: 1..4096 on a GPU, 1,4,16 on a CPU)")
-    parser.add_argument("--graph", action="store_true", help="time the sync-free providers as CUDA-graph replays")
+    parser.add_argument("--modes", default=",".join(MODES), help="timing modes on a GPU (default: kernel,eager)")
+    parser.add_argument("--peers", default=os.environ.get("ES_DUAL_PEERS"),
+                        help="folder of the peers (peer_triton_moe), as for python -m es_dual.bench")
     parser.add_argument("--quick", action="store_true", help="short timing (a smoke test)")
-    parser.add_argument("--csv", help="write one row per model, batch and provider to this CSV file")
+    parser.add_argument("--csv", help="write one row per model, batch, provider and mode to this CSV file")
     return parser.parse_args(argv)
 
 
@@ -304,11 +354,14 @@ def run_layer(argv=None) -> list[dict]:
     on_gpu = device.type == "cuda"
     if not on_gpu:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before the layer's kernels are first imported
+    add_peer_paths(args.peers)
     table = {m.name: m for m in (*MODELS, *CPU_MODELS)}
     names = args.models.split(",") if args.models else [m.name for m in (MODELS if on_gpu else CPU_MODELS)]
     unknown = [n for n in names if n not in table]
-    if unknown:
-        sys.exit(f"unknown model(s) {', '.join(unknown)}; choose among {', '.join(table)}")
+    modes = args.modes.split(",") if on_gpu else ["eager"]
+    if unknown or set(modes) - set(MODES):
+        sys.exit(f"unknown model(s) or mode(s): {', '.join(unknown + sorted(set(modes) - set(MODES)))}; "
+                 f"models: {', '.join(table)}; modes: {', '.join(MODES)}")
     models = [table[n] for n in names]
     batches = [int(b) for b in args.batches.split(",")] if args.batches else list(BATCHES if on_gpu else CPU_BATCHES)
     if on_gpu:
@@ -316,8 +369,8 @@ def run_layer(argv=None) -> list[dict]:
     else:
         print("es_dual layer benchmark | CPU only: a tiny scaled-down model, the Triton interpreter; "
               "times say nothing about GPUs", flush=True)
-    rows = _measure(models, batches, device, args.graph and on_gpu, args.quick)
-    print("\nproviders (floor: FP8 w13 + w2 bytes of the experts hit / copy bandwidth):")
+    rows = _measure(models, batches, device, modes, args.quick)
+    print("\nproviders (floor: max(bytes / copy bandwidth, FLOPs / FP8 rate), see --help):")
     for p in providers(device):
         print(f"  {p.name:<24} {p.label}")
     if args.csv:

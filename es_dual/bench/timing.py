@@ -89,17 +89,23 @@ def warm_up(fn, seconds: float = WARM_UP_S) -> None:
         calls *= 2
 
 
-def capture(fn) -> torch.cuda.CUDAGraph:
-    """fn captured in a CUDA graph; the warm-up calls run on a side stream, as torch requires."""
+def capture(fn, keep_graph: bool = False) -> torch.cuda.CUDAGraph:
+    """fn captured in a CUDA graph; the warm-up calls run on a side stream, as torch requires.
+    keep_graph: keep the captured cudaGraph_t (raw_cuda_graph) after instantiating it, to count its nodes."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(3):
             fn()
     torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
+    try:
+        graph = torch.cuda.CUDAGraph(keep_graph=keep_graph)
+    except TypeError:  # a torch without keep_graph: the graph is not kept (raw_cuda_graph raises)
+        graph, keep_graph = torch.cuda.CUDAGraph(), False
     with torch.cuda.graph(graph):
         fn()
+    if keep_graph:
+        graph.instantiate()
     torch.cuda.synchronize()
     return graph
 
