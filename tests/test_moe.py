@@ -249,6 +249,20 @@ def test_cpu_without_the_interpreter_runs_torch_steps(monkeypatch, routing):
         fused_moe_fp8(**layer, backend="triton")
 
 
+def test_first_expert_takes_a_range_of_the_model(device):
+    """Weights of experts 2..4 of a 6-expert model with first_expert=2: the same as the whole model's
+    layer with every pair routed outside the range made invalid (bit for bit where the GEMM tiles do
+    not depend on the expert count, as on the CPU; within the layer's tolerance everywhere)."""
+    layer = make_layer(Routing(20, 6, 3, "uniform", seed=6), *SHAPES[0], device)
+    ids = layer["topk_ids"]
+    ranged = dict(layer, w13=layer["w13"][2:5], w13_scale=layer["w13_scale"][2:5], w2=layer["w2"][2:5],
+                  w2_scale=layer["w2_scale"][2:5])
+    outside = dict(layer, topk_ids=torch.where((ids >= 2) & (ids < 5), ids, -1))
+    assert_layer_close(fused_moe_fp8(**ranged, first_expert=2), fused_moe_fp8(**outside))
+    with pytest.raises(ValueError, match=re.escape("first_expert: expected an int >= 0")):
+        fused_moe_fp8(**ranged, first_expert=-1)
+
+
 @pytest.mark.parametrize("shape", SHAPES[:2])
 def test_close_to_unquantized_layer(device, shape):
     """End to end against the float64 layer on unquantized activations, by DeepGEMM's similarity

@@ -128,10 +128,11 @@ def check_moe_inputs(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_id
     return MoeShape(tokens, hidden_size, intermediate, num_experts, topk, device)
 
 
-def check_moe_contents(w13_scale, w2_scale, topk_ids, num_experts: int) -> None:
-    """Opt-in host checks (they copy to the host and synchronize): expert ids in [0, E), distinct
-    within each token, weight scales finite and >= 0."""
-    bad = (topk_ids < 0) | (topk_ids >= num_experts)
+def check_moe_contents(w13_scale, w2_scale, topk_ids, num_experts: int | None) -> None:
+    """Opt-in host checks (they copy to the host and synchronize): expert ids in [0, E) (not checked
+    when num_experts is None: ids of a whole model, of which the weights hold a range), distinct within
+    each token, weight scales finite and >= 0."""
+    bad = (topk_ids < 0) | (topk_ids >= num_experts) if num_experts is not None else torch.zeros(1, dtype=torch.bool)
     if bool(bad.any()):
         index = tuple(bad.nonzero()[0].tolist())
         raise ValueError(f"topk_ids: expected expert ids in [0, {num_experts}), "
@@ -346,7 +347,8 @@ def unpermute_sum(down, pair_rows, topk_weights, topk_ids, num_experts):
     return out
 
 
-def fused_moe_fp8(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, *, backend="auto", validate=None):
+def fused_moe_fp8(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, *, backend="auto", validate=None,
+                  first_expert=0):
     """The expert block of an MoE layer with FP8 blockwise-scaled weights.
 
     For every token t and every k < topk, with e = topk_ids[t, k]::
@@ -369,8 +371,11 @@ def fused_moe_fp8(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, 
             "cutlass_single", "reference"); the layer's own steps are Triton kernels, and on CPU tensors
             the Triton interpreter with TRITON_INTERPRET=1, else the same steps in torch.
         validate: also check contents on the host: ids in [0, E) and distinct within each token, weight
-            scales finite and >= 0. It copies to the host and synchronizes, so it is off by default;
-            None reads ES_DUAL_VALIDATE ("1" turns it on).
+            scales finite and >= 0 (with first_expert, ids outside the range are allowed). It copies to
+            the host and synchronizes, so it is off by default; None reads ES_DUAL_VALIDATE ("1" turns it on).
+        first_expert: the expert id of w13[0] and w2[0]: the weights hold experts first_expert ..
+            first_expert + E - 1 (one rank's range under expert parallelism, es_dual.moe.ep) and topk_ids
+            name experts of the whole model; pairs routed outside the range contribute nothing.
 
     Contents are not checked otherwise, and nothing then needs the host:
         - a pair (t, k) whose id lies outside [0, E) contributes nothing (a token whose ids all lie
@@ -386,9 +391,13 @@ def fused_moe_fp8(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, 
         when the backend cannot run the GEMMs or Triton cannot run on the tensors' device.
     """
     shape = check_moe_inputs(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids)
+    if type(first_expert) is not int or first_expert < 0:
+        raise ValueError(f"first_expert: expected an int >= 0 (the id of the weights' first expert), got {first_expert!r}")
     plan = _layer_plan(shape, topk_ids.dtype, backend, getenv("ES_DUAL_BACKEND") if backend == "auto" else None)
     if validate or (validate is None and getenv("ES_DUAL_VALIDATE") == "1"):
-        check_moe_contents(w13_scale, w2_scale, topk_ids, shape.num_experts)
+        check_moe_contents(w13_scale, w2_scale, topk_ids, None if first_expert else shape.num_experts)
+    if first_expert:  # ids of other ranks' experts fall outside [0, E): they contribute nothing
+        topk_ids = topk_ids - first_expert
     return plan(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids)
 
 

@@ -1,0 +1,72 @@
+"""Expert parallelism (es_dual.moe.ep) on CPU processes over gloo: each rank's result equals the
+single-process layer on the same tokens, within the layer's tolerance."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import es_dual
+from es_dual.accuracy import relative_errors
+from es_dual.moe.ep import ep_fused_moe_fp8, expert_range
+from es_dual.moe.reference import layer_tolerance
+
+EXPERTS, TOPK, HIDDEN, INTERMEDIATE = 8, 3, 128, 128
+
+
+def test_expert_range():
+    assert [expert_range(8, r, 4) for r in range(4)] == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    with pytest.raises(ValueError, match="num_experts: expected a multiple of the world size 3, got 8"):
+        expert_range(8, 0, 3)
+    with pytest.raises(ValueError, match="rank: expected 0 <= rank < world_size = 2, got 2"):
+        expert_range(8, 2, 2)
+
+
+def _model(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w13, s13 = es_dual.quantize_fp8_per_block(torch.randn(EXPERTS, 2 * INTERMEDIATE, HIDDEN, generator=g) * HIDDEN**-0.5)
+    w2, s2 = es_dual.quantize_fp8_per_block(torch.randn(EXPERTS, HIDDEN, INTERMEDIATE, generator=g) * INTERMEDIATE**-0.5)
+    return w13, s13, w2, s2
+
+
+def _tokens(rank, tokens):
+    g = torch.Generator().manual_seed(100 + rank)
+    hidden = torch.randn(tokens, HIDDEN, generator=g).to(torch.bfloat16)
+    ids = torch.rand(tokens, EXPERTS, generator=g).topk(TOPK, dim=1).indices.to(torch.int32)
+    if tokens > 2:
+        ids[1, 0] = EXPERTS + 5  # an id outside the model: contributes nothing, on every rank
+    weights = torch.softmax(torch.randn(tokens, TOPK, generator=g), dim=1)
+    return hidden, weights, ids
+
+
+def _rank(rank, world, port, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        w13, s13, w2, s2 = _model()
+        first, end = expert_range(EXPERTS, rank, world)
+        hidden, weights, ids = _tokens(rank, tokens=[5, 0, 9, 1][rank % 4])
+        got = ep_fused_moe_fp8(hidden, w13[first:end], s13[first:end], w2[first:end], s2[first:end], weights, ids)
+        want = es_dual.fused_moe_fp8(hidden, w13, s13, w2, s2, weights, ids)
+        results[rank] = (tuple(got.shape), *(relative_errors(got, want) if want.numel() else (0.0, 0.0)))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_round_trip_equals_one_process(world):
+    results = mp.Manager().dict()
+    mp.spawn(_rank, args=(world, _free_port(), results), nprocs=world)
+    max_tol, rms_tol = layer_tolerance("cpu")
+    for rank in range(world):
+        shape, max_rel, rms_rel = results[rank]
+        assert shape == ([5, 0, 9, 1][rank % 4], HIDDEN)
+        assert max_rel <= max_tol and rms_rel <= rms_tol, (rank, max_rel, rms_rel)
