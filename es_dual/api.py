@@ -5,7 +5,7 @@ import torch
 
 from . import ops  # noqa: F401  (registers torch.ops.es_dual.grouped_gemm_fp8)
 from .environment import getenv
-from .problem import check_contents, check_inputs, output_for
+from .problem import check_contents, check_inputs, check_masked_contents, check_masked_inputs, output_for
 
 
 def grouped_gemm_fp8(
@@ -50,4 +50,41 @@ def grouped_gemm_fp8(
         problem = check_inputs(a, a_scale, b, b_scale, expert_offsets, out)
         check_contents(a_scale, b_scale, expert_offsets, problem.total_m)
     torch.ops.es_dual.grouped_gemm_fp8(a, a_scale, b, b_scale, expert_offsets, out, backend)
+    return out
+
+
+def grouped_gemm_fp8_masked(
+    a, a_scale, b, b_scale, masked_m, *, out=None, out_dtype=torch.bfloat16, backend="auto", validate=None
+) -> torch.Tensor:
+    """grouped_gemm_fp8 for the masked layout, what DeepEP's low-latency dispatch produces for decode and
+    DeepGEMM's m_grouped_fp8_gemm_nt_masked takes. For every expert e, with m = masked_m[e]::
+
+        out[e, :m] = (dequant(a[e, :m], a_scale[e, :m]) @ dequant(b[e], b_scale[e]).T).to(out_dtype)
+
+    Args:
+        a: (E, max_m, k) float8_e4m3fn; a_scale: (E, max_m, ceil(k/128)) float32.
+        b, b_scale: as for grouped_gemm_fp8.
+        masked_m: (E,) int32 or int64 on the same device: each expert's rows. Read on the device only;
+            a count below 0 is taken as 0 and one above max_m as max_m.
+        out: optional (E, max_m, n) bfloat16/float16; when given, its dtype wins over out_dtype.
+        backend: "auto", "triton" or "reference" (the backends that take this layout); "auto" takes
+            ES_DUAL_BACKEND when set, else the fastest of them that can run the problem.
+        validate: also check on the host that 0 <= masked_m <= max_m and that the scales are finite and
+            >= 0 (it synchronizes); None reads ES_DUAL_VALIDATE.
+
+    Returns:
+        out. Rows past an expert's count are neither read into a result nor written.
+    """
+    if out is None:  # every argument checked (and named in errors) before allocating
+        problem = check_masked_inputs(a, a_scale, b, b_scale, masked_m, None, out_dtype)
+        out = torch.empty(problem.num_experts, problem.max_m, problem.n, dtype=problem.out_dtype, device=problem.device)
+    elif not isinstance(out, torch.Tensor):
+        raise TypeError(f"out: expected a torch.Tensor, got {type(out).__name__}")
+    for name, t in (("a", a), ("a_scale", a_scale), ("b", b), ("b_scale", b_scale), ("masked_m", masked_m)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if validate or (validate is None and getenv("ES_DUAL_VALIDATE") == "1"):
+        problem = check_masked_inputs(a, a_scale, b, b_scale, masked_m, out)
+        check_masked_contents(a_scale, b_scale, masked_m, problem.max_m)
+    torch.ops.es_dual.grouped_gemm_fp8_masked(a, a_scale, b, b_scale, masked_m, out, backend)
     return out

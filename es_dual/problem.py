@@ -28,6 +28,7 @@ class Problem(NamedTuple):
     num_experts: int
     out_dtype: torch.dtype
     device: torch.device
+    max_m: int = 0  # 0: rows grouped by expert (expert_offsets); > 0: the masked layout, E x max_m rows
 
     @property
     def mean_tokens(self) -> float:
@@ -163,6 +164,59 @@ def check_call(a, a_scale, b, b_scale, expert_offsets, out) -> tuple[Problem, tu
     return problem, tuple(t.data_ptr() for t in (a, a_scale, b, b_scale, expert_offsets, out))
 
 
+def _expect_types(named: dict, rows_name: str, out, out_dtype) -> tuple[torch.dtype, torch.device]:
+    """Types, dtypes and devices of a call's tensors (named: a, a_scale, b, b_scale and the per-expert rows
+    tensor `rows_name`; out added when given): (the output dtype, the device of a)."""
+    for name, t in named.items():
+        _expect_tensor(name, t)
+    if out is not None:
+        _expect_tensor("out", out)
+        named["out"] = out
+    for name, allowed in (("a", (FP8,)), ("b", (FP8,)), ("a_scale", (torch.float32,)), ("b_scale", (torch.float32,)),
+                          (rows_name, OFFSET_DTYPES)):
+        _expect_dtype(name, named[name], allowed)
+    if out is not None:
+        _expect_dtype("out", out, OUT_DTYPES)
+        out_dtype = out.dtype
+    elif out_dtype not in OUT_DTYPES:
+        raise TypeError(f"out_dtype: expected torch.bfloat16 or torch.float16, got {out_dtype}")
+    device = named["a"].device
+    for name, t in named.items():
+        if t.device != device:
+            raise ValueError(f"{name}: expected a tensor on {device} (the device of a), got one on {t.device}")
+    return out_dtype, device
+
+
+def _expect_weights(b, b_scale, k: int, k_source: str) -> tuple[int, int]:
+    """b (E, n, k) with E >= 1 and n, k positive multiples of 16, b_scale (E, n/128, k/128): (E, n)."""
+    if b.dim() != 3:
+        raise ValueError(f"b: expected 3 dimensions (num_experts, n, k), got shape {tuple(b.shape)}")
+    num_experts, n, k_b = b.shape
+    if k_b != k:
+        raise ValueError(f"b: expected k = {k} ({k_source}) in shape (num_experts, n, k), got shape {tuple(b.shape)}")
+    if num_experts < 1:
+        raise ValueError(f"b: expected at least one expert, got shape {tuple(b.shape)}")
+    for dim_name, size in (("n", n), ("k", k)):
+        if size <= 0 or size % DIM_MULTIPLE:
+            raise ValueError(f"b: expected {dim_name} to be a positive multiple of {DIM_MULTIPLE}, got {dim_name} = {size}")
+    _expect_shape("b_scale", b_scale, (num_experts, cdiv(n, SCALE_BLOCK), cdiv(k, SCALE_BLOCK)))
+    return num_experts, n
+
+
+def _expect_layout(named: dict) -> None:
+    """Contiguous tensors, a, b and out 16-byte aligned, out disjoint from the inputs."""
+    for name, t in named.items():
+        _expect_contiguous(name, t)
+    for name in ("a", "b", "out"):
+        if name in named:
+            _expect_aligned(name, named[name])
+    if "out" in named:
+        inputs = [name for name in named if name != "out"]
+        hit = _overlapped(named["out"], [named[name] for name in inputs])
+        if hit is not None:
+            raise ValueError(f"out: expected memory disjoint from the inputs, but it overlaps {inputs[hit]}")
+
+
 def check_inputs(a, a_scale, b, b_scale, expert_offsets, out=None, out_dtype=torch.bfloat16) -> Problem:
     """Check every argument against the tensor contract of DESIGN.md and return the call's sizes.
 
@@ -173,59 +227,49 @@ def check_inputs(a, a_scale, b, b_scale, expert_offsets, out=None, out_dtype=tor
     if checked is not None:
         return checked[0]
     named = {"a": a, "a_scale": a_scale, "b": b, "b_scale": b_scale, "expert_offsets": expert_offsets}
-    for name, t in named.items():
-        _expect_tensor(name, t)
-    if out is not None:
-        _expect_tensor("out", out)
-        named["out"] = out
-
-    _expect_dtype("a", a, (FP8,))
-    _expect_dtype("b", b, (FP8,))
-    _expect_dtype("a_scale", a_scale, (torch.float32,))
-    _expect_dtype("b_scale", b_scale, (torch.float32,))
-    _expect_dtype("expert_offsets", expert_offsets, OFFSET_DTYPES)
-    if out is not None:
-        _expect_dtype("out", out, OUT_DTYPES)
-        out_dtype = out.dtype
-    elif out_dtype not in OUT_DTYPES:
-        raise TypeError(f"out_dtype: expected torch.bfloat16 or torch.float16, got {out_dtype}")
-
-    device = a.device
-    for name, t in named.items():
-        if t.device != device:
-            raise ValueError(f"{name}: expected a tensor on {device} (the device of a), got one on {t.device}")
-
+    out_dtype, device = _expect_types(named, "expert_offsets", out, out_dtype)
     if a.dim() != 2:
         raise ValueError(f"a: expected 2 dimensions (total_m, k), got shape {tuple(a.shape)}")
-    if b.dim() != 3:
-        raise ValueError(f"b: expected 3 dimensions (num_experts, n, k), got shape {tuple(b.shape)}")
     total_m, k = a.shape
-    num_experts, n, k_b = b.shape
-    if k_b != k:
-        raise ValueError(f"b: expected k = {k} (a.shape[1]) in shape (num_experts, n, k), got shape {tuple(b.shape)}")
-    if num_experts < 1:
-        raise ValueError(f"b: expected at least one expert, got shape {tuple(b.shape)}")
-    for dim_name, size in (("n", n), ("k", k)):
-        if size <= 0 or size % DIM_MULTIPLE:
-            raise ValueError(f"b: expected {dim_name} to be a positive multiple of {DIM_MULTIPLE}, got {dim_name} = {size}")
+    num_experts, n = _expect_weights(b, b_scale, k, "a.shape[1]")
     _expect_shape("a_scale", a_scale, (total_m, cdiv(k, SCALE_BLOCK)))
-    _expect_shape("b_scale", b_scale, (num_experts, cdiv(n, SCALE_BLOCK), cdiv(k, SCALE_BLOCK)))
     _expect_shape("expert_offsets", expert_offsets, (num_experts + 1,))
     if out is not None:
         _expect_shape("out", out, (total_m, n))
 
-    for name, t in named.items():
-        _expect_contiguous(name, t)
-    for name in ("a", "b", "out"):
-        if name in named:
-            _expect_aligned(name, named[name])
-    if out is not None:
-        inputs = [name for name in named if name != "out"]
-        hit = _overlapped(out, [named[name] for name in inputs])
-        if hit is not None:
-            raise ValueError(f"out: expected memory disjoint from the inputs, but it overlaps {inputs[hit]}")
+    _expect_layout(named)
 
     return Problem(total_m, n, k, num_experts, out_dtype, device)
+
+
+def check_masked_inputs(a, a_scale, b, b_scale, masked_m, out=None, out_dtype=torch.bfloat16) -> Problem:
+    """check_inputs for the masked layout: a (E, max_m, k), a_scale (E, max_m, ceil(k/128)), masked_m (E,)
+    int32/int64, out (E, max_m, n); b and b_scale as in the contiguous layout. The Problem's total_m is
+    E * max_m (the rows of a seen as one matrix) and its max_m is max_m."""
+    named = {"a": a, "a_scale": a_scale, "b": b, "b_scale": b_scale, "masked_m": masked_m}
+    out_dtype, device = _expect_types(named, "masked_m", out, out_dtype)
+    if a.dim() != 3:
+        raise ValueError(f"a: expected 3 dimensions (num_experts, max_m, k), got shape {tuple(a.shape)}")
+    num_experts, max_m, k = a.shape
+    if _expect_weights(b, b_scale, k, "a.shape[2]")[0] != num_experts:
+        raise ValueError(f"b: expected num_experts = {num_experts} (a.shape[0]), got shape {tuple(b.shape)}")
+    n = b.shape[1]
+    _expect_shape("a_scale", a_scale, (num_experts, max_m, cdiv(k, SCALE_BLOCK)))
+    _expect_shape("masked_m", masked_m, (num_experts,))
+    if out is not None:
+        _expect_shape("out", out, (num_experts, max_m, n))
+    _expect_layout(named)
+    return Problem(num_experts * max_m, n, k, num_experts, out_dtype, device, max_m)
+
+
+def check_masked_contents(a_scale, b_scale, masked_m, max_m: int) -> None:
+    """Opt-in host checks of the masked layout (they synchronize): 0 <= masked_m <= max_m, scales finite
+    and >= 0."""
+    counts = masked_m.tolist()
+    bad = [e for e, m in enumerate(counts) if not 0 <= m <= max_m]
+    if bad:
+        raise ValueError(f"masked_m: expected counts in [0, {max_m}] (max_m), got {counts[bad[0]]} at index {bad[0]}")
+    check_scales(a_scale=a_scale, b_scale=b_scale)
 
 
 def check_contents(a_scale, b_scale, expert_offsets, total_m: int) -> None:

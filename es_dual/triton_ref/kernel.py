@@ -24,6 +24,10 @@ Two launch shapes (PERSISTENT, a compile-time switch):
 Rows are only ever read and written inside [offs[e], offs[e+1]) of their own expert, clamped to
 [0, total_m), so even offsets that break the contract cannot make the kernel touch memory outside the
 tensors. All addresses are computed in 64 bits (E * n * k passes 2^31 easily).
+
+The masked layout (MASKED, a compile-time switch) is the same kernel on a seen as (E * max_m, k): expert
+e's rows are e * max_m .. e * max_m + masked_m[e] (the count clamped to [0, max_m]); offsets_ptr points to
+masked_m, and the rows past an expert's count are neither read into a stored result nor written.
 """
 import triton
 import triton.language as tl
@@ -42,17 +46,33 @@ def _round_to_bf16_bits(x):
 
 
 @triton.jit
-def _locate_row_tile(offsets_ptr, num_experts, m_tile, BLOCK_M: tl.constexpr, EXPERT_CHUNK: tl.constexpr):
-    """(expert, tiles before it, row tiles of all experts) for row tile m_tile: a chunked scan of the offsets."""
+def _expert_rows(offsets_ptr, e, in_range, total_m, max_m, MASKED: tl.constexpr):
+    """(first row, end row) of expert(s) e in a seen as (total_m, k), clamped to [0, total_m] with end >= first:
+    rows offs[e] .. offs[e + 1] (offsets_ptr: the offsets), or, in the masked layout (offsets_ptr: masked_m),
+    rows e * max_m .. e * max_m + masked_m[e] with the count clamped to [0, max_m]."""
+    if MASKED:
+        lo = e * max_m
+        count = tl.load(offsets_ptr + e, mask=in_range, other=0).to(tl.int32)
+        hi = lo + tl.minimum(tl.maximum(count, 0), max_m)
+    else:
+        lo = tl.minimum(tl.maximum(tl.load(offsets_ptr + e, mask=in_range, other=0).to(tl.int32), 0), total_m)
+        hi = tl.minimum(tl.maximum(tl.load(offsets_ptr + e + 1, mask=in_range, other=0).to(tl.int32), lo), total_m)
+    return lo, hi
+
+
+@triton.jit
+def _locate_row_tile(offsets_ptr, num_experts, total_m, max_m, m_tile, BLOCK_M: tl.constexpr,
+                     EXPERT_CHUNK: tl.constexpr, MASKED: tl.constexpr):
+    """(expert, tiles before it, row tiles of all experts) for row tile m_tile: a chunked scan of the experts'
+    row ranges."""
     expert = 0
     tiles_before = 0
     tiles_total = 0
     for chunk_start in range(0, num_experts, EXPERT_CHUNK):
         e_idx = chunk_start + tl.arange(0, EXPERT_CHUNK)
         in_range = e_idx < num_experts
-        lo = tl.load(offsets_ptr + e_idx, mask=in_range, other=0).to(tl.int32)
-        hi = tl.load(offsets_ptr + e_idx + 1, mask=in_range, other=0).to(tl.int32)
-        tiles = tl.where(in_range, tl.cdiv(tl.maximum(hi - lo, 0), BLOCK_M), 0)
+        lo, hi = _expert_rows(offsets_ptr, e_idx, in_range, total_m, max_m, MASKED)
+        tiles = tl.where(in_range, tl.cdiv(hi - lo, BLOCK_M), 0)
         tiles_end = tiles_total + tl.cumsum(tiles, 0)
         before = in_range & (tiles_end <= m_tile)  # a prefix: tiles_end never decreases
         expert += tl.sum(before.to(tl.int32), 0)
@@ -64,16 +84,17 @@ def _locate_row_tile(offsets_ptr, num_experts, m_tile, BLOCK_M: tl.constexpr, EX
 @triton.jit
 def _gemm_tile(
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, offsets_ptr, out_ptr,
-    total_m, n, k, num_experts,
+    total_m, n, k, num_experts, max_m,
     stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
     m_tile, n_tile,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
     EXPERT_CHUNK: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr,
+    MASKED: tl.constexpr,
 ):
-    expert, tiles_before, _ = _locate_row_tile(offsets_ptr, num_experts, m_tile, BLOCK_M, EXPERT_CHUNK)
+    expert, tiles_before, _ = _locate_row_tile(offsets_ptr, num_experts, total_m, max_m, m_tile, BLOCK_M,
+                                               EXPERT_CHUNK, MASKED)
     if expert < num_experts:
-        row_lo = tl.minimum(tl.maximum(tl.load(offsets_ptr + expert).to(tl.int32), 0), total_m)
-        row_hi = tl.minimum(tl.maximum(tl.load(offsets_ptr + expert + 1).to(tl.int32), row_lo), total_m)
+        row_lo, row_hi = _expert_rows(offsets_ptr, expert, True, total_m, max_m, MASKED)
         rows = row_lo + (m_tile - tiles_before) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < row_hi
@@ -120,17 +141,17 @@ def _gemm_tile(
 def grouped_gemm_fp8_kernel(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, offsets_ptr, out_ptr,
-    # sizes
-    total_m, n, k, num_experts,
+    # sizes (max_m: the masked layout's rows per expert; unused otherwise)
+    total_m, n, k, num_experts, max_m,
     # strides, in elements (the innermost stride of every tensor is 1)
     stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
     # meta-parameters
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
     EXPERT_CHUNK: tl.constexpr, PERSISTENT: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
-    SOFTWARE_BF16_ROUNDING: tl.constexpr,
+    SOFTWARE_BF16_ROUNDING: tl.constexpr, MASKED: tl.constexpr,
 ):
     if PERSISTENT:
-        _, _, m_tiles = _locate_row_tile(offsets_ptr, num_experts, 0, BLOCK_M, EXPERT_CHUNK)
+        _, _, m_tiles = _locate_row_tile(offsets_ptr, num_experts, total_m, max_m, 0, BLOCK_M, EXPERT_CHUNK, MASKED)
         n_tiles = tl.cdiv(n, BLOCK_N)
         tiles = m_tiles * n_tiles
     else:
@@ -143,7 +164,7 @@ def grouped_gemm_fp8_kernel(
             m_tile = tl.program_id(0)
             n_tile = tl.program_id(1)
         _gemm_tile(
-            a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, offsets_ptr, out_ptr, total_m, n, k, num_experts,
+            a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, offsets_ptr, out_ptr, total_m, n, k, num_experts, max_m,
             stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om, m_tile, n_tile,
-            BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EXPERT_CHUNK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+            BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EXPERT_CHUNK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, MASKED,
         )

@@ -74,7 +74,7 @@ def plan_triton(problem: Problem, *, upcast=None, config=None):
         grid = (row_tiles_bound, col_tiles)
     groups_k, groups_n = cdiv(k, SCALE_BLOCK), cdiv(n, SCALE_BLOCK)
     constants = dict(
-        total_m=total_m, n=n, k=k, num_experts=num_experts,
+        total_m=total_m, n=n, k=k, num_experts=num_experts, max_m=problem.max_m,
         # contiguous tensors of the contract: every stride follows from the sizes
         stride_am=k, stride_asm=groups_k, stride_be=n * k, stride_bn=k, stride_bse=groups_n * groups_k,
         stride_bsn=groups_k, stride_om=n,
@@ -82,6 +82,7 @@ def plan_triton(problem: Problem, *, upcast=None, config=None):
         EXPERT_CHUNK=min(max(triton.next_power_of_2(num_experts), 128), 1024), PERSISTENT=persistent,
         EVEN_K=k % config.block_k == 0, UPCAST=not fp8_cores if upcast is None else upcast,
         SOFTWARE_BF16_ROUNDING=problem.device.type == "cpu" and problem.out_dtype == torch.bfloat16,
+        MASKED=problem.max_m > 0,
     )
     return DirectLaunch(grouped_gemm_fp8_kernel, grid, constants,
                         dict(num_warps=config.num_warps, num_stages=config.num_stages), problem.device)
