@@ -115,6 +115,15 @@ def test_custom_workload():
     assert [r["workload"] for r in rows] == ["custom_n128_k256_e4_zipf3"] and rows[0]["status"] == "ok"
 
 
+def test_masked_provider_checks_out():
+    """es_dual's masked entry point as a provider: the routed rows laid out (E, max_m, k), the output
+    read back at those rows, checked against the float64 reference like every provider."""
+    rows = run(["--n", "128", "--k", "256", "--experts", "4", "--tokens", "3", "--dist", "zipf", "--quick",
+                "--providers", "reference,masked", "--modes", "eager"])
+    assert [(r["provider"], r["status"]) for r in rows] == [("reference", "ok"), ("masked", "ok")]
+    assert rows[1]["max_rel_err"] == rows[0]["max_rel_err"]
+
+
 @gpu_only
 def test_gpu_quick_run_times_both_modes(tmp_path):
     csv_path = tmp_path / "bench.csv"

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from ..api import grouped_gemm_fp8
+from ..api import grouped_gemm_fp8, grouped_gemm_fp8_masked
 from ..dispatch import BACKENDS, select_backend
 from ..problem import FP8, SCALE_BLOCK, cdiv
 
@@ -220,18 +220,38 @@ def _deepgemm_contiguous(problem, inputs):
     return Call(run, inputs, output=lambda: run().index_select(0, rows), note=f"{total} padded rows (align {align})")
 
 
-def _deepgemm_masked(problem, inputs):
-    """DeepGEMM's masked layout: (E, max_m, k) with a per-expert count, max_m from the routing rounded
-    up to 128, activation scales MN-major and TMA-aligned; made here, outside the timed region."""
-    _need_cuda(problem, "DeepGEMM")
-    dg = _deep_gemm()
+def _masked_layout(problem, inputs):
+    """(a, a_scale, masked_m, rows, max_m): the masked layout, (E, max_m, k) with a per-expert count, max_m
+    from the routing rounded up to 128 (what a dispatch buffer holds), rows: where each token landed."""
     counts, experts = _counts(inputs), problem.num_experts
     max_m = max(128, cdiv(max(counts), 128) * 128)
     rows = _rows_at(counts, [e * max_m for e in range(experts)], problem.device)
     a = _place(inputs["a"], rows, experts * max_m).view(experts, max_m, problem.k)
     a_scale = _place(inputs["a_scale"], rows, experts * max_m, fill=1.0).view(experts, max_m, -1)
-    a_scale = dg.utils.get_mn_major_tma_aligned_tensor(a_scale)
     masked_m = torch.tensor(counts, dtype=torch.int32, device=problem.device)
+    return a, a_scale, masked_m, rows, max_m
+
+
+def _es_dual_masked(problem, inputs):
+    """es_dual.grouped_gemm_fp8_masked on the masked layout (made here, outside the timed region)."""
+    a, a_scale, masked_m, rows, max_m = _masked_layout(problem, inputs)
+    out = torch.empty(problem.num_experts, max_m, problem.n, dtype=problem.out_dtype, device=problem.device)
+    b, b_scale = inputs["b"], inputs["b_scale"]
+
+    def run():
+        return grouped_gemm_fp8_masked(a, a_scale, b, b_scale, masked_m, out=out)
+
+    return Call(run, inputs, output=lambda: run().view(-1, problem.n).index_select(0, rows), note=f"max_m {max_m}")
+
+
+def _deepgemm_masked(problem, inputs):
+    """DeepGEMM's masked layout (_masked_layout) with the activation scales MN-major and TMA-aligned;
+    made here, outside the timed region."""
+    _need_cuda(problem, "DeepGEMM")
+    dg = _deep_gemm()
+    experts = problem.num_experts
+    a, a_scale, masked_m, rows, max_m = _masked_layout(problem, inputs)
+    a_scale = dg.utils.get_mn_major_tma_aligned_tensor(a_scale)
     out = torch.empty(experts, max_m, problem.n, dtype=problem.out_dtype, device=problem.device)
     expected_m = max(1, problem.total_m // experts)  # the host's guess of the count per expert, as users pass
     b = (inputs["b"], inputs["b_scale"])
@@ -294,6 +314,8 @@ PROVIDERS = {
         Provider("auto", "es_dual backend='auto' (the dispatcher's choice; the CSV's note names it)", _es_dual("auto")),
         Provider("seed_es", "the seed's kernel (sgl-kernel ES grouped GEMM, 3 streams), prepare() outside the "
                  "timed region", _seed_es),
+        Provider("masked", "es_dual.grouped_gemm_fp8_masked ((E, max_m, k) with counts on the device, backend "
+                 "'auto')", _es_dual_masked),
         Provider("deepgemm_contiguous", "DeepGEMM m-grouped contiguous (rows padded per expert, m_indices, "
                  "MN-major TMA-aligned act. scales)", _deepgemm_contiguous),
         Provider("deepgemm_masked", "DeepGEMM m-grouped masked ((E, max_m, k), MN-major TMA-aligned act. scales)",
