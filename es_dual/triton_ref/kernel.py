@@ -94,7 +94,7 @@ def _gemm_tile(
     expert, tiles_before, _ = _locate_row_tile(offsets_ptr, num_experts, total_m, max_m, m_tile, BLOCK_M,
                                                EXPERT_CHUNK, MASKED)
     if expert < num_experts:
-        row_lo, row_hi = _expert_rows(offsets_ptr, expert, True, total_m, max_m, MASKED)
+        row_lo, row_hi = _expert_rows(offsets_ptr, expert, expert < num_experts, total_m, max_m, MASKED)
         rows = row_lo + (m_tile - tiles_before) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < row_hi
