@@ -5,7 +5,7 @@ import torch
 
 from . import ops  # noqa: F401  (registers torch.ops.es_dual.grouped_gemm_fp8)
 from .environment import getenv
-from .problem import check_contents, check_inputs, check_masked_contents, check_masked_inputs, output_for
+from .problem import _expect_tensor, check_contents, check_inputs, check_masked_contents, check_masked_inputs, output_for
 
 
 def grouped_gemm_fp8(
@@ -78,11 +78,8 @@ def grouped_gemm_fp8_masked(
     if out is None:  # every argument checked (and named in errors) before allocating
         problem = check_masked_inputs(a, a_scale, b, b_scale, masked_m, None, out_dtype)
         out = torch.empty(problem.num_experts, problem.max_m, problem.n, dtype=problem.out_dtype, device=problem.device)
-    elif not isinstance(out, torch.Tensor):
-        raise TypeError(f"out: expected a torch.Tensor, got {type(out).__name__}")
-    for name, t in (("a", a), ("a_scale", a_scale), ("b", b), ("b_scale", b_scale), ("masked_m", masked_m)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    for name, t in (("a", a), ("a_scale", a_scale), ("b", b), ("b_scale", b_scale), ("masked_m", masked_m), ("out", out)):
+        _expect_tensor(name, t)  # the op's schema takes tensors only: refused here with the argument's name
     if validate or (validate is None and getenv("ES_DUAL_VALIDATE") == "1"):
         problem = check_masked_inputs(a, a_scale, b, b_scale, masked_m, out)
         check_masked_contents(a_scale, b_scale, masked_m, problem.max_m)
