@@ -13,6 +13,7 @@ device, so a call can be captured in a CUDA graph and replayed after the routing
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import torch
@@ -443,12 +444,10 @@ class _LayerPlan:
             "y": (FP8, (rows, intermediate)), "y_scale": (torch.float32, (rows, groups_i)),
             "down": (torch.bfloat16, (rows, hidden_size)),
         }
-        self.regions, offset = {}, 0
+        self.regions, offset = {}, 0  # name: (offset, bytes, dtype, shape)
         for name, (dtype, dims) in regions.items():
-            self.regions[name] = (offset, dtype, dims)
-            nbytes = dtype.itemsize
-            for d in dims:
-                nbytes *= d
+            nbytes = dtype.itemsize * math.prod(dims)
+            self.regions[name] = (offset, nbytes, dtype, dims)
             offset += -(-nbytes // 256) * 256
         self.nbytes = offset
         in_torch = _torch_steps(device)
@@ -472,12 +471,8 @@ class _LayerPlan:
         """The intermediates as tensors, for the launches that need more than pointers (the first of a
         kind, the CPU's interpreter, a backend that reads tensors); "a_bits" and "y_bits" are what the
         quantizing kernels store into (_fp8_target)."""
-        views = {}
-        for name, (offset, dtype, dims) in self.regions.items():
-            count = 1
-            for d in dims:
-                count *= d
-            views[name] = buf[offset:offset + count * dtype.itemsize].view(dtype).view(dims)
+        views = {name: buf[offset:offset + nbytes].view(dtype).view(dims)
+                 for name, (offset, nbytes, dtype, dims) in self.regions.items()}
         views["a_bits"], views["y_bits"] = _fp8_target(views["a"]), _fp8_target(views["y"])
         return views
 
