@@ -1,5 +1,6 @@
-"""Expert parallelism (es_dual.moe.ep) on CPU processes over gloo: each rank's result equals the
-single-process layer on the same tokens, within the layer's tolerance."""
+"""Expert parallelism (es_dual.moe.ep): each rank's result equals the single-process layer on the same tokens,
+within the layer's tolerance. CPU processes talk over gloo; on a machine with a GPU, one process per GPU over
+NCCL (one process on a single GPU)."""
 import os
 import socket
 
@@ -12,6 +13,7 @@ import es_dual
 from es_dual.accuracy import relative_errors
 from es_dual.moe.ep import ep_fused_moe_fp8, expert_range
 from es_dual.moe.reference import layer_tolerance
+from support import needs_gpu
 
 EXPERTS, TOPK, HIDDEN, INTERMEDIATE = 8, 3, 128, 128
 
@@ -25,7 +27,7 @@ def test_expert_range():
 
 
 def _model(seed=0):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # on the CPU: every rank and device draws the same model
     w13, s13 = es_dual.quantize_fp8_per_block(torch.randn(EXPERTS, 2 * INTERMEDIATE, HIDDEN, generator=g) * HIDDEN**-0.5)
     w2, s2 = es_dual.quantize_fp8_per_block(torch.randn(EXPERTS, HIDDEN, INTERMEDIATE, generator=g) * INTERMEDIATE**-0.5)
     return w13, s13, w2, s2
@@ -41,13 +43,18 @@ def _tokens(rank, tokens):
     return hidden, weights, ids
 
 
-def _rank(rank, world, port, results):
+def _rank(rank, world, port, collective, results):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # NVLink multicast off: not every multi-GPU host supports it
+    os.environ.update(NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1")
+    device = torch.device("cuda", rank) if collective == "nccl" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(collective, rank=rank, world_size=world, device_id=device if device.type == "cuda" else None)
     try:
-        w13, s13, w2, s2 = _model()
+        w13, s13, w2, s2 = (t.to(device) for t in _model())
         first, end = expert_range(EXPERTS, rank, world)
-        hidden, weights, ids = _tokens(rank, tokens=[5, 0, 9, 1][rank % 4])
+        hidden, weights, ids = (t.to(device) for t in _tokens(rank, tokens=[5, 0, 9, 1][rank % 4]))
         got = ep_fused_moe_fp8(hidden, w13[first:end], s13[first:end], w2[first:end], s2[first:end], weights, ids)
         want = es_dual.fused_moe_fp8(hidden, w13, s13, w2, s2, weights, ids)
         results[rank] = (tuple(got.shape), *(relative_errors(got, want) if want.numel() else (0.0, 0.0)))
@@ -61,12 +68,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("world", [2, 4])
-def test_round_trip_equals_one_process(world):
+def _round_trip(world, collective, device_type):
     results = mp.Manager().dict()
-    mp.spawn(_rank, args=(world, _free_port(), results), nprocs=world)
-    max_tol, rms_tol = layer_tolerance("cpu")
+    mp.spawn(_rank, args=(world, _free_port(), collective, results), nprocs=world)
+    max_tol, rms_tol = layer_tolerance(device_type)
     for rank in range(world):
         shape, max_rel, rms_rel = results[rank]
         assert shape == ([5, 0, 9, 1][rank % 4], HIDDEN)
         assert max_rel <= max_tol and rms_rel <= rms_tol, (rank, max_rel, rms_rel)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_round_trip_equals_one_process(world):
+    _round_trip(world, "gloo", "cpu")
+
+
+@needs_gpu
+def test_round_trip_over_nccl():
+    """One process per GPU over NCCL (the single-GPU machine runs a group of one: the collectives still
+    go through NCCL, the tokens stay on their rank)."""
+    _round_trip(torch.cuda.device_count(), "nccl", "cuda")
