@@ -1,9 +1,10 @@
-"""The public entry point: allocate ``out`` if needed, then the custom op (check -> choose -> launch)."""
+"""The public entry points: allocate ``out`` if needed, then the custom op (check -> choose -> launch),
+called straight when the torch dispatcher would add nothing (ops.dispatcher_adds_nothing)."""
 from __future__ import annotations
 
 import torch
 
-from . import ops  # noqa: F401  (registers torch.ops.es_dual.grouped_gemm_fp8)
+from . import ops  # registers torch.ops.es_dual.grouped_gemm_fp8 (and _masked)
 from .environment import getenv
 from .problem import _expect_tensor, check_contents, check_inputs, check_masked_contents, check_masked_inputs, output_for
 
@@ -49,7 +50,8 @@ def grouped_gemm_fp8(
     if validate or (validate is None and getenv("ES_DUAL_VALIDATE") == "1"):
         problem = check_inputs(a, a_scale, b, b_scale, expert_offsets, out)
         check_contents(a_scale, b_scale, expert_offsets, problem.total_m)
-    torch.ops.es_dual.grouped_gemm_fp8(a, a_scale, b, b_scale, expert_offsets, out, backend)
+    _run_op(torch.ops.es_dual.grouped_gemm_fp8, ops._grouped_gemm_fp8, (a, a_scale, b, b_scale, expert_offsets, out),
+            backend)
     return out
 
 
@@ -83,5 +85,16 @@ def grouped_gemm_fp8_masked(
     if validate or (validate is None and getenv("ES_DUAL_VALIDATE") == "1"):
         problem = check_masked_inputs(a, a_scale, b, b_scale, masked_m, out)
         check_masked_contents(a_scale, b_scale, masked_m, problem.max_m)
-    torch.ops.es_dual.grouped_gemm_fp8_masked(a, a_scale, b, b_scale, masked_m, out, backend)
+    _run_op(torch.ops.es_dual.grouped_gemm_fp8_masked, ops._grouped_gemm_fp8_masked,
+            (a, a_scale, b, b_scale, masked_m, out), backend)
     return out
+
+
+def _run_op(op, implementation, tensors, backend) -> None:
+    """op(*tensors, backend), whose last tensor is the mutated out; straight into the implementation
+    when the dispatcher would add nothing but its host time."""
+    if ops.dispatcher_adds_nothing(tensors):
+        implementation(*tensors, backend)
+        ops.bump_version(tensors[-1])
+    else:
+        op(*tensors, backend)
