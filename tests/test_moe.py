@@ -289,6 +289,47 @@ def test_close_to_unquantized_layer(device, shape):
     assert diff(moe_float_reference(layer["hidden"], *float_weights(r, *shape, device), *routing)) < 3e-3
 
 
+# ---- the decode path (backend "auto", at most DECODE_MAX_PAIRS pairs) ----
+
+@given(r=routings(max_tokens=layer_module.DECODE_MAX_PAIRS // 8), shape=st.sampled_from(SHAPES),
+       splits=st.sampled_from([None, 1, 2, 3]), ids_dtype=st.sampled_from([torch.int32, torch.int64]),
+       invalid=st.booleans(), duplicate=st.booleans())
+@settings(max_examples=min(EXAMPLES, 30))
+def test_decode_path_against_reference(device, r, shape, splits, ids_dtype, invalid, duplicate):
+    """The three decode kernels, with the gate_up GEMM split along K into `splits` parts (None: the
+    default for the device), against the reference; ids out of range contribute nothing, a token naming
+    one expert twice is two pairs."""
+    layer = make_layer(r, *shape, device, ids_dtype)
+    ids = layer["topk_ids"]
+    if invalid and r.tokens:
+        ids[0, 0] = -1
+        ids[-1, -1] = r.num_experts
+    if duplicate and r.tokens and r.topk > 1:
+        ids[::2, 1] = ids[::2, 0]
+    plan = layer_module._DecodePlan(layer_module.check_moe_inputs(**layer), ids_dtype, splits=splits)
+    assert_layer_close(plan(**layer), reference_of(layer))
+
+
+def test_auto_takes_the_decode_path_up_to_its_limit(device, monkeypatch):
+    """backend "auto" (ES_DUAL_BACKEND unset) at 1..DECODE_MAX_PAIRS pairs: the decode path, whose result
+    equals the grouped pipeline's within the layer's tolerance; more pairs, a named backend or
+    ES_DUAL_BACKEND: the grouped pipeline."""
+    monkeypatch.delenv("ES_DUAL_BACKEND", raising=False)
+    limit = layer_module.DECODE_MAX_PAIRS
+    for tokens, decode in ((1, True), (limit // 4, True), (limit // 4 + 1, False)):
+        layer = make_layer(Routing(tokens, 8, 4, "uniform", seed=tokens), *SHAPES[0], device)
+        plan = layer_module._layer_plan(layer_module.check_moe_inputs(**layer), torch.int32, "auto", None)
+        assert isinstance(plan, layer_module._DecodePlan) == decode, tokens
+        if decode:
+            grouped = fused_moe_fp8(**layer, backend=GEMM_BACKENDS[-1])
+            max_rel, rms_rel = relative_errors(fused_moe_fp8(**layer), grouped)
+            max_tol, rms_tol = layer_tolerance(device)
+            assert max_rel <= max_tol and rms_rel <= rms_tol
+    shape = layer_module.check_moe_inputs(**make_layer(Routing(2, 8, 4, "uniform", seed=1), *SHAPES[0], device))
+    assert not isinstance(layer_module._layer_plan(shape, torch.int32, GEMM_BACKENDS[-1], None), layer_module._DecodePlan)
+    assert not isinstance(layer_module._layer_plan(shape, torch.int32, "auto", "triton"), layer_module._DecodePlan)
+
+
 # ---- documented behaviour of invalid routings ----
 
 @pytest.mark.parametrize("backend", GEMM_BACKENDS)
@@ -408,10 +449,22 @@ def test_device_mismatch_names_the_argument():
 
 # ---- GPU: no host sync, CUDA graphs ----
 
+# every GEMM backend through the grouped pipeline at 64 or 96 tokens, and "auto" at 4 tokens: the decode path
+GPU_PATHS = [(b, False) for b in GEMM_BACKENDS] + [("auto", True)]
+
+
+def _layer_for_path(decode, seed, kind="uniform"):
+    routing, shape = (Routing(4, 32, 8, kind, seed), SHAPES[0]) if decode else (Routing(96, 32, 8, kind, seed), SHAPES[1])
+    layer = make_layer(routing, *shape, torch.device("cuda"))
+    plan = layer_module._layer_plan(layer_module.check_moe_inputs(**layer), torch.int32, "auto", None)
+    assert isinstance(plan, layer_module._DecodePlan) == decode
+    return layer
+
+
 @needs_gpu
-@pytest.mark.parametrize("backend", GEMM_BACKENDS)
-def test_no_host_sync(backend):
-    layer = make_layer(Routing(64, 16, 4, "subset", seed=4), *SHAPES[0], torch.device("cuda"))
+@pytest.mark.parametrize("backend, decode", GPU_PATHS)
+def test_no_host_sync(backend, decode):
+    layer = _layer_for_path(decode, seed=4, kind="subset")
     fused_moe_fp8(**layer, backend=backend)  # compile and load first
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -421,12 +474,11 @@ def test_no_host_sync(backend):
 
 
 @needs_gpu
-@pytest.mark.parametrize("backend", GEMM_BACKENDS)
-def test_cuda_graph_replay_follows_new_routing(backend):
+@pytest.mark.parametrize("backend, decode", GPU_PATHS)
+def test_cuda_graph_replay_follows_new_routing(backend, decode):
     """Capture once, then change hidden, topk_ids and topk_weights in place: each replay matches the
     reference of the new inputs (the per-expert counts live on the device only)."""
-    device = torch.device("cuda")
-    static = make_layer(Routing(96, 32, 8, "uniform", seed=20), *SHAPES[1], device)
+    static = _layer_for_path(decode, seed=20)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -436,7 +488,7 @@ def test_cuda_graph_replay_follows_new_routing(backend):
     with torch.cuda.graph(graph):
         out = fused_moe_fp8(**static, backend=backend)
     for seed, kind in ((21, "hot"), (22, "subset"), (23, "uniform")):
-        new = make_layer(Routing(96, 32, 8, kind, seed), *SHAPES[1], device)
+        new = _layer_for_path(decode, seed, kind)
         for name in ("hidden", "topk_ids", "topk_weights"):
             static[name].copy_(new[name])
         graph.replay()

@@ -188,8 +188,11 @@ COARSE_TOL = (0.5, 0.2)
 
 
 def providers(device) -> list[LayerProvider]:
-    """es_dual with every backend that runs here (the reference GEMM only on the CPU), then the torch pipelines."""
+    """es_dual with "auto" (what users get: the decode path at decode sizes) and every GEMM backend that
+    runs here (the reference GEMM only on the CPU; "auto" on a CPU without the interpreter is the
+    reference), then the peers."""
     backends = [b for b in available_backends(device) if b != "reference" or device.type == "cpu"]
+    backends = ["auto", *backends] if "triton" in backends else backends
     es = [LayerProvider(f"es_dual_{b}", f"es_dual.moe.fused_moe_fp8, backend={b!r}", _es_dual(b), b != "reference",
                         layer_tolerance(device)) for b in backends]
     return es + [

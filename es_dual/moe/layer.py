@@ -7,6 +7,10 @@
     grouped GEMM        down = y @ w2[e].T                                   (T*topk, H) bf16
     unpermute_sum       out[t] = sum_k topk_weights[t, k] * down[row of (t, k)]
 
+At decode sizes (backend "auto", at most DECODE_MAX_PAIRS pairs) the layer takes the decode path instead
+(decode_kernels.py, _DecodePlan): three kernels on the pairs as they come, the GEMMs split so that every SM
+streams weights, with the same roundings.
+
 The host knows only the shapes: every buffer is sized by T*topk rows, the per-expert counts stay on the
 device, so a call can be captured in a CUDA graph and replayed after the routing changed.
 """
@@ -370,7 +374,9 @@ def fused_moe_fp8(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, 
             H and I are positive multiples of 16; every tensor is contiguous.
         backend: the grouped GEMM backend, as for es_dual.grouped_gemm_fp8 ("auto", "triton", "cutlass",
             "cutlass_single", "reference"); the layer's own steps are Triton kernels, and on CPU tensors
-            the Triton interpreter with TRITON_INTERPRET=1, else the same steps in torch.
+            the Triton interpreter with TRITON_INTERPRET=1, else the same steps in torch. "auto" (with
+            ES_DUAL_BACKEND unset) takes the decode path at T * topk <= DECODE_MAX_PAIRS: Triton kernels
+            that split the GEMMs along K instead of grouped GEMMs (module docstring).
         validate: also check contents on the host: ids in [0, E) and distinct within each token, weight
             scales finite and >= 0 (with first_expert, ids outside the range are allowed). It copies to
             the host and synchronizes, so it is off by default; None reads ES_DUAL_VALIDATE ("1" turns it on).
@@ -404,9 +410,14 @@ def fused_moe_fp8(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, 
 
 _PLANS: dict = {}
 _MAX_PLANS = 1024  # distinct layer shapes kept (one per batch size and layer shape in serving)
+# Pairs (T * topk) up to which backend "auto" takes the decode path (_DecodePlan): each pair's expert
+# weights streamed by programs of their own, split along K, instead of two grouped GEMMs whose tiles do not
+# cover the SMs at these sizes. Every pair reads its expert's weights itself, so once pairs share experts
+# (T * topk approaching E) the grouped GEMMs, which read each expert once, win.
+DECODE_MAX_PAIRS = 64
 
 
-def _layer_plan(shape: MoeShape, ids_dtype: torch.dtype, backend: str, env_backend) -> "_LayerPlan":
+def _layer_plan(shape: MoeShape, ids_dtype: torch.dtype, backend: str, env_backend):
     """The plan of a layer call of this shape (its arguments refused here raise on every call)."""
     key = (shape, ids_dtype, backend, env_backend)
     plan = _PLANS.get(key)
@@ -416,11 +427,113 @@ def _layer_plan(shape: MoeShape, ids_dtype: torch.dtype, backend: str, env_backe
         reasons = BACKENDS["triton"].device_reasons(shape.device)
         if reasons and not _torch_steps(shape.device):
             raise RuntimeError("fused_moe_fp8 runs Triton kernels: " + "; ".join(reasons))
-        plan = _LayerPlan(shape, ids_dtype, backend)
+        decode = (backend == "auto" and env_backend is None and not reasons
+                  and 0 < shape.tokens * shape.topk <= DECODE_MAX_PAIRS)
+        plan = _DecodePlan(shape, ids_dtype) if decode else _LayerPlan(shape, ids_dtype, backend)
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
         _PLANS[key] = plan
     return plan
+
+
+def _buffer_layout(regions: dict) -> tuple[dict, int]:
+    """regions {name: (dtype, shape)} placed one after another in one byte buffer, each on a 256-byte
+    boundary (TMA needs 16): ({name: (offset, bytes, dtype, shape)}, total bytes)."""
+    placed, offset = {}, 0
+    for name, (dtype, dims) in regions.items():
+        nbytes = dtype.itemsize * math.prod(dims)
+        placed[name] = (offset, nbytes, dtype, dims)
+        offset += -(-nbytes // 256) * 256
+    return placed, offset
+
+
+def _buffer_views(buf: torch.Tensor, placed: dict) -> dict:
+    """The regions of _buffer_layout as tensors of buf."""
+    return {name: buf[offset:offset + nbytes].view(dtype).view(dims)
+            for name, (offset, nbytes, dtype, dims) in placed.items()}
+
+
+# The decode path's work per program: 64 weight rows of gate_up by one K split, 32 or 64 rows of the down
+# projection (32 when 64 would leave SMs idle), and about this many programs per SM for the K splits.
+DECODE_BLOCK_N_GATE_UP, DECODE_BLOCK_N_DOWN = 64, (64, 32)
+DECODE_PROGRAMS_PER_SM = 4
+
+
+class _DecodePlan:
+    """The layer at decode sizes (decode_kernels.py): three Triton kernels on the pairs as they come (no
+    routing, no grouped GEMM), the gate_up GEMM split along K into `splits` parts (default: enough
+    programs for DECODE_PROGRAMS_PER_SM per SM). The intermediates live in one buffer."""
+
+    def __init__(self, shape: MoeShape, ids_dtype: torch.dtype, splits: int | None = None):
+        from ..triton_ref.direct import direct_launch  # imported on first use: TRITON_INTERPRET is read then
+        from ..triton_ref.launch import device_facts
+        from .decode_kernels import decode_down_kernel, decode_gate_up_kernel, decode_silu_mul_quantize_kernel
+
+        tokens, hidden_size, intermediate, num_experts, topk, device = shape
+        self.shape = shape
+        pairs = tokens * topk
+        fp8_cores, sm_count = device_facts(device)
+        groups_h, groups_i = cdiv(hidden_size, SCALE_BLOCK), cdiv(intermediate, SCALE_BLOCK)
+        tiles_gate_up = cdiv(2 * intermediate, DECODE_BLOCK_N_GATE_UP)
+        if splits is None:
+            splits = round(DECODE_PROGRAMS_PER_SM * sm_count / max(pairs * tiles_gate_up, 1))
+        split_groups = cdiv(groups_h, min(max(splits, 1), groups_h))
+        self.splits = cdiv(groups_h, split_groups)
+        self.regions, self.nbytes = _buffer_layout({
+            "partial": (torch.float32, (self.splits, pairs, 2 * intermediate)),
+            "y": (FP8, (pairs, intermediate)), "y_scale": (torch.float32, (pairs, groups_i)),
+        })
+        interpreted, upcast = _interpreted(device), not fp8_cores
+        self.gate_up = direct_launch(
+            decode_gate_up_kernel, (pairs, tiles_gate_up, self.splits),
+            (torch.bfloat16, ids_dtype, FP8, torch.float32, torch.float32), device, dict(num_warps=4, num_stages=4),
+            pairs=pairs, hidden_size=hidden_size, n=2 * intermediate, topk=topk, num_experts=num_experts,
+            stride_hidden=hidden_size, stride_we=2 * intermediate * hidden_size, stride_wn=hidden_size,
+            stride_wse=cdiv(2 * intermediate, SCALE_BLOCK) * groups_h, stride_wsn=groups_h,
+            stride_split=pairs * 2 * intermediate, BLOCK_N=DECODE_BLOCK_N_GATE_UP, GROUP=SCALE_BLOCK,
+            SPLIT_GROUPS=split_groups, UPCAST=upcast, INTERPRETER=interpreted)
+        per_program = _units_per_program(pairs, groups_i, device)
+        self.silu = direct_launch(
+            decode_silu_mul_quantize_kernel, (cdiv(pairs * groups_i, per_program),),
+            (torch.float32, ids_dtype, _fp8_target_dtype(device), torch.float32), device,
+            pairs=pairs, intermediate=intermediate, num_experts=num_experts, splits=self.splits,
+            stride_split=pairs * 2 * intermediate, stride_q=intermediate, stride_scale=groups_i,
+            GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=interpreted)
+        wide, narrow = DECODE_BLOCK_N_DOWN
+        block_down = wide if tokens * cdiv(hidden_size, wide) >= 2 * sm_count else narrow
+        self.down = direct_launch(
+            decode_down_kernel, (tokens, cdiv(hidden_size, block_down)),
+            (FP8, torch.float32, ids_dtype, torch.float32, FP8, torch.float32, torch.bfloat16), device,
+            dict(num_warps=4, num_stages=4),
+            hidden_size=hidden_size, intermediate=intermediate, topk=topk, num_experts=num_experts,
+            stride_y=intermediate, stride_ys=groups_i, stride_we=hidden_size * intermediate, stride_wn=intermediate,
+            stride_wse=cdiv(hidden_size, SCALE_BLOCK) * groups_i, stride_wsn=groups_i, stride_out=hidden_size,
+            BLOCK_N=block_down, GROUP=SCALE_BLOCK, UPCAST=upcast, INTERPRETER=interpreted)
+
+    def __call__(self, hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids):
+        tokens, hidden_size = self.shape.tokens, self.shape.hidden_size
+        out = torch.empty(tokens, hidden_size, dtype=torch.bfloat16, device=hidden.device)
+        if not tokens:
+            return out
+        buf = torch.empty(self.nbytes, dtype=torch.uint8, device=hidden.device)
+        partial, y, y_scale = (buf.data_ptr() + r[0] for r in self.regions.values())
+        views = {}
+
+        def tensors(*items):  # as _LayerPlan's: the intermediates made into tensors only if a launch asks
+            def make():
+                if not views:
+                    views.update(_buffer_views(buf, self.regions))
+                    views["y_bits"] = _fp8_target(views["y"])
+                return tuple(views[i] if isinstance(i, str) else i for i in items)
+            return make
+
+        ids, weights, h = topk_ids.data_ptr(), topk_weights.data_ptr(), hidden.data_ptr()
+        self.gate_up((h, ids, w13.data_ptr(), w13_scale.data_ptr(), partial),
+                     tensors(hidden, topk_ids, w13, w13_scale, "partial"))
+        self.silu((partial, ids, y, y_scale), tensors("partial", topk_ids, "y_bits", "y_scale"))
+        self.down((y, y_scale, ids, weights, w2.data_ptr(), w2_scale.data_ptr(), out.data_ptr()),
+                  tensors("y", "y_scale", topk_ids, topk_weights, w2, w2_scale, out))
+        return out
 
 
 class _LayerPlan:
@@ -436,20 +549,13 @@ class _LayerPlan:
         rows = tokens * topk
         self.shape, self.rows = shape, rows
         groups_h, groups_i = cdiv(hidden_size, SCALE_BLOCK), cdiv(intermediate, SCALE_BLOCK)
-        # name: (dtype, shape); each region starts on a 256-byte boundary (TMA: 16 bytes)
-        regions = {
+        self.regions, self.nbytes = _buffer_layout({
             "offsets": (torch.int32, (num_experts + 1,)), "order": (torch.int64, (rows,)),
             "a": (FP8, (rows, hidden_size)), "a_scale": (torch.float32, (rows, groups_h)),
             "pair_rows": (torch.int32, (rows,)), "gate_up": (torch.bfloat16, (rows, 2 * intermediate)),
             "y": (FP8, (rows, intermediate)), "y_scale": (torch.float32, (rows, groups_i)),
             "down": (torch.bfloat16, (rows, hidden_size)),
-        }
-        self.regions, offset = {}, 0  # name: (offset, bytes, dtype, shape)
-        for name, (dtype, dims) in regions.items():
-            nbytes = dtype.itemsize * math.prod(dims)
-            self.regions[name] = (offset, nbytes, dtype, dims)
-            offset += -(-nbytes // 256) * 256
-        self.nbytes = offset
+        })
         in_torch = _torch_steps(device)
         self.route = (_route_step(rows, num_experts, ids_dtype, device)
                       if 0 < rows <= ROUTE_ONE_PROGRAM_PAIRS and not in_torch else None)
@@ -471,8 +577,7 @@ class _LayerPlan:
         """The intermediates as tensors, for the launches that need more than pointers (the first of a
         kind, the CPU's interpreter, a backend that reads tensors); "a_bits" and "y_bits" are what the
         quantizing kernels store into (_fp8_target)."""
-        views = {name: buf[offset:offset + nbytes].view(dtype).view(dims)
-                 for name, (offset, nbytes, dtype, dims) in self.regions.items()}
+        views = _buffer_views(buf, self.regions)
         views["a_bits"], views["y_bits"] = _fp8_target(views["a"]), _fp8_target(views["y"])
         return views
 

@@ -51,7 +51,7 @@ def choose_config(problem: Problem) -> TileConfig:
     return next(c for c in TILE_CONFIGS if problem.mean_tokens <= c.max_mean_tokens)
 
 
-def _device_facts(device: torch.device) -> tuple[bool, int]:
+def device_facts(device: torch.device) -> tuple[bool, int]:
     """(FP8 tensor cores?, SM count) of the tensors' device; the interpreter computes FP8 dots itself."""
     if device.type != "cuda":
         return True, 1
@@ -63,7 +63,7 @@ def plan_triton(problem: Problem, *, upcast=None, config=None):
     validated (contiguous) inputs with one offsets dtype: a DirectLaunch of the kernel. ``upcast`` forces
     (True) or forbids (False) the bf16 path; ``config`` overrides the tile table (for tuning)."""
     config = config or choose_config(problem)
-    fp8_cores, sm_count = _device_facts(problem.device)
+    fp8_cores, sm_count = device_facts(problem.device)
     total_m, n, k, num_experts = problem.total_m, problem.n, problem.k, problem.num_experts
     row_tiles_bound = cdiv(total_m, config.block_m) + num_experts
     col_tiles = cdiv(n, config.block_n)
