@@ -62,7 +62,7 @@ WorkspacePlan plan_workspace(const ModeTable& mode, int out_dtype, int num_exper
 
 // ---------------------------------------------------------------------------------------------------
 // Preparation kernel: one thread per expert (grid-stride, so any number of experts). Reads the expert's
-// token range from the offsets, writes its pointers, strides and scale layouts for each orientation in
+// token range (ExpertRows: offsets, or masked counts), writes its pointers, strides and scale layouts for each orientation in
 // use, and its problem shape in every bucket: the real shape in the bucket its token count selects, a
 // zero token extent (no tiles) in all the others.
 // It also zeroes the CUTLASS workspace regions (about 68 KB per bucket on 132 SMs: four 128-byte TMA
@@ -71,8 +71,7 @@ WorkspacePlan plan_workspace(const ModeTable& mode, int out_dtype, int num_exper
 // (what compute-sanitizer's initcheck checks), for a few hundred nanoseconds of stores.
 // ---------------------------------------------------------------------------------------------------
 struct PrepParams {
-  const void* offsets;
-  int offsets_int64;
+  ExpertRows expert_rows;
   int num_experts;
   int64_t total_m, n, k;
   const uint8_t* a;        // fp8 bytes
@@ -89,11 +88,6 @@ struct PrepParams {
   uint4* zero;              // the CUTLASS workspace regions, in 16-byte units
   size_t zero_vectors;
 };
-
-__device__ int64_t read_offset(const PrepParams& p, int i) {
-  return p.offsets_int64 ? static_cast<const int64_t*>(p.offsets)[i]
-                         : int64_t(static_cast<const int32_t*>(p.offsets)[i]);
-}
 
 template <bool SwapAB>
 __device__ void write_expert(const GroupArrays<SwapAB>& g, int e, int m, int n, int k,
@@ -123,10 +117,9 @@ __global__ void prepare_experts(PrepParams p) {
   const int64_t k_blocks = (p.k + kScaleBlock - 1) / kScaleBlock;
   const int64_t n_blocks = (p.n + kScaleBlock - 1) / kScaleBlock;
   for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < p.num_experts; e += gridDim.x * blockDim.x) {
-    // Clamp so that malformed offsets can never address outside a/out (they are checked in Python).
-    int64_t lo = read_offset(p, e), hi = read_offset(p, e + 1);
-    lo = lo < 0 ? 0 : (lo > p.total_m ? p.total_m : lo);
-    hi = hi < lo ? lo : (hi > p.total_m ? p.total_m : hi);
+    // Clamped, so that malformed offsets or counts can never address outside a/out.
+    int64_t lo, hi;
+    p.expert_rows.range(e, [&](int i) { return p.expert_rows.bound(i); }, lo, hi);
     const int m = int(hi - lo);
     // 64-bit element offsets: E * n * k and total_m * n pass 2^31 easily.
     const uint8_t* tokens = p.a + lo * p.k;
@@ -232,15 +225,19 @@ int es_dual_workspace_bytes(int64_t total_m, int64_t n, int64_t k, int32_t num_e
 }
 
 int es_dual_grouped_gemm(const void* a, const float* a_scale, const void* b, const float* b_scale,
-                         const void* expert_offsets, int32_t offsets_int64, void* out, int64_t total_m,
+                         const void* expert_offsets, int32_t offsets_int64, int64_t max_m, void* out, int64_t total_m,
                          int64_t n, int64_t k, int32_t num_experts, int32_t out_dtype, int32_t mode,
                          int32_t overlap, int32_t device, int32_t sm_count, void* workspace,
                          size_t workspace_bytes, void* stream) {
   if (int status = check_sizes(total_m, n, k, num_experts, out_dtype, mode, sm_count)) return status;
   if (overlap != ES_DUAL_OVERLAP_SERIAL && overlap != ES_DUAL_OVERLAP_STREAMS && overlap != ES_DUAL_OVERLAP_PDL)
     return fail(ES_DUAL_ERROR_INVALID_ARGUMENT, "overlap: expected 0 (serial), 1 (streams) or 2 (pdl), got %d", overlap);
+  if (max_m < 0 || max_m > total_m || (max_m > 0 && max_m * num_experts != total_m))
+    return fail(ES_DUAL_ERROR_INVALID_ARGUMENT, "max_m: expected 0 (offsets) or total_m / num_experts = %lld / %d "
+                "(masked counts), got %lld", (long long)total_m, num_experts, (long long)max_m);
   if (total_m == 0) return ES_DUAL_OK;  // no rows: nothing to write
   const ModeTable& table = kModes[mode];
+  const ExpertRows rows{expert_offsets, offsets_int64, max_m, total_m};
   const WorkspacePlan plan = plan_workspace(table, out_dtype, num_experts, sm_count);
   const struct { const char* name; const void* ptr; size_t align; bool needed; } pointers[] = {
       {"a", a, 16, true}, {"a_scale", a_scale, 4, true}, {"b", b, 16, true}, {"b_scale", b_scale, 4, true},
@@ -270,7 +267,7 @@ int es_dual_grouped_gemm(const void* a, const float* a_scale, const void* b, con
                   "mode %d (%s): native kernels take at most %d experts, k <= %d, (E + 1) * n <= %d and fewer than "
                   "2^31 tiles, got E = %d, n = %lld, k = %lld, total_m = %lld", mode, table.name, kNativeMaxExperts,
                   kNativeMaxKBlocks * kScaleBlock, INT_MAX, num_experts, (long long)n, (long long)k, (long long)total_m);
-    NativeArgs native{a, a_scale, b, b_scale, expert_offsets, offsets_int64, out, total_m, n, k, table.num_buckets, {}};
+    NativeArgs native{a, a_scale, b, b_scale, rows, out, total_m, n, k, table.num_buckets, {}};
     for (int i = 0; i < table.num_buckets; ++i) native.max_tokens[i] = table.buckets[i].max_tokens;
     LaunchArgs launch{num_experts, nullptr, {}, {}, nullptr, device, sm_count, cuda_stream, false, native};
     if (const char* err = fused->run(launch))
@@ -280,8 +277,7 @@ int es_dual_grouped_gemm(const void* a, const float* a_scale, const void* b, con
 
   uint8_t* base = static_cast<uint8_t*>(workspace);
   PrepParams prep = {};
-  prep.offsets = expert_offsets;
-  prep.offsets_int64 = offsets_int64;
+  prep.expert_rows = rows;
   prep.num_experts = num_experts;
   prep.total_m = total_m, prep.n = n, prep.k = k;
   prep.a = static_cast<const uint8_t*>(a), prep.a_scale = a_scale;
@@ -307,8 +303,9 @@ int es_dual_grouped_gemm(const void* a, const float* a_scale, const void* b, con
     return fail(ES_DUAL_ERROR_CUDA, "preparation kernel launch failed: %s", cudaGetErrorString(err));
 
   // One grouped GEMM per bucket that can hold an expert, no host synchronization in between: an expert
-  // has at most total_m rows (offsets are clamped to [0, total_m]), so the buckets above the first whose
-  // bound reaches total_m are empty and not launched (at decode sizes, one GEMM instead of three). The
+  // has at most total_m rows (offsets are clamped to [0, total_m]; masked counts to max_m), so the buckets
+  // above the first whose bound reaches that are empty and not launched (at decode sizes, one GEMM
+  // instead of three). The
   // buckets depend on the preparation only (disjoint output rows, separate workspace regions), so they
   // may overlap:
   //   serial : back to back on the caller's stream;
@@ -318,7 +315,8 @@ int es_dual_grouped_gemm(const void* a, const float* a_scale, const void* b, con
   //            Bucket 0 is launched normally, so it and (transitively) every later bucket start after
   //            the preparation has completed; a bucket never reads what the one before it writes.
   int active = 1;
-  while (active < table.num_buckets && total_m > table.buckets[active - 1].max_tokens) ++active;
+  const int64_t most_rows = max_m > 0 ? max_m : total_m;
+  while (active < table.num_buckets && most_rows > table.buckets[active - 1].max_tokens) ++active;
   const bool forking = overlap == ES_DUAL_OVERLAP_STREAMS && active > 1;
   ForkJoin* fj = nullptr;
   if (forking) {

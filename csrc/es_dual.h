@@ -10,6 +10,10 @@
 //   offs     (E + 1)                            int32 (or int64 with offsets_int64 = 1), on the device
 //   out      (total_m, n)                       bfloat16 (out_dtype 0) or float16 (out_dtype 1)
 //
+// The masked layout (max_m > 0; max_m = 0 is the layout above): a, a_scale and out hold E blocks of max_m
+// rows (total_m = E * max_m), and expert_offsets holds E counts instead of offsets: expert e's rows are
+// e * max_m .. e * max_m + counts[e] - 1, each count clamped to [0, max_m]. Rows past a count are not written.
+//
 // All pointers are device pointers of `device`. The call only enqueues work (a CUTLASS mode: a device
 // preparation kernel, then one CUTLASS grouped GEMM per bucket that can hold an expert of at most
 // total_m rows; a native mode: one kernel), all of it ordered before later work on `stream`: no host
@@ -70,7 +74,7 @@ ES_DUAL_API int es_dual_workspace_bytes(int64_t total_m, int64_t n, int64_t k, i
 // address, the number of experts, the device or the SM count change.
 ES_DUAL_API int es_dual_grouped_gemm(const void* a, const float* a_scale, const void* b,
                                      const float* b_scale, const void* expert_offsets,
-                                     int32_t offsets_int64, void* out, int64_t total_m, int64_t n,
+                                     int32_t offsets_int64, int64_t max_m, void* out, int64_t total_m, int64_t n,
                                      int64_t k, int32_t num_experts, int32_t out_dtype, int32_t mode,
                                      int32_t overlap, int32_t device, int32_t sm_count, void* workspace,
                                      size_t workspace_bytes, void* stream);

@@ -32,11 +32,12 @@
 //
 // Tiles of an expert: ceil(m / token rows) token chunks x ceil(n / weight rows) weight tiles, weight
 // tiles fastest (CTAs running at the same time share the token chunk in L2). Every CTA scans the
-// offsets itself at start (tiles per expert, exclusive prefix in shared memory) and takes the tiles
-// c, c + clusters, ... of its cluster c (a cluster is one CTA, or two: see Mode): no device-to-host
-// copy, no preparation kernel, nothing to prepare per call but the tensor maps. Rows past the expert's end that a TMA box covers belong to the next expert (or lie past
-// total_m and read as zeros): they are computed and never stored, so a GEMM row never reads another
-// expert's data into a stored result.
+// offsets (or the masked layout's counts: ExpertRows) itself at start (tiles per expert, exclusive
+// prefix in shared memory) and takes the tiles c, c + clusters, ... of its cluster c (a cluster is one
+// CTA, or two: see Mode): no device-to-host copy, no preparation kernel, nothing to prepare per call
+// but the tensor maps. Rows past the expert's end that a TMA box covers belong to the next expert (or
+// to the masked rows past its count, or lie past total_m and read as zeros): they are computed and
+// never stored, so a GEMM row never reads another expert's data into a stored result.
 #pragma once
 
 #include <atomic>
@@ -245,8 +246,7 @@ struct Params {
   const float* a_scale;                 // (total_m, k blocks) row-major, as the caller gives it
   const float* b_scale;                 // (E, n blocks, k blocks) row-major
   uint8_t* out;                         // (total_m, n), 2-byte elements
-  const void* offsets;                  // (E + 1) int32 or int64
-  int offsets_int64;
+  ExpertRows expert_rows;               // offsets (E + 1) or masked counts (E), int32 or int64
   int total_m, n, k, num_experts;
   int max_tokens[kMaxKinds];            // kind i: experts with max_tokens[i - 1] < m <= max_tokens[i]
 };
@@ -295,23 +295,17 @@ __device__ __forceinline__ TileShape tile_shape(int kind) {
   return shape;
 }
 
-// offsets[i] clamped to [0, total_m]. Expert e's rows are [clamped(e), max(clamped(e), clamped(e + 1))):
-// the documented meaning of offsets that break the contract.
-__device__ __forceinline__ int clamped_offset(const Params& p, int i) {
-  const int64_t v = p.offsets_int64 ? static_cast<const int64_t*>(p.offsets)[i]
-                                    : int64_t(static_cast<const int32_t*>(p.offsets)[i]);
-  return int(v < 0 ? 0 : (v > p.total_m ? p.total_m : v));
-}
-
 // Where the CTA's schedule lives in shared memory, built by every CTA at start from the offsets (a
 // tile's decode reads shared memory only: a global load there would stall the math at every tile start).
 struct Schedule {
   int* tile_start;  // [E + 1]: exclusive prefix of the tiles per expert; [E] = total tiles
-  int* row_start;   // [E + 1]: the offsets, clamped (clamped_offset)
+  int* row_bound;   // [E + 1] (E when masked): ExpertRows::bound of each expert, < 2^31 (total_m is)
 
-  __device__ __forceinline__ void expert_rows(int e, int& lo, int& hi) const {
-    lo = row_start[e];
-    hi = max(lo, row_start[e + 1]);
+  // Expert e's rows [lo, hi) (the documented meaning also of offsets or counts that break the contract).
+  __device__ __forceinline__ void expert_rows(const Params& p, int e, int& lo, int& hi) const {
+    int64_t lo64, hi64;
+    p.expert_rows.range(e, [&](int i) { return int64_t(row_bound[i]); }, lo64, hi64);
+    lo = int(lo64), hi = int(hi64);
   }
 
   // Cluster tile t as CTA `rank` of its cluster sees it.
@@ -325,7 +319,7 @@ struct Schedule {
       if (tile_start[mid] <= t) lo = mid; else hi = mid;
     }
     int first_row, end_row;
-    expert_rows(lo, first_row, end_row);
+    expert_rows(p, lo, first_row, end_row);
     Tile tile;
     tile.expert = lo;
     tile.kind = kind_of<M>(p, end_row - first_row);
@@ -349,14 +343,15 @@ template <class M>
 __device__ int build_schedule(const Params& p, const Schedule& sched, int* warp_sums) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   int carry = 0;
-  for (int e = threadIdx.x; e <= p.num_experts; e += blockDim.x) sched.row_start[e] = clamped_offset(p, e);
+  for (int e = threadIdx.x; e < p.expert_rows.bounds(p.num_experts); e += blockDim.x)
+    sched.row_bound[e] = int(p.expert_rows.bound(e));
   __syncthreads();
   for (int base = 0; base < p.num_experts; base += blockDim.x) {
     const int e = base + threadIdx.x;
     int tiles = 0;
     if (e < p.num_experts) {
       int lo, hi;
-      sched.expert_rows(e, lo, hi);
+      sched.expert_rows(p, e, lo, hi);
       const int m = hi - lo;
       const int kind = kind_of<M>(p, m);
       if (kind >= 0) tiles = tile_shape<M>(kind).cluster_tiles(m, p.n);
@@ -794,8 +789,7 @@ struct GroupedGemm {
     p.a_scale = na.a_scale;
     p.b_scale = na.b_scale;
     p.out = static_cast<uint8_t*>(na.out);
-    p.offsets = na.offsets;
-    p.offsets_int64 = na.offsets_int64;
+    p.expert_rows = na.expert_rows;
     p.total_m = int(na.total_m), p.n = int(na.n), p.k = int(na.k), p.num_experts = la.num_experts;
 
     auto kernel = grouped_gemm_kernel<M>;

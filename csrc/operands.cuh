@@ -95,14 +95,53 @@ struct GroupArrays {
   }
 };
 
+// Where each expert's rows are: the one reading of the per-expert rows tensor that every kernel shares.
+//   contiguous (max_m == 0): rows[] holds E + 1 offsets; expert e owns [offs[e], offs[e + 1]), both clamped
+//                            to [0, total_m], none when the end is below the start;
+//   masked     (max_m > 0):  rows[] holds E counts; expert e owns [e * max_m, e * max_m + counts[e]), the
+//                            count clamped to [0, max_m] (total_m = E * max_m).
+struct ExpertRows {
+  const void* rows;  // int32, or int64 with int64 = 1
+  int int64;
+  int64_t max_m;
+  int64_t total_m;
+
+  __host__ __device__ __forceinline__ bool masked() const { return max_m > 0; }
+
+  __device__ __forceinline__ int64_t read(int i) const {
+    return int64 ? static_cast<const int64_t*>(rows)[i] : int64_t(static_cast<const int32_t*>(rows)[i]);
+  }
+
+  __device__ __forceinline__ static int64_t clamp(int64_t v, int64_t hi) { return v < 0 ? 0 : (v > hi ? hi : v); }
+
+  // Contiguous: offsets[i] clamped to [0, total_m]. Masked: the end of expert i's rows.
+  __device__ __forceinline__ int64_t bound(int i) const {
+    return masked() ? int64_t(i) * max_m + clamp(read(i), max_m) : clamp(read(i), total_m);
+  }
+
+  // [lo, hi) of expert e, where bound_of(i) gives bound(i) (from global memory, or from a copy in shared
+  // memory): contiguous, [bound(e), max(bound(e), bound(e + 1))); masked, [e * max_m, bound(e)).
+  template <class BoundOf>
+  __device__ __forceinline__ void range(int e, BoundOf bound_of, int64_t& lo, int64_t& hi) const {
+    if (masked()) {
+      lo = int64_t(e) * max_m, hi = bound_of(e);
+    } else {
+      lo = bound_of(e), hi = bound_of(e + 1);
+      hi = hi > lo ? hi : lo;
+    }
+  }
+
+  // How many bounds there are: E + 1 offsets, or E counts.
+  __host__ __device__ __forceinline__ int bounds(int num_experts) const { return masked() ? num_experts : num_experts + 1; }
+};
+
 // The raw problem, as es_dual's own (native) kernels read it: they need no per-expert arrays.
 struct NativeArgs {
   const void* a;            // (total_m, k) fp8
   const float* a_scale;     // (total_m, k blocks), as the caller gives it
   const void* b;            // (E, n, k) fp8
   const float* b_scale;     // (E, n blocks, k blocks)
-  const void* offsets;      // (E + 1)
-  int offsets_int64;
+  ExpertRows expert_rows;   // offsets (E + 1) or masked counts (E)
   void* out;                // (total_m, n), 2-byte elements
   int64_t total_m, n, k;
   int32_t num_buckets;             // the mode's buckets, one tile kind each, in routing order:

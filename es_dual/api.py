@@ -69,8 +69,7 @@ def grouped_gemm_fp8_masked(
         masked_m: (E,) int32 or int64 on the same device: each expert's rows. Read on the device only;
             a count below 0 is taken as 0 and one above max_m as max_m.
         out: optional (E, max_m, n) bfloat16/float16; when given, its dtype wins over out_dtype.
-        backend: "auto", "triton" or "reference" (the backends that take this layout); "auto" takes
-            ES_DUAL_BACKEND when set, else the fastest of them that can run the problem.
+        backend: as for grouped_gemm_fp8 (every backend takes this layout).
         validate: also check on the host that 0 <= masked_m <= max_m and that the scales are finite and
             >= 0 (it synchronizes); None reads ES_DUAL_VALIDATE.
 

@@ -38,7 +38,6 @@ class Backend:
     out_dtypes: tuple[torch.dtype, ...] = OUT_DTYPES
     n_multiple: int = 16
     k_multiple: int = 16
-    masked: bool = False  # takes the masked layout (grouped_gemm_fp8_masked) too
 
     def device_reasons(self, device: torch.device) -> list[str]:
         """Why this backend cannot run on `device`, whatever the problem."""
@@ -60,9 +59,6 @@ class Backend:
         for dim, size, multiple in (("n", problem.n, self.n_multiple), ("k", problem.k, self.k_multiple)):
             if size % multiple:
                 reasons.append(f"needs {dim} to be a multiple of {multiple}, got {size}")
-        if problem.max_m and not self.masked:
-            masked = " and ".join(repr(name) for name, b in BACKENDS.items() if b.masked)
-            reasons.append(f"takes rows grouped by expert only (the masked layout: {masked})")
         return reasons
 
 
@@ -124,9 +120,9 @@ BACKENDS = {
         _cutlass("cutlass", "CUTLASS SM90, expert-specialized: one grouped GEMM per token-count bucket", single=False),
         _cutlass("cutlass_single", "CUTLASS SM90, every expert in one 128x128x128 grouped GEMM", single=True),
         Backend("triton", "Triton kernel (FP8 tensor cores from sm_89, bf16 below; interpreter on CPU)",
-                ("cuda", "cpu"), plan=_plan_triton, availability=_triton_availability, masked=True),
+                ("cuda", "cpu"), plan=_plan_triton, availability=_triton_availability),
         Backend("reference", "plain torch, float32 on dequantized inputs, loop over experts (host sync)",
-                ("cuda", "cpu"), plan=_plan_reference, availability=lambda device: [], masked=True),
+                ("cuda", "cpu"), plan=_plan_reference, availability=lambda device: []),
     )
 }
 

@@ -63,7 +63,7 @@ def _grouped_gemm_fp8_fake(a, a_scale, b, b_scale, expert_offsets, out, backend=
 
 
 # The masked layout: a (E, max_m, k), masked_m (E,) counts, out (E, max_m, n); the same checks, choice and
-# launch, on the backends that take it (dispatch.Backend.masked).
+# launch (every backend takes both layouts).
 MASKED_SCHEMA = SCHEMA.replace("Tensor expert_offsets", "Tensor masked_m")
 torch.library.define("es_dual::grouped_gemm_fp8_masked", MASKED_SCHEMA)
 

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 import es_dual
 from es_dual.bench.workloads import seed_skew
 from es_dual.cutlass import buckets, loader
-from es_dual.cutlass.launch import grouped_gemm_cutlass
+from es_dual.cutlass.launch import grouped_gemm_cutlass, plan_cutlass
+from es_dual.problem import Problem
 from support import assert_close, assert_matches, offsets_of, poisoned_out, reference64, routings, run_backend
 from support import make_inputs as support_make_inputs
 
@@ -251,6 +252,32 @@ def test_every_compiled_mode(mode, overlap):
     got = run_mode(inputs, torch.bfloat16, mode, overlap)
     assert torch.equal(got, run(inputs, torch.bfloat16, "triton"))
     assert_matches(got, reference64(inputs))
+
+
+@pytest.mark.parametrize("overlap", list(buckets.OVERLAPS))
+@pytest.mark.parametrize("mode", [m["mode"] for m in _compiled_modes()] or ["es"])
+def test_every_compiled_mode_masked(mode, overlap):
+    """The masked layout in every mode: counts at each boundary of the mode's table -1/0/+1, 0, max_m, and
+    past both ends (clamped to 0 and max_m); bit-equal to the masked reference on exact inputs, and no row
+    past a count written."""
+    table = next(m for m in _compiled_modes() if m["mode"] == mode)
+    bounds = sorted({b["max_tokens"] for b in table["buckets"] if b["max_tokens"]} | {128})
+    max_m = bounds[-1] + 8
+    counts = [0, 1, -5, max_m, max_m + 40] + [c for b in bounds for c in (b - 1, b, b + 1)]
+    flat = make_inputs([max_m] * len(counts), 384, 384, seed=len(counts), exact=True)
+    num_experts = len(counts)
+    masked_m = torch.tensor(counts, dtype=torch.int32, device="cuda")
+    a = flat["a"].view(num_experts, max_m, -1)
+    a_scale = flat["a_scale"].view(num_experts, max_m, -1)
+    out = poisoned_out(num_experts * max_m, 384, torch.bfloat16, "cuda").view(num_experts, max_m, 384)
+    problem = Problem(num_experts * max_m, 384, 384, num_experts, torch.bfloat16, a.device, max_m)
+    tensors = (a, a_scale, flat["b"], flat["b_scale"], masked_m, out)
+    plan_cutlass(problem, torch.int32, mode, overlap)(tuple(t.data_ptr() for t in tensors), lambda: tensors)
+    want = es_dual.grouped_gemm_fp8_masked_reference(a, a_scale, flat["b"], flat["b_scale"], masked_m)
+    for e, m in enumerate(counts):
+        m = min(max(m, 0), max_m)
+        assert torch.equal(out[e, :m], want[e, :m]), (mode, e, m)
+        assert bool(out[e, m:].isnan().all()), f"mode {mode}: expert {e} wrote a row past its count {m}"
 
 
 def test_cached_launch_state_follows_its_key():

@@ -334,7 +334,7 @@ def test_workspace_bytes_rejects_bad_sizes(lib):
 # --- error paths of the GEMM call (all caught before any CUDA call) --------------------------------------
 
 def _gemm(lib, **overrides):
-    args = dict(a=256, a_scale=256, b=256, b_scale=256, offs=256, offs64=0, out=256, total_m=10, n=4096, k=7168,
+    args = dict(a=256, a_scale=256, b=256, b_scale=256, offs=256, offs64=0, max_m=0, out=256, total_m=10, n=4096, k=7168,
                 experts=8, dtype=0, mode=0, overlap=0, device=0, sms=132, ws=256, ws_bytes=1 << 30, stream=None)
     args.update(overrides)
     return lib.es_dual_grouped_gemm(*args.values())
@@ -356,6 +356,10 @@ def test_gemm_error_messages_name_the_argument(lib):
         (dict(n=4100), loader.INVALID_ARGUMENT, "n: expected a positive multiple of 8"),
         (dict(experts=0), loader.INVALID_ARGUMENT, "num_experts: expected >= 1, got 0"),
         (dict(ws_bytes=1000), loader.WORKSPACE, "workspace: expected at least"),
+        (dict(max_m=-1), loader.INVALID_ARGUMENT,
+         "max_m: expected 0 (offsets) or total_m / num_experts = 10 / 8 (masked counts), got -1"),
+        (dict(max_m=3), loader.INVALID_ARGUMENT, "(masked counts), got 3"),
+        (dict(max_m=1 << 62), loader.INVALID_ARGUMENT, f"(masked counts), got {1 << 62}"),
     ]
     for overrides, status, message in cases:
         got = _gemm(lib, **overrides)
@@ -381,9 +385,10 @@ def test_gemm_without_gpu_fails_readably(lib):
     """Valid-looking arguments on a machine without a usable GPU: a CUDA error with its text, no crash."""
     if _gpu_present():
         pytest.skip("a GPU is present: the GPU tests cover the call")
-    status = _gemm(lib)
-    assert status == loader.CUDA, loader.last_error(lib)
-    assert "device 0" in loader.last_error(lib)
+    for masked in ({}, dict(total_m=16, max_m=2)):  # the masked layout passes the same checks
+        status = _gemm(lib, **masked)
+        assert status == loader.CUDA, (masked, loader.last_error(lib))
+        assert "device 0" in loader.last_error(lib)
 
 
 def test_last_error_is_per_thread(lib):

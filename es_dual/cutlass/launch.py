@@ -93,14 +93,15 @@ def plan_cutlass(problem, offsets_dtype, mode: str | None = None, overlap: int |
         see buckets.TUNING_MODES). None: the expert-specialized mode for this shape (buckets.es_mode).
     overlap: how the bucket kernels are enqueued (buckets.OVERLAPS); None: buckets.DEFAULT_OVERLAP.
 
-    The arguments are validated by the caller (es_dual.problem.check_call): contiguous, on one CUDA
+    The arguments are validated by the caller (es_dual.problem.check_call, or check_masked_inputs for the
+    masked layout, problem.max_m > 0: ptrs[4] then points to the E counts): contiguous, on one CUDA
     device, shapes and dtypes of the tensor contract. A launch only enqueues work ordered before later
     work on the current stream of that device: no host synchronization, so it can be captured in a CUDA
     graph.
     """
     torch, raw_stream, out_codes = _torch_hooks()
     lib = loader.load_library()
-    total_m, n, k, num_experts = problem.total_m, problem.n, problem.k, problem.num_experts
+    total_m, n, k, num_experts, max_m = problem.total_m, problem.n, problem.k, problem.num_experts, problem.max_m
     mode = mode or buckets.es_mode(total_m, n, k, num_experts)
     code = mode_code(mode)
     overlap = buckets.DEFAULT_OVERLAP if overlap is None else overlap
@@ -116,7 +117,7 @@ def plan_cutlass(problem, offsets_dtype, mode: str | None = None, overlap: int |
         # From the caching allocator on the current stream: reused only by work ordered after this call's.
         # A native mode needs none (nbytes 0: no allocation).
         workspace = empty(nbytes, dtype=uint8, device=device).data_ptr() if nbytes else None
-        status = run(ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], offsets_int64, ptrs[5], total_m, n, k,
+        status = run(ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], offsets_int64, max_m, ptrs[5], total_m, n, k,
                      num_experts, out_code, code, overlap, index, sm_count, workspace, nbytes,
                      raw_stream(index))
         if status != loader.OK:
