@@ -1,6 +1,11 @@
 """Time Triton tile configurations on the public workloads (GPU); prints the best per workload.
 
 python benchmarks/triton_sweep.py [--budget-s 120] [--csv file]
+python benchmarks/triton_sweep.py --buckets [--csv file]   # the mean-based table against expert specialization
+
+With --buckets, every workload (public and extra) runs three ways: the default (one tile from the mean
+tokens per expert), TRITON_BUCKETS (one launch per bucket of experts), and TRITON_BUCKETS with persistent
+launches; CUDA-event timing with the L2 flushed (time_us), each output checked against the default's.
 """
 import argparse
 import csv
@@ -9,9 +14,9 @@ import time
 import torch
 
 from es_dual.bench.timing import time_us
-from es_dual.bench.workloads import PUBLIC_WORKLOADS
+from es_dual.bench.workloads import PUBLIC_WORKLOADS, WORKLOAD_SETS
 from es_dual.problem import check_inputs
-from es_dual.triton_ref.launch import TileConfig, grouped_gemm_triton
+from es_dual.triton_ref.launch import TRITON_BUCKETS, TileConfig, TritonBucket, grouped_gemm_triton
 
 # (block_m, block_n, warps, stages, programs per SM; 0 = one program per tile)
 CANDIDATES = [
@@ -23,11 +28,41 @@ CANDIDATES = [
 ]
 
 
+PERSISTENT_BUCKETS = tuple(TritonBucket(b.max_rows, b.config.persistent(2)) for b in TRITON_BUCKETS)
+BUCKET_VARIANTS = {"mean_table": None, "buckets": TRITON_BUCKETS, "buckets_persistent": PERSISTENT_BUCKETS}
+
+
+def compare_buckets(csv_path):
+    rows = []
+    print("workload".ljust(28) + "".join(name.rjust(20) for name in BUCKET_VARIANTS) + "   (µs, time_us: events, L2 flushed)")
+    for w in WORKLOAD_SETS["all"]:
+        inputs = w.make_inputs("cuda")
+        problem = check_inputs(**inputs)
+        outs = {name: torch.empty(problem.total_m, problem.n, dtype=torch.bfloat16, device="cuda") for name in BUCKET_VARIANTS}
+        line = w.name.ljust(28)
+        for name, table in BUCKET_VARIANTS.items():
+            out = outs[name]
+            us = time_us(lambda: grouped_gemm_triton(problem, *inputs.values(), out, buckets=table), problem.device)
+            same = name == "mean_table" or torch.allclose(out.float(), outs["mean_table"].float(), rtol=2e-2, atol=1e-2)
+            rows.append(dict(workload=w.name, variant=name, us=us, matches_default=same))
+            line += f"{us:19.1f}{'' if same else '!'}"
+        print(line, flush=True)
+        del inputs, outs
+    if csv_path and rows:
+        with open(csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--budget-s", type=float, default=120)
     parser.add_argument("--csv")
+    parser.add_argument("--buckets", action="store_true", help="the mean-based table against TRITON_BUCKETS")
     args = parser.parse_args()
+    if args.buckets:
+        return compare_buckets(args.csv)
     deadline = time.monotonic() + args.budget_s
     rows = []
     print("columns: " + " | ".join(f"{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages} p{c.programs_per_sm}" for c in CANDIDATES))

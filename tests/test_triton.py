@@ -5,7 +5,9 @@ from hypothesis import strategies as st
 
 import es_dual
 from es_dual.problem import check_inputs
-from es_dual.triton_ref.launch import TILE_CONFIGS, TileConfig, grouped_gemm_triton
+from es_dual.triton_ref.launch import (
+    TILE_CONFIGS, TRITON_BUCKETS, LaunchSequence, TritonBucket, grouped_gemm_triton, plan_triton,
+)
 from support import assert_matches, make_inputs, needs_gpu, poisoned_out, reference64, routings, run_backend
 
 ON_GPU = torch.cuda.is_available()
@@ -14,7 +16,7 @@ N_CHOICES = (16, 48, 128, 144, 256) + ((512, 784) if ON_GPU else ())
 K_CHOICES = (16, 112, 128, 160, 384) + ((1024, 2064) if ON_GPU else ())
 MAX_EXPERTS = 64 if ON_GPU else 8
 MAX_TOKENS = 600 if ON_GPU else 140
-BOUNDARIES = tuple(sorted({c.block_m for c in TILE_CONFIGS}))
+BOUNDARIES = tuple(sorted({c.block_m for c in TILE_CONFIGS} | {b.max_rows for b in TRITON_BUCKETS[:-1]}))
 OUT_DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -61,10 +63,7 @@ def test_exact_inputs_bit_equal_to_reference(device, counts, k, seed):
 
 
 # Every launch shape the tuning table may pick: the table's rows and persistent variants of them.
-LAUNCH_VARIANTS = TILE_CONFIGS + tuple(
-    TileConfig(float("inf"), c.block_m, c.block_n, c.block_k, c.num_warps, c.num_stages, programs_per_sm=2)
-    for c in TILE_CONFIGS
-)
+LAUNCH_VARIANTS = TILE_CONFIGS + tuple(c.persistent(2) for c in TILE_CONFIGS)
 
 
 @given(
@@ -80,6 +79,40 @@ def test_every_launch_shape_against_reference(device, counts, config, k, seed):
     if problem.total_m:
         grouped_gemm_triton(problem, *inputs.values(), out, config=config)
     assert_matches(out, reference64(inputs))
+
+
+# The expert-specialized table, and one whose buckets are persistent launches (both launch shapes per bucket).
+BUCKET_TABLES = (TRITON_BUCKETS, tuple(TritonBucket(b.max_rows, b.config.persistent(2)) for b in TRITON_BUCKETS))
+
+
+@given(
+    counts=routings(MAX_EXPERTS, MAX_TOKENS, BOUNDARIES),
+    table=st.sampled_from(BUCKET_TABLES),
+    k=st.sampled_from(K_CHOICES),
+    exact=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_expert_specialized_buckets_against_reference(device, counts, table, k, exact, seed):
+    """Every expert in exactly one bucket's launch: each row written once, by the tile of its expert's
+    bucket; on exact inputs bit-equal to the reference."""
+    inputs = make_inputs(counts, 144, k, seed, device, exact=exact)
+    out = poisoned_out(sum(counts), 144, torch.bfloat16, device)
+    problem = check_inputs(**inputs, out=out)
+    if problem.total_m:
+        grouped_gemm_triton(problem, *inputs.values(), out, buckets=table)
+    if exact:
+        assert torch.equal(out.cpu(), _run(inputs, torch.bfloat16, backend="reference").cpu())
+    assert_matches(out, reference64(inputs))
+
+
+def test_unreachable_buckets_are_not_launched(device):
+    """A bucket whose experts would need more rows than the call has is not launched: at 16 rows only the
+    first bucket runs (one DirectLaunch), at 17 rows the first two."""
+    for total_m, launches in ((16, 1), (17, 2), (65, 3)):
+        problem = check_inputs(**make_inputs([total_m], 144, 128, seed=0, device=device))
+        plan = plan_triton(problem, buckets=TRITON_BUCKETS)
+        count = len(plan.launches) if isinstance(plan, LaunchSequence) else 1
+        assert count == launches, (total_m, count)
 
 
 def test_tile_configs_cover_every_mean():

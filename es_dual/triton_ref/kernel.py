@@ -25,6 +25,11 @@ Rows are only ever read and written inside [offs[e], offs[e+1]) of their own exp
 [0, total_m), so even offsets that break the contract cannot make the kernel touch memory outside the
 tensors. All addresses are computed in 64 bits (E * n * k passes 2^31 easily).
 
+Expert specialization: a launch takes only the experts whose row count m satisfies min_rows < m <= max_rows
+(the others get no row tiles in the map above), so one call can run one launch per bucket of experts, each
+with the tile shape that fits its experts (launch.TRITON_BUCKETS); a launch with min_rows = 0 and max_rows
+>= total_m takes every expert.
+
 The masked layout (MASKED, a compile-time switch) is the same kernel on a seen as (E * max_m, k): expert
 e's rows are e * max_m .. e * max_m + masked_m[e] (the count clamped to [0, max_m]); offsets_ptr points to
 masked_m, and the rows past an expert's count are neither read into a stored result nor written.
@@ -61,10 +66,10 @@ def _expert_rows(offsets_ptr, e, in_range, total_m, max_m, MASKED: tl.constexpr)
 
 
 @triton.jit
-def _locate_row_tile(offsets_ptr, num_experts, total_m, max_m, m_tile, BLOCK_M: tl.constexpr,
+def _locate_row_tile(offsets_ptr, num_experts, total_m, max_m, min_rows, max_rows, m_tile, BLOCK_M: tl.constexpr,
                      EXPERT_CHUNK: tl.constexpr, MASKED: tl.constexpr):
     """(expert, tiles before it, row tiles of all experts) for row tile m_tile: a chunked scan of the experts'
-    row ranges."""
+    row ranges; experts outside min_rows < m <= max_rows have no tiles."""
     expert = 0
     tiles_before = 0
     tiles_total = 0
@@ -72,7 +77,8 @@ def _locate_row_tile(offsets_ptr, num_experts, total_m, max_m, m_tile, BLOCK_M: 
         e_idx = chunk_start + tl.arange(0, EXPERT_CHUNK)
         in_range = e_idx < num_experts
         lo, hi = _expert_rows(offsets_ptr, e_idx, in_range, total_m, max_m, MASKED)
-        tiles = tl.where(in_range, tl.cdiv(hi - lo, BLOCK_M), 0)
+        rows = hi - lo
+        tiles = tl.where(in_range & (rows > min_rows) & (rows <= max_rows), tl.cdiv(rows, BLOCK_M), 0)
         tiles_end = tiles_total + tl.cumsum(tiles, 0)
         before = in_range & (tiles_end <= m_tile)  # a prefix: tiles_end never decreases
         expert += tl.sum(before.to(tl.int32), 0)
@@ -84,15 +90,15 @@ def _locate_row_tile(offsets_ptr, num_experts, total_m, max_m, m_tile, BLOCK_M: 
 @triton.jit
 def _gemm_tile(
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, offsets_ptr, out_ptr,
-    total_m, n, k, num_experts, max_m,
+    total_m, n, k, num_experts, max_m, min_rows, max_rows,
     stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
     m_tile, n_tile,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
     EXPERT_CHUNK: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr,
     MASKED: tl.constexpr,
 ):
-    expert, tiles_before, _ = _locate_row_tile(offsets_ptr, num_experts, total_m, max_m, m_tile, BLOCK_M,
-                                               EXPERT_CHUNK, MASKED)
+    expert, tiles_before, _ = _locate_row_tile(offsets_ptr, num_experts, total_m, max_m, min_rows, max_rows, m_tile,
+                                               BLOCK_M, EXPERT_CHUNK, MASKED)
     if expert < num_experts:
         row_lo, row_hi = _expert_rows(offsets_ptr, expert, expert < num_experts, total_m, max_m, MASKED)
         rows = row_lo + (m_tile - tiles_before) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -141,8 +147,9 @@ def _gemm_tile(
 def grouped_gemm_fp8_kernel(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, offsets_ptr, out_ptr,
-    # sizes (max_m: the masked layout's rows per expert; unused otherwise)
-    total_m, n, k, num_experts, max_m,
+    # sizes (max_m: the masked layout's rows per expert, unused otherwise; min_rows, max_rows: the experts
+    # this launch takes, by row count)
+    total_m, n, k, num_experts, max_m, min_rows, max_rows,
     # strides, in elements (the innermost stride of every tensor is 1)
     stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
     # meta-parameters
@@ -151,7 +158,8 @@ def grouped_gemm_fp8_kernel(
     SOFTWARE_BF16_ROUNDING: tl.constexpr, MASKED: tl.constexpr,
 ):
     if PERSISTENT:
-        _, _, m_tiles = _locate_row_tile(offsets_ptr, num_experts, total_m, max_m, 0, BLOCK_M, EXPERT_CHUNK, MASKED)
+        _, _, m_tiles = _locate_row_tile(offsets_ptr, num_experts, total_m, max_m, min_rows, max_rows, 0, BLOCK_M,
+                                         EXPERT_CHUNK, MASKED)
         n_tiles = tl.cdiv(n, BLOCK_N)
         tiles = m_tiles * n_tiles
     else:
@@ -165,6 +173,6 @@ def grouped_gemm_fp8_kernel(
             n_tile = tl.program_id(1)
         _gemm_tile(
             a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, offsets_ptr, out_ptr, total_m, n, k, num_experts, max_m,
-            stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om, m_tile, n_tile,
+            min_rows, max_rows, stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om, m_tile, n_tile,
             BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EXPERT_CHUNK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, MASKED,
         )

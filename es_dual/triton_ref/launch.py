@@ -1,11 +1,15 @@
 """Launcher of the Triton grouped GEMM: tile choice from what the host knows, grid upper bound, launch.
 
-The host knows total_m, n, k and E, never the per-expert counts, so the tile is chosen from the mean
-tokens per expert and the grid is sized by the bound sum_e cdiv(m_e, BLOCK_M) <= cdiv(total_m, BLOCK_M) + E.
+The host knows total_m, n, k and E, never the per-expert counts. Two ways to choose tiles:
+- one tile for the call, from the mean tokens per expert (TILE_CONFIGS, the default);
+- expert specialization (TRITON_BUCKETS): one launch per bucket of experts by row count, each with its own
+  tile, the experts routed to their bucket on the device (the kernel's min_rows / max_rows). A bucket whose
+  smallest expert cannot fit in total_m rows is not launched.
+Each launch's grid is sized by the bound sum_e cdiv(m_e, BLOCK_M) <= cdiv(total_m, BLOCK_M) + E.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -36,6 +40,10 @@ class TileConfig:
         if not ok:
             raise ValueError(f"invalid Triton tile configuration {self}")
 
+    def persistent(self, programs_per_sm: int) -> "TileConfig":
+        """The same tile in a persistent grid of programs_per_sm programs per SM (for tuning)."""
+        return replace(self, programs_per_sm=programs_per_sm)
+
 
 # Why these rows: an expert's rows are padded up to BLOCK_M, so BLOCK_M follows the typical expert size
 # to keep padding waste low on decode-like routings; BLOCK_N = 128 matches one weight-scale block.
@@ -45,6 +53,24 @@ TILE_CONFIGS = (
     TileConfig(max_mean_tokens=64, block_m=64, block_n=128, block_k=128, num_warps=4, num_stages=4),
     TileConfig(max_mean_tokens=float("inf"), block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=3),
 )
+
+
+@dataclass(frozen=True)
+class TritonBucket:
+    max_rows: float  # experts with (the previous bucket's max_rows) < m <= max_rows
+    config: TileConfig
+
+
+# Expert specialization for the Triton kernel, one launch per bucket: the decode tile for experts of a few
+# tokens (rows padded to 16), the 64-row tile in between, 128 x 128 with 8 warps for large experts, whose
+# weights are then read once per 128 tokens instead of once per 16. Bounds from the tiles' row padding;
+# not yet measured against the mean-based table (benchmarks/triton_sweep.py --buckets), so not the default.
+TRITON_BUCKETS = (
+    TritonBucket(16, TILE_CONFIGS[0]),
+    TritonBucket(64, TILE_CONFIGS[2]),
+    TritonBucket(float("inf"), TILE_CONFIGS[3]),
+)
+ALL_ROWS = 2**31 - 1  # max_rows of a launch that takes every expert (row counts are int32 in the kernel)
 
 
 def choose_config(problem: Problem) -> TileConfig:
@@ -58,14 +84,41 @@ def device_facts(device: torch.device) -> tuple[bool, int]:
     return device_capability(device) >= (8, 9), device_properties(device).multi_processor_count
 
 
-def plan_triton(problem: Problem, *, upcast=None, config=None):
+def plan_triton(problem: Problem, *, upcast=None, config=None, buckets=None):
     """The launch of a call of these sizes, ``launch(ptrs, tensors)`` (dispatch.Backend.plan), on
-    validated (contiguous) inputs with one offsets dtype: a DirectLaunch of the kernel. ``upcast`` forces
-    (True) or forbids (False) the bf16 path; ``config`` overrides the tile table (for tuning)."""
-    config = config or choose_config(problem)
+    validated (contiguous) inputs with one offsets dtype: a DirectLaunch of the kernel, or one per bucket.
+    ``upcast`` forces (True) or forbids (False) the bf16 path; ``config`` overrides the tile table (for
+    tuning); ``buckets`` (e.g. TRITON_BUCKETS) specializes the tile by expert size instead."""
+    if buckets is None:
+        return _plan_launch(problem, config or choose_config(problem), 0, ALL_ROWS, upcast)
+    most_rows = problem.max_m or problem.total_m  # the most rows an expert can have
+    launches, previous = [], 0
+    for bucket in buckets:
+        if most_rows > previous:  # an expert can land in this bucket
+            launches.append(_plan_launch(problem, bucket.config, previous, min(bucket.max_rows, ALL_ROWS), upcast))
+        previous = bucket.max_rows
+    return launches[0] if len(launches) == 1 else LaunchSequence(tuple(launches))
+
+
+class LaunchSequence:
+    """Launches of one call, in order on the current stream (one per bucket)."""
+
+    def __init__(self, launches: tuple):
+        self.launches = launches
+
+    def __call__(self, ptrs, tensors) -> None:
+        for launch in self.launches:
+            launch(ptrs, tensors)
+
+
+def _plan_launch(problem: Problem, config: TileConfig, min_rows: int, max_rows: int, upcast) -> DirectLaunch:
+    """The DirectLaunch of one tile configuration over the experts with min_rows < m <= max_rows."""
     fp8_cores, sm_count = device_facts(problem.device)
     total_m, n, k, num_experts = problem.total_m, problem.n, problem.k, problem.num_experts
-    row_tiles_bound = cdiv(total_m, config.block_m) + num_experts
+    # Row tiles: each of the experts with more than min_rows rows (at most total_m // (min_rows + 1) of
+    # them) adds at most one partial tile to cdiv(total_m, BLOCK_M), and has at most cdiv(max_rows, BLOCK_M).
+    experts = min(num_experts, total_m // (min_rows + 1))
+    row_tiles_bound = min(cdiv(total_m, config.block_m) + experts, experts * cdiv(min(max_rows, total_m), config.block_m))
     col_tiles = cdiv(n, config.block_n)
     persistent = config.programs_per_sm > 0
     if persistent:
@@ -74,7 +127,8 @@ def plan_triton(problem: Problem, *, upcast=None, config=None):
         grid = (row_tiles_bound, col_tiles)
     groups_k, groups_n = cdiv(k, SCALE_BLOCK), cdiv(n, SCALE_BLOCK)
     constants = dict(
-        total_m=total_m, n=n, k=k, num_experts=num_experts, max_m=problem.max_m,
+        total_m=total_m, n=n, k=k, num_experts=num_experts, max_m=problem.max_m, min_rows=min_rows,
+        max_rows=int(max_rows),
         # contiguous tensors of the contract: every stride follows from the sizes
         stride_am=k, stride_asm=groups_k, stride_be=n * k, stride_bn=k, stride_bse=groups_n * groups_k,
         stride_bsn=groups_k, stride_om=n,
@@ -88,7 +142,9 @@ def plan_triton(problem: Problem, *, upcast=None, config=None):
                         dict(num_warps=config.num_warps, num_stages=config.num_stages), problem.device)
 
 
-def grouped_gemm_triton(problem: Problem, a, a_scale, b, b_scale, expert_offsets, out, *, upcast=None, config=None) -> None:
-    """One call on validated inputs (plan_triton says what upcast and config mean)."""
+def grouped_gemm_triton(problem: Problem, a, a_scale, b, b_scale, expert_offsets, out, *, upcast=None, config=None,
+                        buckets=None) -> None:
+    """One call on validated inputs (plan_triton says what upcast, config and buckets mean)."""
     tensors = (a, a_scale, b, b_scale, expert_offsets, out)
-    plan_triton(problem, upcast=upcast, config=config)(tuple(t.data_ptr() for t in tensors), lambda: tensors)
+    plan_triton(problem, upcast=upcast, config=config, buckets=buckets)(tuple(t.data_ptr() for t in tensors),
+                                                                        lambda: tensors)
