@@ -13,6 +13,7 @@ and one tile computes, with one 128-wide scale group per K step:
     for kb in range(cdiv(k, 128)):
         partial = a[rows, kb*128:(kb+1)*128] @ b[expert, cols, kb*128:(kb+1)*128].T     # fp32
         acc    += partial * a_scale[rows, kb][:, None] * b_scale[expert, cols // 128, kb][None, :]
+                  # (BLOCK_N <= 128: the tile's columns share one weight scale, a scalar folded into a_scale)
     out[rows, cols] = acc.to(out.dtype)            # rows past the expert's end are masked
 
 Two launch shapes (PERSISTENT, a compile-time switch):
@@ -131,8 +132,13 @@ def _gemm_tile(
             partial = tl.dot(a_tile, tl.trans(b_tile))
             scale_group = (kb * BLOCK_K) // SCALE_BLOCK
             a_s = tl.load(a_scale_ptrs + scale_group, mask=row_ok, other=0.0)
-            b_s = tl.load(b_scale_ptrs + scale_group, mask=col_ok, other=0.0)
-            acc += partial * a_s[:, None] * b_s[None, :]
+            if BLOCK_N <= SCALE_BLOCK:  # the tile's columns lie in one weight scale block: one FMA per element
+                b_s = tl.load(b_scale_ptr + expert64 * stride_bse + (n_tile * BLOCK_N // SCALE_BLOCK) * stride_bsn
+                              + scale_group)
+                acc += partial * (a_s * b_s)[:, None]
+            else:
+                b_s = tl.load(b_scale_ptrs + scale_group, mask=col_ok, other=0.0)
+                acc += partial * a_s[:, None] * b_s[None, :]
             a_ptrs += BLOCK_K
             b_ptrs += BLOCK_K
 
