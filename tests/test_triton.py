@@ -115,6 +115,17 @@ def test_unreachable_buckets_are_not_launched(device):
         assert count == launches, (total_m, count)
 
 
+def test_persistent_scan_past_one_chunk(device):
+    """More experts than one scan chunk holds (1024): the persistent grid locates each tile by the chunked
+    scan instead of the schedule kept in registers."""
+    counts = [0] * 1100
+    counts[3], counts[1030], counts[1099] = 5, 17, 40
+    inputs = make_inputs(counts, 48, 128, seed=3, device=device)
+    out = poisoned_out(sum(counts), 48, torch.bfloat16, device)
+    grouped_gemm_triton(check_inputs(**inputs, out=out), *inputs.values(), out, config=TILE_CONFIGS[0].persistent(2))
+    assert_matches(out, reference64(inputs))
+
+
 def test_tile_configs_cover_every_mean():
     assert TILE_CONFIGS[-1].max_mean_tokens == float("inf")
     bounds = [c.max_mean_tokens for c in TILE_CONFIGS]

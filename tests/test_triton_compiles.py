@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent('''
             for upcast in (False, True):
                 compile_for_sm90(grouped_gemm_fp8_kernel, gemm, dict(
                     BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, SCALE_BLOCK=128, EXPERT_CHUNK=128, PERSISTENT=persistent,
-                    EVEN_K=not masked, UPCAST=upcast, SOFTWARE_BF16_ROUNDING=False, MASKED=masked),
+                    RESIDENT_SCHEDULE=persistent and not upcast, EVEN_K=not masked, UPCAST=upcast, SOFTWARE_BF16_ROUNDING=False, MASKED=masked),
                     num_warps=4, num_stages=4)
     compile_for_sm90(moe.route_kernel, dict(ids_ptr="*i64", offsets_ptr="*i32", order_ptr="*i64"),
                      dict(BLOCK=1024, BINS=512), num_warps=4)

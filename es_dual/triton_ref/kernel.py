@@ -20,7 +20,9 @@ Two launch shapes (PERSISTENT, a compile-time switch):
 - a grid of (cdiv(total_m, BLOCK_M) + E, cdiv(n, BLOCK_N)) programs, an upper bound of the row tiles
   the host can compute; programs past the last real tile do nothing;
 - a persistent grid of about one program per resident slot, each looping over tiles
-  (m_tile fastest, so the row tiles of one expert, which share weights, run side by side).
+  (m_tile fastest, so the row tiles of one expert, which share weights, run side by side). With at most
+  EXPERT_CHUNK experts (RESIDENT_SCHEDULE) a program reads the experts' row ranges once and locates
+  each of its tiles in registers; otherwise each tile is located by the chunked scan.
 
 Rows are only ever read and written inside [offs[e], offs[e+1]) of their own expert, clamped to
 [0, total_m), so even offsets that break the contract cannot make the kernel touch memory outside the
@@ -67,41 +69,64 @@ def _expert_rows(offsets_ptr, e, in_range, total_m, max_m, MASKED: tl.constexpr)
 
 
 @triton.jit
+def _chunk_rows(offsets_ptr, chunk_start, num_experts, total_m, max_m, min_rows, max_rows, BLOCK_M: tl.constexpr,
+                EXPERT_CHUNK: tl.constexpr, MASKED: tl.constexpr):
+    """(lo, hi, tiles, in_range) of experts chunk_start .. chunk_start + EXPERT_CHUNK - 1: their row ranges and
+    row tiles, none for experts outside min_rows < m <= max_rows."""
+    e_idx = chunk_start + tl.arange(0, EXPERT_CHUNK)
+    in_range = e_idx < num_experts
+    lo, hi = _expert_rows(offsets_ptr, e_idx, in_range, total_m, max_m, MASKED)
+    rows = hi - lo
+    tiles = tl.where(in_range & (rows > min_rows) & (rows <= max_rows), tl.cdiv(rows, BLOCK_M), 0)
+    return lo, hi, tiles, in_range
+
+
+@triton.jit
+def _find_in_chunk(lo, hi, tiles, tiles_end, in_range, m_tile):
+    """For row tile m_tile, one chunk's part of its location, tiles_end being the chunk's inclusive prefix of
+    tiles counted from the first expert: (experts of the chunk before the tile's expert, their tiles, the
+    first and end row of the tile's expert if it is in this chunk, else 0 and 0)."""
+    before = in_range & (tiles_end <= m_tile)  # a prefix: tiles_end never decreases
+    owner = (tiles_end > m_tile) & (tiles_end - tiles <= m_tile)  # at most one expert: the tile's
+    return (tl.sum(before.to(tl.int32), 0), tl.sum(tl.where(before, tiles, 0), 0),
+            tl.sum(tl.where(owner, lo, 0), 0), tl.sum(tl.where(owner, hi, 0), 0))
+
+
+@triton.jit
 def _locate_row_tile(offsets_ptr, num_experts, total_m, max_m, min_rows, max_rows, m_tile, BLOCK_M: tl.constexpr,
                      EXPERT_CHUNK: tl.constexpr, MASKED: tl.constexpr):
-    """(expert, tiles before it, row tiles of all experts) for row tile m_tile: a chunked scan of the experts'
-    row ranges; experts outside min_rows < m <= max_rows have no tiles."""
+    """(expert, tiles before it, its first row, its end row, row tiles of all experts) for row tile m_tile:
+    a chunked scan of the experts' row ranges (expert = num_experts: the tile is past the last)."""
     expert = 0
     tiles_before = 0
+    row_lo = 0
+    row_hi = 0
     tiles_total = 0
     for chunk_start in range(0, num_experts, EXPERT_CHUNK):
-        e_idx = chunk_start + tl.arange(0, EXPERT_CHUNK)
-        in_range = e_idx < num_experts
-        lo, hi = _expert_rows(offsets_ptr, e_idx, in_range, total_m, max_m, MASKED)
-        rows = hi - lo
-        tiles = tl.where(in_range & (rows > min_rows) & (rows <= max_rows), tl.cdiv(rows, BLOCK_M), 0)
+        lo, hi, tiles, in_range = _chunk_rows(offsets_ptr, chunk_start, num_experts, total_m, max_m, min_rows,
+                                              max_rows, BLOCK_M, EXPERT_CHUNK, MASKED)
         tiles_end = tiles_total + tl.cumsum(tiles, 0)
-        before = in_range & (tiles_end <= m_tile)  # a prefix: tiles_end never decreases
-        expert += tl.sum(before.to(tl.int32), 0)
-        tiles_before += tl.sum(tl.where(before, tiles, 0), 0)
+        n_before, t_before, lo_here, hi_here = _find_in_chunk(lo, hi, tiles, tiles_end, in_range, m_tile)
+        expert += n_before
+        tiles_before += t_before
+        row_lo += lo_here
+        row_hi += hi_here
         tiles_total += tl.sum(tiles, 0)
-    return expert, tiles_before, tiles_total
+    return expert, tiles_before, row_lo, row_hi, tiles_total
 
 
 @triton.jit
 def _gemm_tile(
-    a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, offsets_ptr, out_ptr,
-    total_m, n, k, num_experts, max_m, min_rows, max_rows,
+    a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr,
+    n, k, num_experts,
     stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
-    m_tile, n_tile,
+    m_tile, n_tile, expert, tiles_before, row_lo, row_hi,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
-    EXPERT_CHUNK: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr,
-    MASKED: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr,
 ):
-    expert, tiles_before, _ = _locate_row_tile(offsets_ptr, num_experts, total_m, max_m, min_rows, max_rows, m_tile,
-                                               BLOCK_M, EXPERT_CHUNK, MASKED)
+    """Row tile m_tile (of expert `expert`, rows row_lo .. row_hi, tiles_before row tiles of the experts
+    before it) by column tile n_tile; nothing when expert = num_experts (a tile past the last)."""
     if expert < num_experts:
-        row_lo, row_hi = _expert_rows(offsets_ptr, expert, expert < num_experts, total_m, max_m, MASKED)
         rows = row_lo + (m_tile - tiles_before) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < row_hi
@@ -160,25 +185,42 @@ def grouped_gemm_fp8_kernel(
     stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
     # meta-parameters
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
-    EXPERT_CHUNK: tl.constexpr, PERSISTENT: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
-    SOFTWARE_BF16_ROUNDING: tl.constexpr, MASKED: tl.constexpr,
+    EXPERT_CHUNK: tl.constexpr, PERSISTENT: tl.constexpr, RESIDENT_SCHEDULE: tl.constexpr, EVEN_K: tl.constexpr,
+    UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr, MASKED: tl.constexpr,
 ):
     if PERSISTENT:
-        _, _, m_tiles = _locate_row_tile(offsets_ptr, num_experts, total_m, max_m, min_rows, max_rows, 0, BLOCK_M,
-                                         EXPERT_CHUNK, MASKED)
-        n_tiles = tl.cdiv(n, BLOCK_N)
-        tiles = m_tiles * n_tiles
-    else:
-        tiles = 1
-    for tile in range(tl.program_id(0) if PERSISTENT else 0, tiles, tl.num_programs(0) if PERSISTENT else 1):
-        if PERSISTENT:
-            m_tile = tile % m_tiles
-            n_tile = tile // m_tiles
+        # One program per resident slot loops over the tiles, m_tile fastest. With every expert in one
+        # chunk (RESIDENT_SCHEDULE) the experts' rows and tiles are read once and stay in registers; each
+        # tile is then located without a load.
+        if RESIDENT_SCHEDULE:
+            lo, hi, tiles, in_range = _chunk_rows(offsets_ptr, 0, num_experts, total_m, max_m, min_rows, max_rows,
+                                                  BLOCK_M, EXPERT_CHUNK, MASKED)
+            tiles_end = tl.cumsum(tiles, 0)
+            m_tiles = tl.sum(tiles, 0)
         else:
-            m_tile = tl.program_id(0)
-            n_tile = tl.program_id(1)
+            _, _, _, _, m_tiles = _locate_row_tile(offsets_ptr, num_experts, total_m, max_m, min_rows, max_rows, 0,
+                                                   BLOCK_M, EXPERT_CHUNK, MASKED)
+        n_tiles = tl.cdiv(n, BLOCK_N)
+        for tile in range(tl.program_id(0), m_tiles * n_tiles, tl.num_programs(0)):
+            m_tile = tile % m_tiles
+            if RESIDENT_SCHEDULE:
+                expert, tiles_before, row_lo, row_hi = _find_in_chunk(lo, hi, tiles, tiles_end, in_range, m_tile)
+            else:
+                expert, tiles_before, row_lo, row_hi, _ = _locate_row_tile(
+                    offsets_ptr, num_experts, total_m, max_m, min_rows, max_rows, m_tile, BLOCK_M, EXPERT_CHUNK, MASKED)
+            _gemm_tile(
+                a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
+                stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+                m_tile, tile // m_tiles, expert, tiles_before, row_lo, row_hi,
+                BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+            )
+    else:
+        m_tile = tl.program_id(0)
+        expert, tiles_before, row_lo, row_hi, _ = _locate_row_tile(
+            offsets_ptr, num_experts, total_m, max_m, min_rows, max_rows, m_tile, BLOCK_M, EXPERT_CHUNK, MASKED)
         _gemm_tile(
-            a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, offsets_ptr, out_ptr, total_m, n, k, num_experts, max_m,
-            min_rows, max_rows, stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om, m_tile, n_tile,
-            BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EXPERT_CHUNK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, MASKED,
+            a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
+            stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+            m_tile, tl.program_id(1), expert, tiles_before, row_lo, row_hi,
+            BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
         )

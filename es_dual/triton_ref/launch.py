@@ -126,6 +126,7 @@ def _plan_launch(problem: Problem, config: TileConfig, min_rows: int, max_rows: 
     else:
         grid = (row_tiles_bound, col_tiles)
     groups_k, groups_n = cdiv(k, SCALE_BLOCK), cdiv(n, SCALE_BLOCK)
+    expert_chunk = min(max(triton.next_power_of_2(num_experts), 128), 1024)  # experts scanned per step
     constants = dict(
         total_m=total_m, n=n, k=k, num_experts=num_experts, max_m=problem.max_m, min_rows=min_rows,
         max_rows=int(max_rows),
@@ -133,7 +134,7 @@ def _plan_launch(problem: Problem, config: TileConfig, min_rows: int, max_rows: 
         stride_am=k, stride_asm=groups_k, stride_be=n * k, stride_bn=k, stride_bse=groups_n * groups_k,
         stride_bsn=groups_k, stride_om=n,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SCALE_BLOCK=SCALE_BLOCK,
-        EXPERT_CHUNK=min(max(triton.next_power_of_2(num_experts), 128), 1024), PERSISTENT=persistent,
+        EXPERT_CHUNK=expert_chunk, PERSISTENT=persistent, RESIDENT_SCHEDULE=persistent and num_experts <= expert_chunk,
         EVEN_K=k % config.block_k == 0, UPCAST=not fp8_cores if upcast is None else upcast,
         SOFTWARE_BF16_ROUNDING=problem.device.type == "cpu" and problem.out_dtype == torch.bfloat16,
         MASKED=problem.max_m > 0,
