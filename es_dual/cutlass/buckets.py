@@ -324,6 +324,13 @@ TUNING_MODES: tuple[tuple[str, tuple[Bucket, ...]], ...] = (
     ("single_c1", table(
         ("single", None, coop(128, 128), "the single baseline without a cluster"),
     )),
+    ("t128_pp", table(
+        ("decode", 32, KernelConfig(128, 32, SCALE_BLOCK, 1, 1, "pingpong", True),
+         "pingpong: each consumer warp group runs whole tiles, one's epilogue under the other's mainloop "
+         "(small k: 2-3 K tiles per output tile, so the cooperative epilogue is not hidden)"),
+        ("small", 64, KernelConfig(128, 64, SCALE_BLOCK, 1, 1, "pingpong", True), "pingpong, as decode"),
+        ("large", None, coop(128, 128, (1, 2)), _LARGE),
+    )),
     ("single_256", table(
         ("single", None, coop(256, 128, swap_ab=True),
          "256x128 tile (weights x tokens) for the compute-bound case (balanced_big); 128x256 without "
