@@ -523,6 +523,20 @@ def test_bench_scaled_grouped_mm_pipeline(monkeypatch):
     assert max_rel <= bench.COARSE_TOL[0] and rms_rel <= bench.COARSE_TOL[1]
 
 
+def test_bench_kernel_breakdown():
+    """The profiler's per-call kernel list: on a GPU, the layer's kernels with their launches per call
+    (the decode path at one token: three); on the CPU nothing runs on a device, so the list is empty."""
+    from es_dual.bench.layer import kernel_breakdown
+
+    layer = make_layer(Routing(1, 8, 4, "uniform", seed=2), *SHAPES[0], torch.device("cuda" if ON_GPU else "cpu"))
+    kernels = kernel_breakdown(lambda: fused_moe_fp8(**layer), calls=3)
+    if ON_GPU:
+        assert [name for name, _, _ in kernels if "decode" in name] and all(us > 0 for _, _, us in kernels)
+        assert sum(per_call for name, per_call, _ in kernels if "decode" in name) == 3
+    else:
+        assert kernels == []
+
+
 def test_bench_layer_quick(tmp_path):
     from es_dual.bench.layer import COLUMNS, run_layer
 

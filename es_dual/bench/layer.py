@@ -56,7 +56,7 @@ MODELS = (
     LayerModel("qwen3_235b_tp4", num_experts=128, topk=8, hidden=4096, intermediate=384),
 )
 CPU_MODELS = (LayerModel("tiny_cpu", num_experts=8, topk=2, hidden=256, intermediate=128),)
-BATCHES = (1, 4, 16, 64, 256, 1024, 4096)
+BATCHES = (1, 8, 32, 64, 128, 256, 1024, 4096)
 CPU_BATCHES = (1, 4, 16)
 
 
@@ -282,7 +282,36 @@ def _time(fn, device, mode, flush, quick) -> dict:
     return dict(us=median_us(fn, mode, flush, 20 if quick else 200), graph_nodes=nodes)
 
 
-def _measure(models, batches, device, modes, quick) -> list[dict]:
+def kernel_breakdown(fn, calls: int = 20) -> list[tuple[str, float, float]]:
+    """(kernel name, launches per call, µs per call) of what fn runs on the GPU, by torch's profiler over
+    `calls` back-to-back eager calls (after one untimed call), most time first."""
+    from torch.autograd import DeviceType
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    fn()
+    sync()
+    activity = torch.profiler.ProfilerActivity
+    with torch.profiler.profile(activities=[activity.CPU, *([activity.CUDA] if torch.cuda.is_available() else [])]) as prof:
+        for _ in range(calls):
+            fn()
+        sync()
+    kernels = []
+    for e in prof.key_averages():
+        if e.device_type == DeviceType.CUDA:
+            total = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)
+            kernels.append((e.key, e.count / calls, total / calls))
+    return sorted(kernels, key=lambda k: -k[2])
+
+
+def _print_breakdown(model, batch, provider, call, inputs) -> None:
+    kernels = kernel_breakdown(lambda: call(*inputs))
+    total = sum(us for _, _, us in kernels)
+    print(f"  breakdown {model.name} T={batch} {provider}: {total:.1f} µs of kernels per call (profiler, eager)")
+    for name, per_call, us in kernels:
+        print(f"    {us:8.1f} µs  x{per_call:<4g} {name[:110]}")
+
+
+def _measure(models, batches, device, modes, quick, breakdown=False) -> list[dict]:
     from ..moe import fused_moe_fp8_reference
 
     on_gpu = device.type == "cuda"
@@ -324,6 +353,8 @@ def _measure(models, batches, device, modes, quick) -> list[dict]:
                     row["pct_floor"] = 100 * floor / row["us"]
                     rows.append(row)
                     print(_line(row), flush=True)
+                if breakdown and on_gpu and checked["status"] == "ok" and p.name.startswith("es_dual"):
+                    _print_breakdown(model, batch, p.name, call, inputs)
         del weights, prepared
     return rows
 
@@ -348,6 +379,8 @@ def _parse(argv):
                         help="folder of the peers (peer_triton_moe), as for python -m es_dual.bench")
     parser.add_argument("--quick", action="store_true", help="short timing (a smoke test)")
     parser.add_argument("--csv", help="write one row per model, batch, provider and mode to this CSV file")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="on a GPU, also each es_dual provider's kernels per call and their times (profiler)")
     return parser.parse_args(argv)
 
 
@@ -372,7 +405,7 @@ def run_layer(argv=None) -> list[dict]:
     else:
         print("es_dual layer benchmark | CPU only: a tiny scaled-down model, the Triton interpreter; "
               "times say nothing about GPUs", flush=True)
-    rows = _measure(models, batches, device, modes, args.quick)
+    rows = _measure(models, batches, device, modes, args.quick, args.breakdown)
     print("\nproviders (floor: max(bytes / copy bandwidth, FLOPs / FP8 rate), see --help):")
     for p in providers(device):
         print(f"  {p.name:<24} {p.label}")
