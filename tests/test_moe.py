@@ -311,13 +311,15 @@ def test_decode_path_against_reference(device, r, shape, splits, ids_dtype, inva
 
 
 def test_auto_takes_the_decode_path_up_to_its_limit(device, monkeypatch):
-    """backend "auto" (ES_DUAL_BACKEND unset) at 1..DECODE_MAX_PAIRS pairs: the decode path, whose result
-    equals the grouped pipeline's within the layer's tolerance; more pairs, a named backend or
-    ES_DUAL_BACKEND: the grouped pipeline."""
+    """backend "auto" (ES_DUAL_BACKEND unset) at 1..min(DECODE_MAX_PAIRS, E / 2) pairs: the decode path,
+    whose result equals the grouped pipeline's within the layer's tolerance; more pairs (or pairs sharing
+    the few experts of a small model), a named backend or ES_DUAL_BACKEND: the grouped pipeline."""
     monkeypatch.delenv("ES_DUAL_BACKEND", raising=False)
     limit = layer_module.DECODE_MAX_PAIRS
-    for tokens, decode in ((1, True), (limit // 4, True), (limit // 4 + 1, False)):
-        layer = make_layer(Routing(tokens, 8, 4, "uniform", seed=tokens), *SHAPES[0], device)
+    experts = 2 * limit
+    for tokens, num_experts, decode in ((1, experts, True), (limit // 4, experts, True),
+                                        (limit // 4 + 1, experts, False), (1, 8, True), (2, 8, False)):
+        layer = make_layer(Routing(tokens, num_experts, 4, "uniform", seed=tokens), *SHAPES[0], device)
         plan = layer_module._layer_plan(layer_module.check_moe_inputs(**layer), torch.int32, "auto", None)
         assert isinstance(plan, layer_module._DecodePlan) == decode, tokens
         if decode:
@@ -325,7 +327,7 @@ def test_auto_takes_the_decode_path_up_to_its_limit(device, monkeypatch):
             max_rel, rms_rel = relative_errors(fused_moe_fp8(**layer), grouped)
             max_tol, rms_tol = layer_tolerance(device)
             assert max_rel <= max_tol and rms_rel <= rms_tol
-    shape = layer_module.check_moe_inputs(**make_layer(Routing(2, 8, 4, "uniform", seed=1), *SHAPES[0], device))
+    shape = layer_module.check_moe_inputs(**make_layer(Routing(1, 8, 4, "uniform", seed=1), *SHAPES[0], device))
     assert not isinstance(layer_module._layer_plan(shape, torch.int32, GEMM_BACKENDS[-1], None), layer_module._DecodePlan)
     assert not isinstance(layer_module._layer_plan(shape, torch.int32, "auto", "triton"), layer_module._DecodePlan)
 
@@ -449,12 +451,12 @@ def test_device_mismatch_names_the_argument():
 
 # ---- GPU: no host sync, CUDA graphs ----
 
-# every GEMM backend through the grouped pipeline at 64 or 96 tokens, and "auto" at 4 tokens: the decode path
+# every GEMM backend through the grouped pipeline at 96 tokens, and "auto" at 4 tokens of 64 experts: the decode path
 GPU_PATHS = [(b, False) for b in GEMM_BACKENDS] + [("auto", True)]
 
 
 def _layer_for_path(decode, seed, kind="uniform"):
-    routing, shape = (Routing(4, 32, 8, kind, seed), SHAPES[0]) if decode else (Routing(96, 32, 8, kind, seed), SHAPES[1])
+    routing, shape = (Routing(4, 64, 8, kind, seed), SHAPES[0]) if decode else (Routing(96, 32, 8, kind, seed), SHAPES[1])
     layer = make_layer(routing, *shape, torch.device("cuda"))
     plan = layer_module._layer_plan(layer_module.check_moe_inputs(**layer), torch.int32, "auto", None)
     assert isinstance(plan, layer_module._DecodePlan) == decode

@@ -7,7 +7,7 @@
     grouped GEMM        down = y @ w2[e].T                                   (T*topk, H) bf16
     unpermute_sum       out[t] = sum_k topk_weights[t, k] * down[row of (t, k)]
 
-At decode sizes (backend "auto", at most DECODE_MAX_PAIRS pairs) the layer takes the decode path instead
+At decode sizes (backend "auto", at most DECODE_MAX_PAIRS pairs and E / 2) the layer takes the decode path instead
 (decode_kernels.py, _DecodePlan): three kernels on the pairs as they come, the GEMMs split so that every SM
 streams weights, with the same roundings.
 
@@ -375,8 +375,8 @@ def fused_moe_fp8(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, 
         backend: the grouped GEMM backend, as for es_dual.grouped_gemm_fp8 ("auto", "triton", "cutlass",
             "cutlass_single", "reference"); the layer's own steps are Triton kernels, and on CPU tensors
             the Triton interpreter with TRITON_INTERPRET=1, else the same steps in torch. "auto" (with
-            ES_DUAL_BACKEND unset) takes the decode path at T * topk <= DECODE_MAX_PAIRS: Triton kernels
-            that split the GEMMs along K instead of grouped GEMMs (module docstring).
+            ES_DUAL_BACKEND unset) takes the decode path at T * topk <= min(DECODE_MAX_PAIRS, E / 2):
+            Triton kernels that split the GEMMs along K instead of grouped GEMMs (module docstring).
         validate: also check contents on the host: ids in [0, E) and distinct within each token, weight
             scales finite and >= 0 (with first_expert, ids outside the range are allowed). It copies to
             the host and synchronizes, so it is off by default; None reads ES_DUAL_VALIDATE ("1" turns it on).
@@ -413,7 +413,9 @@ _MAX_PLANS = 1024  # distinct layer shapes kept (one per batch size and layer sh
 # Pairs (T * topk) up to which backend "auto" takes the decode path (_DecodePlan): each pair's expert
 # weights streamed by programs of their own, split along K, instead of two grouped GEMMs whose tiles do not
 # cover the SMs at these sizes. Every pair reads its expert's weights itself, so once pairs share experts
-# (T * topk approaching E) the grouped GEMMs, which read each expert once, win.
+# the grouped GEMMs, which read each expert once, win: the path also needs pairs <= E / 2, where uniform
+# routing hits E (1 - (1 - 1/E)^pairs) experts and so reads at most ~1.27x the weights the grouped GEMMs
+# read (DeepSeek-R1 TP8, E = 256, at 64 pairs: 1.13x).
 DECODE_MAX_PAIRS = 64
 
 
@@ -427,8 +429,9 @@ def _layer_plan(shape: MoeShape, ids_dtype: torch.dtype, backend: str, env_backe
         reasons = BACKENDS["triton"].device_reasons(shape.device)
         if reasons and not _torch_steps(shape.device):
             raise RuntimeError("fused_moe_fp8 runs Triton kernels: " + "; ".join(reasons))
+        pairs = shape.tokens * shape.topk
         decode = (backend == "auto" and env_backend is None and not reasons
-                  and 0 < shape.tokens * shape.topk <= DECODE_MAX_PAIRS)
+                  and 0 < pairs <= min(DECODE_MAX_PAIRS, shape.num_experts // 2))
         plan = _DecodePlan(shape, ids_dtype) if decode else _LayerPlan(shape, ids_dtype, backend)
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
