@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .dispatch import launch_for
-from .problem import check_call, check_masked_inputs
+from .problem import check_call
 
 SCHEMA = (
     "(Tensor a, Tensor a_scale, Tensor b, Tensor b_scale, Tensor expert_offsets, Tensor(a!) out, "
@@ -69,11 +69,10 @@ torch.library.define("es_dual::grouped_gemm_fp8_masked", MASKED_SCHEMA)
 
 
 def _grouped_gemm_fp8_masked(a, a_scale, b, b_scale, masked_m, out, backend="auto") -> None:
-    problem = check_masked_inputs(a, a_scale, b, b_scale, masked_m, out)
+    problem, ptrs = check_call(a, a_scale, b, b_scale, masked_m, out, masked=True)
     launch = launch_for(problem, masked_m.dtype, backend)
     if problem.total_m:
-        tensors = (a, a_scale, b, b_scale, masked_m, out)
-        launch(tuple(t.data_ptr() for t in tensors), lambda: tensors)
+        launch(ptrs, lambda: (a, a_scale, b, b_scale, masked_m, out))
 
 
 torch.library.impl("es_dual::grouped_gemm_fp8_masked", ("CPU", "CUDA"))(_grouped_gemm_fp8_masked)

@@ -105,63 +105,74 @@ def output_for(a, a_scale, b, b_scale, expert_offsets, out, out_dtype) -> torch.
     return torch.empty(a.shape[0], b.shape[1], dtype=out_dtype, device=a.device)
 
 
-def _conforming(a, a_scale, b, b_scale, expert_offsets, out) -> tuple[Problem, tuple] | None:
-    """(the call's Problem, the six data pointers) when every rule of check_inputs holds, else None.
+def _conforming(a, a_scale, b, b_scale, rows, out, masked: bool = False) -> tuple[Problem, tuple] | None:
+    """(the call's Problem, the six data pointers) when every rule of check_inputs (masked: of
+    check_masked_inputs, `rows` being masked_m) holds, else None.
 
     This is the per-call fast path (host time matters: about 4 µs on the H200 machine's host): each
     tensor attribute is read once, and the overlap test works on byte ranges computed from the shapes
-    just checked. It must never accept what the rules of check_inputs refuse; a None only sends the
-    call through those rules, which raise with a message.
+    just checked. It must never accept what those rules refuse; a None only sends the call through
+    them, which raise with a message.
     """
     T = torch.Tensor
     if not (isinstance(a, T) and isinstance(a_scale, T) and isinstance(b, T) and isinstance(b_scale, T)
-            and isinstance(expert_offsets, T) and isinstance(out, T)):
+            and isinstance(rows, T) and isinstance(out, T)):
         return None
     try:
-        total_m, k = a.shape
+        if masked:
+            experts_a, max_m, k = a.shape
+        else:
+            (total_m, k), max_m = a.shape, 0
         num_experts, n, k_b = b.shape
-    except ValueError:  # not 2-D / 3-D
+    except ValueError:  # not 2-D (masked: 3-D) / 3-D
         return None
     device = a.device
     groups_k = -(-k // SCALE_BLOCK)
     groups_n = -(-n // SCALE_BLOCK)
-    offsets_dtype = expert_offsets.dtype
+    if masked:
+        total_m = num_experts * max_m
+        shapes = ((num_experts, max_m, groups_k), (num_experts,), (num_experts, max_m, n))
+    else:
+        experts_a = num_experts
+        shapes = ((total_m, groups_k), (num_experts + 1,), (total_m, n))
+    rows_dtype = rows.dtype
     out_dtype = out.dtype
     if not (
         a.dtype == FP8 and b.dtype == FP8 and a_scale.dtype == torch.float32 and b_scale.dtype == torch.float32
-        and offsets_dtype in OFFSET_DTYPES and out_dtype in OUT_DTYPES
+        and rows_dtype in OFFSET_DTYPES and out_dtype in OUT_DTYPES
         and a_scale.device == device and b.device == device and b_scale.device == device
-        and expert_offsets.device == device and out.device == device
-        and k_b == k and num_experts >= 1 and k > 0 and k % DIM_MULTIPLE == 0 and n > 0 and n % DIM_MULTIPLE == 0
-        and a_scale.shape == (total_m, groups_k) and b_scale.shape == (num_experts, groups_n, groups_k)
-        and expert_offsets.shape == (num_experts + 1,) and out.shape == (total_m, n)
+        and rows.device == device and out.device == device
+        and k_b == k and num_experts >= 1 and experts_a == num_experts
+        and k > 0 and k % DIM_MULTIPLE == 0 and n > 0 and n % DIM_MULTIPLE == 0
+        and a_scale.shape == shapes[0] and b_scale.shape == (num_experts, groups_n, groups_k)
+        and rows.shape == shapes[1] and out.shape == shapes[2]
         and a.is_contiguous() and a_scale.is_contiguous() and b.is_contiguous() and b_scale.is_contiguous()
-        and expert_offsets.is_contiguous() and out.is_contiguous()
+        and rows.is_contiguous() and out.is_contiguous()
     ):
         return None
-    ptrs = (a.data_ptr(), a_scale.data_ptr(), b.data_ptr(), b_scale.data_ptr(), expert_offsets.data_ptr(),
-            out.data_ptr())
+    ptrs = (a.data_ptr(), a_scale.data_ptr(), b.data_ptr(), b_scale.data_ptr(), rows.data_ptr(), out.data_ptr())
     if ptrs[0] % PTR_ALIGN or ptrs[2] % PTR_ALIGN or ptrs[5] % PTR_ALIGN:
         return None
     # Contiguous tensors of the shapes above: their bytes are [ptr, ptr + size).
     out_end = ptrs[5] + total_m * n * 2
     sizes = (total_m * k, total_m * groups_k * 4, num_experts * n * k, num_experts * groups_n * groups_k * 4,
-             (num_experts + 1) * (8 if offsets_dtype == torch.int64 else 4))
+             shapes[1][0] * (8 if rows_dtype == torch.int64 else 4))
     if out_end > ptrs[5]:
         for ptr, size in zip(ptrs, sizes):
             if size and ptr < out_end and ptrs[5] < ptr + size:
                 return None
-    return Problem(total_m, n, k, num_experts, out_dtype, device), ptrs
+    return Problem(total_m, n, k, num_experts, out_dtype, device, max_m), ptrs
 
 
-def check_call(a, a_scale, b, b_scale, expert_offsets, out) -> tuple[Problem, tuple]:
-    """check_inputs for a call with ``out``, plus the data pointers of (a, a_scale, b, b_scale,
-    expert_offsets, out), read once for the checks and the launch."""
-    checked = _conforming(a, a_scale, b, b_scale, expert_offsets, out)
+def check_call(a, a_scale, b, b_scale, rows, out, masked: bool = False) -> tuple[Problem, tuple]:
+    """check_inputs (masked: check_masked_inputs, rows being masked_m) for a call with ``out``, plus the data
+    pointers of (a, a_scale, b, b_scale, rows, out), read once for the checks and the launch."""
+    checked = _conforming(a, a_scale, b, b_scale, rows, out, masked)
     if checked is not None:
         return checked
-    problem = check_inputs(a, a_scale, b, b_scale, expert_offsets, out)
-    return problem, tuple(t.data_ptr() for t in (a, a_scale, b, b_scale, expert_offsets, out))
+    check = check_masked_inputs if masked else check_inputs
+    problem = check(a, a_scale, b, b_scale, rows, out)
+    return problem, tuple(t.data_ptr() for t in (a, a_scale, b, b_scale, rows, out))
 
 
 def _expect_types(named: dict, rows_name: str, out, out_dtype) -> tuple[torch.dtype, torch.device]:
@@ -246,6 +257,9 @@ def check_masked_inputs(a, a_scale, b, b_scale, masked_m, out=None, out_dtype=to
     """check_inputs for the masked layout: a (E, max_m, k), a_scale (E, max_m, ceil(k/128)), masked_m (E,)
     int32/int64, out (E, max_m, n); b and b_scale as in the contiguous layout. The Problem's total_m is
     E * max_m (the rows of a seen as one matrix) and its max_m is max_m."""
+    checked = _conforming(a, a_scale, b, b_scale, masked_m, out, masked=True) if out is not None else None
+    if checked is not None:
+        return checked[0]
     named = {"a": a, "a_scale": a_scale, "b": b, "b_scale": b_scale, "masked_m": masked_m}
     out_dtype, device = _expect_types(named, "masked_m", out, out_dtype)
     if a.dim() != 3:

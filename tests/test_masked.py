@@ -77,6 +77,27 @@ def test_refusals_name_the_argument():
             es_dual.grouped_gemm_fp8_masked(**dict(inputs, **edit))
 
 
+def test_fast_check_accepts_exactly_what_the_rules_accept():
+    """The per-call fast path (problem._conforming) gives the rules' Problem on a valid call and None (the
+    rules then raise) on each broken one."""
+    from es_dual.problem import _conforming, check_masked_inputs
+
+    inputs = _inputs([2, 1, 4], 4, 128, 256)
+    out = torch.empty(3, 4, 128, dtype=torch.bfloat16, device=DEVICE)
+    problem, ptrs = _conforming(*inputs.values(), out, masked=True)
+    assert problem == check_masked_inputs(**inputs, out=out) and problem.max_m == 4 and problem.total_m == 12
+    assert ptrs[4] == inputs["masked_m"].data_ptr()
+    broken = [
+        dict(masked_m=inputs["masked_m"][:2]), dict(a=inputs["a"][:2]), dict(a_scale=inputs["a_scale"][:, :3]),
+        dict(masked_m=inputs["masked_m"].float()), dict(out=out[:, :3]), dict(out=out.transpose(0, 1)),
+        dict(out=out.float()),
+        dict(out=inputs["b"].view(torch.uint8).view(-1)[:out.numel() * 2].view(torch.bfloat16).view(3, 4, 128)),
+    ]
+    for edit in broken:
+        args = {**inputs, "out": out, **edit}
+        assert _conforming(*args.values(), masked=True) is None, edit
+
+
 def test_validation_mode_names_the_bad_count():
     inputs = _inputs([2, 9], 4, 128, 128)
     with pytest.raises(ValueError, match=re.escape("masked_m: expected counts in [0, 4] (max_m), got 9 at index 1")):
