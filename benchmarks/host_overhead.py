@@ -108,6 +108,17 @@ def _peer_rows(inputs) -> list:
     return rows
 
 
+def _masked_rows(inputs) -> list:
+    """es_dual.grouped_gemm_fp8_masked on the same experts in the masked layout (max_m = the largest count)."""
+    max_m = max(COUNTS)
+    a = torch.zeros(len(COUNTS), max_m, K, dtype=inputs["a"].dtype, device="cuda")
+    a_scale = torch.ones(len(COUNTS), max_m, inputs["a_scale"].shape[1], device="cuda")
+    masked_m = torch.tensor(COUNTS, dtype=torch.int32, device="cuda")
+    out = torch.empty(len(COUNTS), max_m, N, dtype=torch.bfloat16, device="cuda")
+    return [("es_dual.grouped_gemm_fp8_masked(backend='auto')",
+             lambda: es_dual.grouped_gemm_fp8_masked(a, a_scale, inputs["b"], inputs["b_scale"], masked_m, out=out))]
+
+
 def _layer_rows(device) -> list:
     """fused_moe_fp8 at one token and at 16 tokens, per backend."""
     w13, w13_scale, w2, w2_scale = layer.make_weights(LAYER, device)
@@ -162,7 +173,7 @@ def main():
     for backend in ("auto", *(b for b in backends if b != "reference")):
         rows.append((f"es_dual.grouped_gemm_fp8(backend={backend!r})",
                      lambda backend=backend: es_dual.grouped_gemm_fp8(**inputs, out=out, backend=backend)))
-    rows += _peer_rows(inputs) + _layer_rows(device)
+    rows += _masked_rows(inputs) + _peer_rows(inputs) + _layer_rows(device)
     print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; problem: {len(COUNTS)} experts, "
           f"{total_m} rows, n = {N}, k = {K}; layer: {LAYER}")
     best = measure(rows, args.calls, args.rounds)
