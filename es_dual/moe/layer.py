@@ -479,7 +479,9 @@ class _DecodePlan:
         groups_h, groups_i = cdiv(hidden_size, SCALE_BLOCK), cdiv(intermediate, SCALE_BLOCK)
         tiles_gate_up = cdiv(2 * intermediate, DECODE_BLOCK_N_GATE_UP)
         if splits is None:
-            splits = round(DECODE_PROGRAMS_PER_SM * sm_count / max(pairs * tiles_gate_up, 1))
+            # as many as fit in one wave of DECODE_PROGRAMS_PER_SM programs per SM (rounded down: a second,
+            # partial wave would cost as much as the first)
+            splits = DECODE_PROGRAMS_PER_SM * sm_count // max(pairs * tiles_gate_up, 1)
         split_groups = cdiv(groups_h, min(max(splits, 1), groups_h))
         self.splits = cdiv(groups_h, split_groups)
         self.regions, self.nbytes = _buffer_layout({
