@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import es_dual  # noqa: E402
 from es_dual.bench import layer  # noqa: E402
 from es_dual.bench.providers import PEERS, PROVIDERS, Unavailable, add_peer_paths, describe  # noqa: E402
+from es_dual import ops  # noqa: E402
 from es_dual.cutlass import buckets, launch, loader  # noqa: E402
 from es_dual.dispatch import launch_for, select_backend  # noqa: E402
 from es_dual.problem import check_call, check_inputs  # noqa: E402
@@ -170,6 +171,11 @@ def main():
         rows.append(("Triton: planned launch (direct after the first)", lambda: planned(ptrs, lambda: tensors)))
     rows.append(("torch.ops.es_dual.grouped_gemm_fp8 (the op without the Python API around it)",
                  lambda: torch.ops.es_dual.grouped_gemm_fp8(*inputs.values(), out, "auto")))
+    op_tensors = (*inputs.values(), out)
+    rows.append(("ops.dispatcher_adds_nothing (the probes of the bypass)",
+                 lambda: ops.dispatcher_adds_nothing(op_tensors)))
+    rows.append(("ops._grouped_gemm_fp8 (the op's implementation, called straight)",
+                 lambda: ops._grouped_gemm_fp8(*op_tensors, "auto")))
     for backend in ("auto", *(b for b in backends if b != "reference")):
         rows.append((f"es_dual.grouped_gemm_fp8(backend={backend!r})",
                      lambda backend=backend: es_dual.grouped_gemm_fp8(**inputs, out=out, backend=backend)))
