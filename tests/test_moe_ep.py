@@ -1,9 +1,6 @@
 """Expert parallelism (es_dual.moe.ep): each rank's result equals the single-process layer on the same tokens,
 within the layer's tolerance. CPU processes talk over gloo; on a machine with a GPU, one process per GPU over
 NCCL (one process on a single GPU)."""
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -11,6 +8,7 @@ import torch.multiprocessing as mp
 
 import es_dual
 from es_dual.accuracy import relative_errors
+from es_dual.bench.ep import free_port, join_local_group
 from es_dual.moe.ep import ep_fused_moe_fp8, expert_range
 from es_dual.moe.reference import layer_tolerance
 from support import needs_gpu
@@ -44,13 +42,7 @@ def _tokens(rank, tokens):
 
 
 def _rank(rank, world, port, collective, results):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    # NVLink multicast off: not every multi-GPU host supports it
-    os.environ.update(NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1")
-    device = torch.device("cuda", rank) if collective == "nccl" else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group(collective, rank=rank, world_size=world, device_id=device if device.type == "cuda" else None)
+    device = join_local_group(rank, world, port, collective)
     try:
         w13, s13, w2, s2 = (t.to(device) for t in _model())
         first, end = expert_range(EXPERTS, rank, world)
@@ -62,15 +54,9 @@ def _rank(rank, world, port, collective, results):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _round_trip(world, collective, device_type):
     results = mp.Manager().dict()
-    mp.spawn(_rank, args=(world, _free_port(), collective, results), nprocs=world)
+    mp.spawn(_rank, args=(world, free_port(), collective, results), nprocs=world)
     max_tol, rms_tol = layer_tolerance(device_type)
     for rank in range(world):
         shape, max_rel, rms_rel = results[rank]
@@ -88,3 +74,18 @@ def test_round_trip_over_nccl():
     """One process per GPU over NCCL (the single-GPU machine runs a group of one: the collectives still
     go through NCCL, the tokens stay on their rank)."""
     _round_trip(torch.cuda.device_count(), "nccl", "cuda")
+
+
+def test_ep_benchmark_runs(tmp_path):
+    """python -m es_dual.bench --ep: every rank's round trip checked against the single-device layer and
+    timed step by step (gloo processes and a tiny model on the CPU; NCCL and Qwen3-235B's experts on GPUs)."""
+    from es_dual.bench.ep import COLUMNS, run_ep
+
+    argv = ["--ep", "--iterations", "2", "--csv", str(tmp_path / "ep.csv")]
+    if torch.cuda.is_available():
+        argv += ["--models", "qwen3_235b", "--batches", "1,8"]
+    rows = run_ep(argv)
+    world = torch.cuda.device_count() if torch.cuda.is_available() else 2
+    assert len(rows) == world * 2 and {r["rank"] for r in rows} == set(range(world))
+    assert all(r["status"] == "ok" and r["round_trip_us"] > 0 for r in rows), rows
+    assert (tmp_path / "ep.csv").read_text().splitlines()[0] == ",".join(COLUMNS)

@@ -79,6 +79,8 @@ def parse(argv):
     parser.add_argument("--plot", help="write a PNG of %% of floor per workload, provider and mode")
     parser.add_argument("--layer", action="store_true", help="benchmark the fused MoE layer instead "
                         "(python -m es_dual.bench --layer --help for its options)")
+    parser.add_argument("--ep", action="store_true", help="benchmark the expert-parallel round trip over one "
+                        "process per GPU instead (python -m es_dual.bench --ep --help)")
     return parser.parse_args(argv)
 
 
@@ -397,6 +399,10 @@ def run(argv=None) -> list[dict]:
         from .layer import run_layer
 
         return run_layer(argv)
+    if "--ep" in argv:  # expert parallelism over several processes (es_dual/bench/ep.py)
+        from .ep import run_ep
+
+        return run_ep(argv)
     args = parse(argv)
     add_peer_paths(args.peers)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
