@@ -3,9 +3,9 @@
 python benchmarks/triton_sweep.py [--budget-s 120] [--csv file]
 python benchmarks/triton_sweep.py --buckets [--csv file]   # the mean-based table against expert specialization
 
-With --buckets, every workload (public and extra) runs three ways: the default (one tile from the mean
-tokens per expert), TRITON_BUCKETS (one launch per bucket of experts), and TRITON_BUCKETS with persistent
-launches; CUDA-event timing with the L2 flushed (time_us), each output checked against the default's.
+With --buckets, every workload (public and extra) runs four ways: the default (one tile from the mean
+tokens per expert), TRITON_BUCKETS (one launch per bucket of experts), TRITON_BUCKETS with persistent
+launches, and TRITON_TWO_KINDS (both kinds in one persistent launch); CUDA-event timing with the L2 flushed (time_us), each output checked against the default's.
 """
 import argparse
 import csv
@@ -16,7 +16,9 @@ import torch
 from es_dual.bench.timing import time_us
 from es_dual.bench.workloads import PUBLIC_WORKLOADS, WORKLOAD_SETS
 from es_dual.problem import check_inputs
-from es_dual.triton_ref.launch import TRITON_BUCKETS, TileConfig, TritonBucket, grouped_gemm_triton
+from es_dual.triton_ref.launch import (
+    TRITON_BUCKETS, TRITON_TWO_KINDS, TileConfig, TritonBucket, TwoKinds, grouped_gemm_triton, plan_two_kinds,
+)
 
 # (block_m, block_n, warps, stages, programs per SM; 0 = one program per tile)
 CANDIDATES = [
@@ -29,7 +31,16 @@ CANDIDATES = [
 
 
 PERSISTENT_BUCKETS = tuple(TritonBucket(b.max_rows, b.config.persistent(2)) for b in TRITON_BUCKETS)
-BUCKET_VARIANTS = {"mean_table": None, "buckets": TRITON_BUCKETS, "buckets_persistent": PERSISTENT_BUCKETS}
+BUCKET_VARIANTS = {"mean_table": None, "buckets": TRITON_BUCKETS, "buckets_persistent": PERSISTENT_BUCKETS,
+                   "two_kinds": TRITON_TWO_KINDS}
+
+
+def _variant_call(problem, inputs, out, table):
+    """One call of a variant: the mean-based table (None), a bucket table, or the two-kind launch."""
+    if isinstance(table, TwoKinds):
+        planned, tensors = plan_two_kinds(problem, table), (*inputs.values(), out)
+        return lambda: planned(tuple(t.data_ptr() for t in tensors), lambda: tensors)
+    return lambda: grouped_gemm_triton(problem, *inputs.values(), out, buckets=table)
 
 
 def compare_buckets(csv_path):
@@ -42,7 +53,9 @@ def compare_buckets(csv_path):
         line = w.name.ljust(28)
         for name, table in BUCKET_VARIANTS.items():
             out = outs[name]
-            us = time_us(lambda: grouped_gemm_triton(problem, *inputs.values(), out, buckets=table), problem.device)
+            if isinstance(table, TwoKinds) and problem.num_experts > 1024:
+                continue
+            us = time_us(_variant_call(problem, inputs, out, table), problem.device)
             same = name == "mean_table" or torch.allclose(out.float(), outs["mean_table"].float(), rtol=2e-2, atol=1e-2)
             rows.append(dict(workload=w.name, variant=name, us=us, matches_default=same))
             line += f"{us:19.1f}{'' if same else '!'}"

@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 import es_dual
 from es_dual.problem import check_inputs
 from es_dual.triton_ref.launch import (
-    TILE_CONFIGS, TRITON_BUCKETS, LaunchSequence, TritonBucket, grouped_gemm_triton, plan_triton,
+    TILE_CONFIGS, TRITON_BUCKETS, TRITON_TWO_KINDS, LaunchSequence, TritonBucket, grouped_gemm_triton, plan_triton,
+    plan_two_kinds,
 )
 from support import assert_matches, make_inputs, needs_gpu, poisoned_out, reference64, routings, run_backend
 
@@ -100,6 +101,26 @@ def test_expert_specialized_buckets_against_reference(device, counts, table, k, 
     problem = check_inputs(**inputs, out=out)
     if problem.total_m:
         grouped_gemm_triton(problem, *inputs.values(), out, buckets=table)
+    if exact:
+        assert torch.equal(out.cpu(), _run(inputs, torch.bfloat16, backend="reference").cpu())
+    assert_matches(out, reference64(inputs))
+
+
+@given(
+    counts=routings(MAX_EXPERTS, MAX_TOKENS, BOUNDARIES),
+    k=st.sampled_from(K_CHOICES),
+    exact=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_two_kinds_in_one_launch_against_reference(device, counts, k, exact, seed):
+    """The two-kind persistent kernel: experts on either side of split_rows in their own tile, each row
+    written once; on exact inputs bit-equal to the reference."""
+    inputs = make_inputs(counts, 144, k, seed, device, exact=exact)
+    out = poisoned_out(sum(counts), 144, torch.bfloat16, device)
+    problem = check_inputs(**inputs, out=out)
+    if problem.total_m:
+        tensors = (*inputs.values(), out)
+        plan_two_kinds(problem, TRITON_TWO_KINDS)(tuple(t.data_ptr() for t in tensors), lambda: tensors)
     if exact:
         assert torch.equal(out.cpu(), _run(inputs, torch.bfloat16, backend="reference").cpu())
     assert_matches(out, reference64(inputs))

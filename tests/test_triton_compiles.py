@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent('''
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from es_dual.moe import decode_kernels as decode, kernels as moe
-    from es_dual.triton_ref.kernel import grouped_gemm_fp8_kernel
+    from es_dual.triton_ref.kernel import grouped_gemm_fp8_kernel, grouped_gemm_fp8_two_kinds_kernel as two_kinds_kernel
 
     def compile_for_sm90(fn, types, constants, **options):
         signature = {n: "constexpr" if n in constants else types.get(n, "i32") for n in fn.arg_names}
@@ -30,6 +30,10 @@ SCRIPT = textwrap.dedent('''
                     BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, SCALE_BLOCK=128, EXPERT_CHUNK=128, PERSISTENT=persistent,
                     RESIDENT_SCHEDULE=persistent and not upcast, EVEN_K=not masked, UPCAST=upcast, SOFTWARE_BF16_ROUNDING=False, MASKED=masked),
                     num_warps=4, num_stages=4)
+    for upcast in (False, True):
+        compile_for_sm90(two_kinds_kernel, gemm, dict(
+            BLOCK_M_LARGE=128, BLOCK_M_SMALL=16, BLOCK_N=128, BLOCK_K=128, SCALE_BLOCK=128, EXPERT_CHUNK=128,
+            EVEN_K=True, UPCAST=upcast, SOFTWARE_BF16_ROUNDING=False, MASKED=False), num_warps=8, num_stages=3)
     compile_for_sm90(moe.route_kernel, dict(ids_ptr="*i64", offsets_ptr="*i32", order_ptr="*i64"),
                      dict(BLOCK=1024, BINS=512), num_warps=4)
     compile_for_sm90(moe.permute_quantize_kernel,

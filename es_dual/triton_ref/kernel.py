@@ -175,6 +175,25 @@ def _gemm_tile(
 
 
 @triton.jit
+def _resident_tile(
+    a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
+    stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+    lo, hi, tiles, tiles_end, in_range, tile, m_tiles,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr,
+):
+    """Tile `tile` (m_tile fastest) of a kind whose schedule (lo, hi, tiles, tiles_end) is in registers."""
+    m_tile = tile % m_tiles
+    expert, tiles_before, row_lo, row_hi = _find_in_chunk(lo, hi, tiles, tiles_end, in_range, m_tile)
+    _gemm_tile(
+        a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
+        stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+        m_tile, tile // m_tiles, expert, tiles_before, row_lo, row_hi,
+        BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+    )
+
+
+@triton.jit
 def grouped_gemm_fp8_kernel(
     # pointers
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, offsets_ptr, out_ptr,
@@ -202,18 +221,23 @@ def grouped_gemm_fp8_kernel(
                                                    BLOCK_M, EXPERT_CHUNK, MASKED)
         n_tiles = tl.cdiv(n, BLOCK_N)
         for tile in range(tl.program_id(0), m_tiles * n_tiles, tl.num_programs(0)):
-            m_tile = tile % m_tiles
             if RESIDENT_SCHEDULE:
-                expert, tiles_before, row_lo, row_hi = _find_in_chunk(lo, hi, tiles, tiles_end, in_range, m_tile)
+                _resident_tile(
+                    a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
+                    stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+                    lo, hi, tiles, tiles_end, in_range, tile, m_tiles,
+                    BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+                )
             else:
+                m_tile = tile % m_tiles
                 expert, tiles_before, row_lo, row_hi, _ = _locate_row_tile(
                     offsets_ptr, num_experts, total_m, max_m, min_rows, max_rows, m_tile, BLOCK_M, EXPERT_CHUNK, MASKED)
-            _gemm_tile(
-                a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
-                stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
-                m_tile, tile // m_tiles, expert, tiles_before, row_lo, row_hi,
-                BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
-            )
+                _gemm_tile(
+                    a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
+                    stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+                    m_tile, tile // m_tiles, expert, tiles_before, row_lo, row_hi,
+                    BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+                )
     else:
         m_tile = tl.program_id(0)
         expert, tiles_before, row_lo, row_hi, _ = _locate_row_tile(
@@ -224,3 +248,46 @@ def grouped_gemm_fp8_kernel(
             m_tile, tl.program_id(1), expert, tiles_before, row_lo, row_hi,
             BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
         )
+
+
+@triton.jit
+def grouped_gemm_fp8_two_kinds_kernel(
+    # pointers
+    a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, offsets_ptr, out_ptr,
+    # sizes: experts with more than split_rows rows take the large tile, the others the small one
+    total_m, n, k, num_experts, max_m, split_rows,
+    # strides, in elements (the innermost stride of every tensor is 1)
+    stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+    # meta-parameters (every expert in one scan chunk: num_experts <= EXPERT_CHUNK)
+    BLOCK_M_LARGE: tl.constexpr, BLOCK_M_SMALL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SCALE_BLOCK: tl.constexpr, EXPERT_CHUNK: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
+    SOFTWARE_BF16_ROUNDING: tl.constexpr, MASKED: tl.constexpr,
+):
+    """Expert specialization in one persistent launch: each program walks the large experts' tiles
+    (BLOCK_M_LARGE rows) and then the small experts' tiles (BLOCK_M_SMALL rows), so the short tiles fill
+    the tail the long ones leave, within one wave. The schedule of both kinds stays in registers."""
+    lo, hi, tiles_large, in_range = _chunk_rows(offsets_ptr, 0, num_experts, total_m, max_m, split_rows,
+                                                2147483647, BLOCK_M_LARGE, EXPERT_CHUNK, MASKED)
+    _, _, tiles_small, _ = _chunk_rows(offsets_ptr, 0, num_experts, total_m, max_m, 0, split_rows, BLOCK_M_SMALL,
+                                       EXPERT_CHUNK, MASKED)
+    end_large = tl.cumsum(tiles_large, 0)
+    end_small = tl.cumsum(tiles_small, 0)
+    m_large = tl.sum(tiles_large, 0)
+    m_small = tl.sum(tiles_small, 0)
+    n_tiles = tl.cdiv(n, BLOCK_N)
+    large = m_large * n_tiles
+    for tile in range(tl.program_id(0), large + m_small * n_tiles, tl.num_programs(0)):
+        if tile < large:
+            _resident_tile(
+                a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
+                stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+                lo, hi, tiles_large, end_large, in_range, tile, m_large,
+                BLOCK_M_LARGE, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+            )
+        else:
+            _resident_tile(
+                a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
+                stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+                lo, hi, tiles_small, end_small, in_range, tile - large, m_small,
+                BLOCK_M_SMALL, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+            )

@@ -17,7 +17,7 @@ import triton
 from ..device import device_capability, device_properties
 from ..problem import SCALE_BLOCK, Problem, cdiv
 from .direct import DirectLaunch
-from .kernel import grouped_gemm_fp8_kernel
+from .kernel import grouped_gemm_fp8_kernel, grouped_gemm_fp8_two_kinds_kernel
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,21 @@ TRITON_BUCKETS = (
 ALL_ROWS = 2**31 - 1  # max_rows of a launch that takes every expert (row counts are int32 in the kernel)
 
 
+@dataclass(frozen=True)
+class TwoKinds:
+    """Expert specialization in one persistent launch (plan_two_kinds): experts with more than split_rows
+    rows in the large tile, the others in tiles of small_block_m rows with the large tile's columns,
+    warps and stages; programs_per_sm programs per SM walk the large tiles first."""
+    split_rows: int
+    small_block_m: int
+    large: TileConfig
+    programs_per_sm: int = 1
+
+
+# Not yet measured (benchmarks/triton_sweep.py --buckets), so not the default.
+TRITON_TWO_KINDS = TwoKinds(split_rows=64, small_block_m=16, large=TILE_CONFIGS[3], programs_per_sm=1)
+
+
 def choose_config(problem: Problem) -> TileConfig:
     return next(c for c in TILE_CONFIGS if problem.mean_tokens <= c.max_mean_tokens)
 
@@ -113,8 +128,8 @@ class LaunchSequence:
 
 def _plan_launch(problem: Problem, config: TileConfig, min_rows: int, max_rows: int, upcast) -> DirectLaunch:
     """The DirectLaunch of one tile configuration over the experts with min_rows < m <= max_rows."""
-    fp8_cores, sm_count = device_facts(problem.device)
-    total_m, n, k, num_experts = problem.total_m, problem.n, problem.k, problem.num_experts
+    _, sm_count = device_facts(problem.device)
+    total_m, n, num_experts = problem.total_m, problem.n, problem.num_experts
     # Row tiles: each of the experts with more than min_rows rows (at most total_m // (min_rows + 1) of
     # them) adds at most one partial tile to cdiv(total_m, BLOCK_M), and has at most cdiv(max_rows, BLOCK_M).
     experts = min(num_experts, total_m // (min_rows + 1))
@@ -125,22 +140,50 @@ def _plan_launch(problem: Problem, config: TileConfig, min_rows: int, max_rows: 
         grid = (min(sm_count * config.programs_per_sm, row_tiles_bound * col_tiles),)
     else:
         grid = (row_tiles_bound, col_tiles)
-    groups_k, groups_n = cdiv(k, SCALE_BLOCK), cdiv(n, SCALE_BLOCK)
-    expert_chunk = min(max(triton.next_power_of_2(num_experts), 128), 1024)  # experts scanned per step
+    expert_chunk = _expert_chunk(num_experts)
     constants = dict(
-        total_m=total_m, n=n, k=k, num_experts=num_experts, max_m=problem.max_m, min_rows=min_rows,
-        max_rows=int(max_rows),
-        # contiguous tensors of the contract: every stride follows from the sizes
-        stride_am=k, stride_asm=groups_k, stride_be=n * k, stride_bn=k, stride_bse=groups_n * groups_k,
-        stride_bsn=groups_k, stride_om=n,
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SCALE_BLOCK=SCALE_BLOCK,
-        EXPERT_CHUNK=expert_chunk, PERSISTENT=persistent, RESIDENT_SCHEDULE=persistent and num_experts <= expert_chunk,
-        EVEN_K=k % config.block_k == 0, UPCAST=not fp8_cores if upcast is None else upcast,
-        SOFTWARE_BF16_ROUNDING=problem.device.type == "cpu" and problem.out_dtype == torch.bfloat16,
-        MASKED=problem.max_m > 0,
+        min_rows=min_rows, max_rows=int(max_rows), BLOCK_M=config.block_m, PERSISTENT=persistent,
+        RESIDENT_SCHEDULE=persistent and num_experts <= expert_chunk, **_shared_constants(problem, config, upcast),
     )
     return DirectLaunch(grouped_gemm_fp8_kernel, grid, constants,
                         dict(num_warps=config.num_warps, num_stages=config.num_stages), problem.device)
+
+
+def _expert_chunk(num_experts: int) -> int:
+    """Experts the kernel scans per step."""
+    return min(max(triton.next_power_of_2(num_experts), 128), 1024)
+
+
+def _shared_constants(problem: Problem, config: TileConfig, upcast) -> dict:
+    """The kernel arguments both kernels take, from the sizes (contiguous tensors of the contract: every
+    stride follows from them)."""
+    fp8_cores, _ = device_facts(problem.device)
+    n, k = problem.n, problem.k
+    groups_k, groups_n = cdiv(k, SCALE_BLOCK), cdiv(n, SCALE_BLOCK)
+    return dict(
+        total_m=problem.total_m, n=n, k=k, num_experts=problem.num_experts, max_m=problem.max_m,
+        stride_am=k, stride_asm=groups_k, stride_be=n * k, stride_bn=k, stride_bse=groups_n * groups_k,
+        stride_bsn=groups_k, stride_om=n,
+        BLOCK_N=config.block_n, BLOCK_K=config.block_k, SCALE_BLOCK=SCALE_BLOCK,
+        EXPERT_CHUNK=_expert_chunk(problem.num_experts), EVEN_K=k % config.block_k == 0,
+        UPCAST=not fp8_cores if upcast is None else upcast,
+        SOFTWARE_BF16_ROUNDING=problem.device.type == "cpu" and problem.out_dtype == torch.bfloat16,
+        MASKED=problem.max_m > 0,
+    )
+
+
+def plan_two_kinds(problem: Problem, two: "TwoKinds", upcast=None) -> DirectLaunch:
+    """One persistent launch of the two-kind kernel (grouped_gemm_fp8_two_kinds_kernel); every expert must
+    fit in one scan chunk (num_experts <= 1024)."""
+    if problem.num_experts > _expert_chunk(problem.num_experts):
+        raise ValueError(f"two kinds in one launch take at most 1024 experts, got {problem.num_experts}")
+    _, sm_count = device_facts(problem.device)
+    large = two.large
+    grid = (sm_count * two.programs_per_sm,)  # programs past the tiles stop after the schedule
+    constants = dict(split_rows=two.split_rows, BLOCK_M_LARGE=large.block_m, BLOCK_M_SMALL=two.small_block_m,
+                     **_shared_constants(problem, large, upcast))
+    return DirectLaunch(grouped_gemm_fp8_two_kinds_kernel, grid, constants,
+                        dict(num_warps=large.num_warps, num_stages=large.num_stages), problem.device)
 
 
 def grouped_gemm_triton(problem: Problem, a, a_scale, b, b_scale, expert_offsets, out, *, upcast=None, config=None,
