@@ -55,7 +55,8 @@ SCRIPT = textwrap.dedent('''
             compile_for_sm90(decode.decode_down_kernel,
                              dict(y_ptr="*fp8e4nv", y_scale_ptr="*fp32", topk_ids_ptr="*i64", topk_weights_ptr="*fp32",
                                   w_ptr="*fp8e4nv", w_scale_ptr="*fp32", out_ptr="*bf16"),
-                             dict(BLOCK_N=block_n, GROUP=128, UPCAST=upcast, INTERPRETER=False), num_warps=4, num_stages=4)
+                             dict(BLOCK_N=block_n, GROUP=128, TOPK_BLOCK=8, UPCAST=upcast, INTERPRETER=False), num_warps=4,
+                             num_stages=4)
     compile_for_sm90(decode.decode_silu_mul_quantize_kernel,
                      dict(partial_ptr="*fp32", topk_ids_ptr="*i32", q_ptr="*fp8e4nv", scale_ptr="*fp32"),
                      dict(GROUP=128, BLOCK_UNITS=8, INTERPRETER=False))

@@ -143,11 +143,17 @@ def decode_down_kernel(
     hidden_size, intermediate, topk, num_experts,
     # strides, in elements
     stride_y, stride_ys, stride_we, stride_wn, stride_wse, stride_wsn, stride_out,
-    # meta-parameters
-    BLOCK_N: tl.constexpr, GROUP: tl.constexpr, UPCAST: tl.constexpr, INTERPRETER: tl.constexpr,
+    # meta-parameters: TOPK_BLOCK >= topk, a power of 2
+    BLOCK_N: tl.constexpr, GROUP: tl.constexpr, TOPK_BLOCK: tl.constexpr, UPCAST: tl.constexpr,
+    INTERPRETER: tl.constexpr,
 ):
     """Program (token, weight tile): the token's output columns, its k summed in order in float32."""
     token = tl.program_id(0).to(tl.int64)
+    # The token's ids and weights, read once: inside the loop an expert's address then comes from
+    # registers, not from a load, so the loop's weight loads pipeline as deep as its stages allow.
+    slots = tl.arange(0, TOPK_BLOCK)
+    ids = tl.load(topk_ids_ptr + token * topk + slots, mask=slots < topk, other=-1).to(tl.int64)
+    weights = tl.load(topk_weights_ptr + token * topk + slots, mask=slots < topk, other=0.0)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols64 = cols.to(tl.int64)
     kk = tl.arange(0, GROUP)
@@ -160,7 +166,7 @@ def decode_down_kernel(
         k = step // groups
         g = step % groups
         pair = token * topk + k
-        expert = tl.load(topk_ids_ptr + pair).to(tl.int64)
+        expert = tl.sum(tl.where(slots == k, ids, 0), 0)
         valid = (expert >= 0) & (expert < num_experts)  # a pair out of range contributes nothing:
         expert = tl.where(valid, expert, 0)
         k_ok = g * GROUP + kk < tl.where(valid, intermediate, 0)  # its loads have empty bounds
@@ -175,7 +181,7 @@ def decode_down_kernel(
         acc += _dot_first_line(w, a, UPCAST) * w_scale * y_scale
         # after the pair's last group its down row is complete: rounded to bf16, weighted, added
         last = g == groups - 1
-        weight = tl.load(topk_weights_ptr + pair, mask=valid & last, other=0.0)
+        weight = tl.where(valid & last, tl.sum(tl.where(slots == k, weights, 0.0), 0), 0.0)
         out += tl.where(last, weight * _to_bf16_value(acc, INTERPRETER), 0.0)
         acc = tl.where(last, 0.0, acc)
     if INTERPRETER:

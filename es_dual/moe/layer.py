@@ -513,7 +513,8 @@ class _DecodePlan:
             hidden_size=hidden_size, intermediate=intermediate, topk=topk, num_experts=num_experts,
             stride_y=intermediate, stride_ys=groups_i, stride_we=hidden_size * intermediate, stride_wn=intermediate,
             stride_wse=cdiv(hidden_size, SCALE_BLOCK) * groups_i, stride_wsn=groups_i, stride_out=hidden_size,
-            BLOCK_N=block_down, GROUP=SCALE_BLOCK, UPCAST=upcast, INTERPRETER=interpreted)
+            BLOCK_N=block_down, GROUP=SCALE_BLOCK, TOPK_BLOCK=_next_power_of_2(topk), UPCAST=upcast,
+            INTERPRETER=interpreted)
 
     def __call__(self, hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids):
         tokens, hidden_size = self.shape.tokens, self.shape.hidden_size
