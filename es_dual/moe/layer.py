@@ -450,10 +450,28 @@ def _buffer_layout(regions: dict) -> tuple[dict, int]:
     return placed, offset
 
 
-def _buffer_views(buf: torch.Tensor, placed: dict) -> dict:
-    """The regions of _buffer_layout as tensors of buf."""
-    return {name: buf[offset:offset + nbytes].view(dtype).view(dims)
-            for name, (offset, nbytes, dtype, dims) in placed.items()}
+class _Intermediates:
+    """One call's buffer of intermediates, laid out by _buffer_layout: each region's data pointer, and the
+    regions as tensors, made only if a launch asks for them (the first of a kind, the CPU's interpreter, a
+    backend that reads tensors). "<name>_bits" of an FP8 region is what the quantizing kernels store into
+    (_fp8_target); `replaced` holds regions a call made elsewhere (torch's sort at large batches)."""
+
+    def __init__(self, placed: dict, nbytes: int, device):
+        self.buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        self.placed, self.replaced, self.views = placed, {}, {}
+        base = self.buf.data_ptr()
+        self.ptrs = tuple(base + offset for offset, _, _, _ in placed.values())
+
+    def tensors(self, *items):
+        """A function returning items, each a tensor or a region's name, as tensors."""
+        def make():
+            if not self.views:
+                views = {name: self.buf[offset:offset + nbytes].view(dtype).view(dims)
+                         for name, (offset, nbytes, dtype, dims) in self.placed.items()}
+                views.update({f"{name}_bits": _fp8_target(v) for name, v in views.items() if v.dtype == FP8})
+                self.views.update(views, **self.replaced)
+            return tuple(self.views[i] if isinstance(i, str) else i for i in items)
+        return make
 
 
 # The decode path's work per program: 64 weight rows of gate_up by one K split, 32 or 64 rows of the down
@@ -521,18 +539,9 @@ class _DecodePlan:
         out = torch.empty(tokens, hidden_size, dtype=torch.bfloat16, device=hidden.device)
         if not tokens:
             return out
-        buf = torch.empty(self.nbytes, dtype=torch.uint8, device=hidden.device)
-        partial, y, y_scale = (buf.data_ptr() + r[0] for r in self.regions.values())
-        views = {}
-
-        def tensors(*items):  # as _LayerPlan's: the intermediates made into tensors only if a launch asks
-            def make():
-                if not views:
-                    views.update(_buffer_views(buf, self.regions))
-                    views["y_bits"] = _fp8_target(views["y"])
-                return tuple(views[i] if isinstance(i, str) else i for i in items)
-            return make
-
+        inter = _Intermediates(self.regions, self.nbytes, hidden.device)
+        partial, y, y_scale = inter.ptrs
+        tensors = inter.tensors
         ids, weights, h = topk_ids.data_ptr(), topk_weights.data_ptr(), hidden.data_ptr()
         self.gate_up((h, ids, w13.data_ptr(), w13_scale.data_ptr(), partial),
                      tensors(hidden, topk_ids, w13, w13_scale, "partial"))
@@ -579,31 +588,14 @@ class _LayerPlan:
             self.gemm2 = launch_for(Problem(rows, hidden_size, intermediate, num_experts, torch.bfloat16, device),
                                     torch.int32, backend)
 
-    def _views(self, buf: torch.Tensor) -> dict:
-        """The intermediates as tensors, for the launches that need more than pointers (the first of a
-        kind, the CPU's interpreter, a backend that reads tensors); "a_bits" and "y_bits" are what the
-        quantizing kernels store into (_fp8_target)."""
-        views = _buffer_views(buf, self.regions)
-        views["a_bits"], views["y_bits"] = _fp8_target(views["a"]), _fp8_target(views["y"])
-        return views
-
     def __call__(self, hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids):
         tokens, hidden_size, _, num_experts, topk, device = self.shape
         out = torch.empty(tokens, hidden_size, dtype=torch.bfloat16, device=device)
         if not self.rows:
             return out
-        buf = torch.empty(self.nbytes, dtype=torch.uint8, device=device)
-        base = buf.data_ptr()
-        offs, order, a, a_scale, pair_rows, gate_up, y, y_scale, down = (base + r[0] for r in self.regions.values())
-        known, replaced = {}, {}
-
-        def tensors(*items):  # each item a tensor or an intermediate's name; made only if a launch asks
-            def make():
-                if not known:
-                    known.update(self._views(buf), **replaced)
-                return tuple(known[i] if isinstance(i, str) else i for i in items)
-            return make
-
+        inter = _Intermediates(self.regions, self.nbytes, device)
+        offs, order, a, a_scale, pair_rows, gate_up, y, y_scale, down = inter.ptrs
+        tensors, replaced = inter.tensors, inter.replaced
         flat_ids = topk_ids.reshape(-1)
         if self.route is not None:
             self.route((flat_ids.data_ptr(), offs, order), tensors(flat_ids, "offsets", "order"))
