@@ -18,12 +18,17 @@ SCHEMA = (
 torch.library.define("es_dual::grouped_gemm_fp8", SCHEMA)
 
 
-def _grouped_gemm_fp8(a, a_scale, b, b_scale, expert_offsets, out, backend="auto") -> None:
-    """check -> choose backend -> launch; a refused call raises before anything touches out."""
-    problem, ptrs = check_call(a, a_scale, b, b_scale, expert_offsets, out)
-    launch = launch_for(problem, expert_offsets.dtype, backend)
+def _check_choose_launch(a, a_scale, b, b_scale, rows, out, backend, masked: bool) -> None:
+    """check -> choose backend -> launch, for either layout (rows: the offsets, or masked_m); a refused call
+    raises before anything touches out."""
+    problem, ptrs = check_call(a, a_scale, b, b_scale, rows, out, masked)
+    launch = launch_for(problem, rows.dtype, backend)
     if problem.total_m:
-        launch(ptrs, lambda: (a, a_scale, b, b_scale, expert_offsets, out))
+        launch(ptrs, lambda: (a, a_scale, b, b_scale, rows, out))
+
+
+def _grouped_gemm_fp8(a, a_scale, b, b_scale, expert_offsets, out, backend="auto") -> None:
+    _check_choose_launch(a, a_scale, b, b_scale, expert_offsets, out, backend, False)
 
 
 # registered by call, not as a decorator: the public entry points also call the function itself
@@ -69,10 +74,7 @@ torch.library.define("es_dual::grouped_gemm_fp8_masked", MASKED_SCHEMA)
 
 
 def _grouped_gemm_fp8_masked(a, a_scale, b, b_scale, masked_m, out, backend="auto") -> None:
-    problem, ptrs = check_call(a, a_scale, b, b_scale, masked_m, out, masked=True)
-    launch = launch_for(problem, masked_m.dtype, backend)
-    if problem.total_m:
-        launch(ptrs, lambda: (a, a_scale, b, b_scale, masked_m, out))
+    _check_choose_launch(a, a_scale, b, b_scale, masked_m, out, backend, True)
 
 
 torch.library.impl("es_dual::grouped_gemm_fp8_masked", ("CPU", "CUDA"))(_grouped_gemm_fp8_masked)
