@@ -93,7 +93,7 @@ def plan_cutlass(problem, offsets_dtype, mode: str | None = None, overlap: int |
         see buckets.TUNING_MODES). None: the expert-specialized mode for this shape (buckets.es_mode).
     overlap: how the bucket kernels are enqueued (buckets.OVERLAPS); None: buckets.DEFAULT_OVERLAP.
 
-    The arguments are validated by the caller (es_dual.problem.check_call, or check_masked_inputs for the
+    The arguments are validated by the caller (es_dual.problem.check_call, with masked=True for the
     masked layout, problem.max_m > 0: ptrs[4] then points to the E counts): contiguous, on one CUDA
     device, shapes and dtypes of the tensor contract. A launch only enqueues work ordered before later
     work on the current stream of that device: no host synchronization, so it can be captured in a CUDA
