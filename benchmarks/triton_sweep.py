@@ -5,7 +5,8 @@ python benchmarks/triton_sweep.py --buckets [--csv file]   # the mean-based tabl
 
 With --buckets, every workload (public and extra) runs four ways: the default (one tile from the mean
 tokens per expert), TRITON_BUCKETS (one launch per bucket of experts), TRITON_BUCKETS with persistent
-launches, and TRITON_TWO_KINDS (both kinds in one persistent launch); CUDA-event timing with the L2 flushed (time_us), each output checked against the default's.
+launches, and TRITON_TWO_KINDS (both kinds in one persistent launch); CUDA-event timing with the L2 flushed
+(time_us), each output checked against the float64 reference with es_dual.accuracy.tolerance ("!": outside it).
 """
 import argparse
 import csv
@@ -13,6 +14,8 @@ import time
 
 import torch
 
+from es_dual.accuracy import relative_errors, tolerance
+from es_dual.bench.__main__ import reference_f64
 from es_dual.bench.timing import time_us
 from es_dual.bench.workloads import PUBLIC_WORKLOADS, WORKLOAD_SETS
 from es_dual.problem import check_inputs
@@ -45,20 +48,23 @@ def _variant_call(problem, inputs, out, table):
 
 def compare_buckets(csv_path):
     rows = []
-    print("workload".ljust(28) + "".join(name.rjust(20) for name in BUCKET_VARIANTS) + "   (µs, time_us: events, L2 flushed)")
+    print("workload".ljust(28) + "".join(name.rjust(20) for name in BUCKET_VARIANTS) + "   (µs, time_us: events, L2 flushed; !: wrong)")
     for w in WORKLOAD_SETS["all"]:
         inputs = w.make_inputs("cuda")
         problem = check_inputs(**inputs)
         outs = {name: torch.empty(problem.total_m, problem.n, dtype=torch.bfloat16, device="cuda") for name in BUCKET_VARIANTS}
+        reference = reference_f64(**inputs)
+        max_tol, rms_tol = tolerance(torch.bfloat16)
         line = w.name.ljust(28)
         for name, table in BUCKET_VARIANTS.items():
             out = outs[name]
             if isinstance(table, TwoKinds) and problem.num_experts > 1024:
                 continue
             us = time_us(_variant_call(problem, inputs, out, table), problem.device)
-            same = name == "mean_table" or torch.allclose(out.float(), outs["mean_table"].float(), rtol=2e-2, atol=1e-2)
-            rows.append(dict(workload=w.name, variant=name, us=us, matches_default=same))
-            line += f"{us:19.1f}{'' if same else '!'}"
+            max_rel, rms_rel = relative_errors(out, reference)
+            ok = max_rel <= max_tol and rms_rel <= rms_tol
+            rows.append(dict(workload=w.name, variant=name, us=us, max_rel_err=max_rel, rms_rel_err=rms_rel, correct=ok))
+            line += f"{us:19.1f}{'' if ok else '!'}"
         print(line, flush=True)
         del inputs, outs
     if csv_path and rows:

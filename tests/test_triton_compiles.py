@@ -45,21 +45,19 @@ SCRIPT = textwrap.dedent('''
     compile_for_sm90(moe.unpermute_sum_kernel,
                      dict(down_ptr="*bf16", pair_rows_ptr="*i32", topk_ids_ptr="*i32", topk_weights_ptr="*fp32",
                           out_ptr="*bf16"), dict(BLOCK_T=1, BLOCK_H=1024, INTERPRETER=False))
-    for upcast in (False, True):
-        compile_for_sm90(decode.decode_gate_up_kernel,
-                         dict(hidden_ptr="*bf16", topk_ids_ptr="*i32", w_ptr="*fp8e4nv", w_scale_ptr="*fp32",
-                              partial_ptr="*fp32"),
-                         dict(BLOCK_N=64, GROUP=128, SPLIT_GROUPS=8, UPCAST=upcast, INTERPRETER=False),
-                         num_warps=4, num_stages=4)
-        for block_n in (64, 32):
-            compile_for_sm90(decode.decode_down_kernel,
-                             dict(y_ptr="*fp8e4nv", y_scale_ptr="*fp32", topk_ids_ptr="*i64", topk_weights_ptr="*fp32",
-                                  w_ptr="*fp8e4nv", w_scale_ptr="*fp32", out_ptr="*bf16"),
-                             dict(BLOCK_N=block_n, GROUP=128, TOPK_BLOCK=8, UPCAST=upcast, INTERPRETER=False), num_warps=4,
-                             num_stages=4)
+    compile_for_sm90(decode.decode_gate_up_kernel,
+                     dict(hidden_ptr="*bf16", topk_ids_ptr="*i32", w_ptr="*fp8e4nv", w_scale_ptr="*fp32",
+                          partial_ptr="*fp32"),
+                     dict(BLOCK_N=64, GROUP=128, KG=4, SPLIT_GROUPS=8, INTERPRETER=False), num_warps=4, num_stages=1)
+    for block_n, i_chunk in ((16, 256), (8, 512)):
+        compile_for_sm90(decode.decode_down_kernel,
+                         dict(y_ptr="*fp8e4nv", y_scale_ptr="*fp32", topk_ids_ptr="*i64", topk_weights_ptr="*fp32",
+                              w_ptr="*fp8e4nv", w_scale_ptr="*fp32", out_ptr="*bf16"),
+                         dict(BLOCK_N=block_n, GROUP=128, TOPK_BLOCK=8, I_CHUNK=i_chunk, INTERPRETER=False),
+                         num_warps=8, num_stages=1)
     compile_for_sm90(decode.decode_silu_mul_quantize_kernel,
                      dict(partial_ptr="*fp32", topk_ids_ptr="*i32", q_ptr="*fp8e4nv", scale_ptr="*fp32"),
-                     dict(GROUP=128, BLOCK_UNITS=8, INTERPRETER=False))
+                     dict(GROUP=128, BLOCK_UNITS=2, SPLITS_BLOCK=16, INTERPRETER=False))
     print("compiled")
 ''')
 

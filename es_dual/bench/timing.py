@@ -4,8 +4,8 @@ The grouped-GEMM benchmark times every provider in two modes (MODES):
 
 - kernel: the call is captured once in a CUDA graph (on a side stream, after warm-up calls, as torch
   requires) and the graph is replayed. Before each replay the L2 is flushed (a buffer of at least twice
-  the L2 is zeroed); the start event is recorded after the flush, the end event after the replay, so a
-  sample is the GPU time of the replay alone, with a cold L2. The host enqueues ahead, so host time is
+  the L2 is read: L2Flush); the start event is recorded after the flush, the end event after the replay,
+  so a sample is the GPU time of the replay alone, with a cold L2. The host enqueues ahead, so host time is
   not in it. Reported: the median of the samples.
 - eager: plain Python calls of the provider, back to back, as a caller's loop makes them: after a
   synchronize, the start event, EAGER_BATCH calls, the end event; a sample is the batch time over the
@@ -67,14 +67,20 @@ def better_round(*us: float) -> float:
 
 
 class L2Flush:
-    """Zeroing a buffer of at least twice the L2 evicts whatever a previous call left there."""
+    """Reading a buffer of at least twice the L2 evicts whatever a previous call left there, and leaves
+    the L2 full of clean lines, as a serving step finds it (mostly weights, which are only read).
+
+    A flush that writes (zeroing the buffer) leaves up to the L2's size of dirty lines, which the timed
+    call then pays to write back as it reads: on the H200 machine that added 2.6 µs to a 29 MB read and
+    8 µs to reads of 118 MB and more (benchmarks/flush_probe.py; docs/perf-notes.md, 2026-12-01)."""
 
     def __init__(self, device: torch.device, min_bytes: int = 256 << 20):
         l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0)
-        self.buffer = torch.empty(max(min_bytes, 2 * l2), dtype=torch.uint8, device=device)
+        self.buffer = torch.zeros(max(min_bytes, 2 * l2) // 4, dtype=torch.float32, device=device)
+        self.total = torch.empty((), dtype=torch.float32, device=device)
 
     def __call__(self) -> None:
-        self.buffer.zero_()
+        torch.sum(self.buffer, dim=0, out=self.total)
 
 
 def warm_up(fn, seconds: float = WARM_UP_S) -> None:

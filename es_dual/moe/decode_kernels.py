@@ -8,21 +8,21 @@ along K, so that pairs x weight tiles x K splits programs stream the weights at 
     gate_up   partial[s, p, :] = sum over the scale groups g of split s of
                                  (w13[e, :, g] @ quantize(hidden[t, g])) * w13_scale[e, :, g] * x_scale[g]
     silu      y[p], y_scale[p] = quantize(silu(gate) * up),   gate_up = bf16(sum over s of partial[s, p])
-    down      out[t]           = sum over k, in order, of topk_weights[t, k] *
+    down      out[t]           = sum over k of topk_weights[t, k] *
                                  bf16(sum over g of (w2[e, :, g] @ y[p, g]) * w2_scale[e, :, g] * y_scale[p, g])
 
 with p = t * topk + k and e = topk_ids[t, k]; a pair whose id lies outside [0, E) is skipped by every
 kernel (its partial sums and y are never written, nor read). quantize is the layer's per-token-group FP8
 quantizer (kernels.py), so these are the roundings of the grouped pipeline: the activations and y are the
 same FP8 values and scales, gate_up and each pair's down output are rounded to bf16, and only the order of
-the float32 sums over K differs.
+the float32 sums differs.
 
-A pair's activations are one row; tl.dot needs 16, so the row is the first line of a 16-line tile whose
-other lines are zeros, and the product's first column is the pair's (the tensor cores have time to spare:
-the weights' bytes bound these kernels).
-
-The down kernel's program (token, weight tile) loops over the token's k and the scale groups in one loop,
-so the loads of all its experts' weight slices are pipelined together.
+Each product is a matrix times one vector: the CUDA cores do it (FP8 -> float32, one multiply-add per
+weight byte), which is far more than the weights' bandwidth needs, and a program's weight tile is one
+load of several scale groups at once (gate_up: BLOCK_N rows x KG groups; down: BLOCK_N rows x I_CHUNK
+columns of every k of the token), so each program has a whole tile's bytes in flight, with no pipeline
+to fill. A tile's BLOCK_N rows lie in one 128-row scale block (BLOCK_N divides 128), so a scale group's
+weight scale is one number, folded with the activation's into the vector before the multiply.
 """
 import triton
 import triton.language as tl
@@ -30,8 +30,6 @@ from triton.language.extra import libdevice
 
 from ..triton_ref.kernel import _round_to_bf16_bits
 from .kernels import FP8_MAX_RECIPROCAL, _fp8e4m3_bits, _quantize_store, _unit_tile
-
-LINES: tl.constexpr = tl.constexpr(16)  # lines of an activation tile: the smallest tl.dot operand side
 
 
 @triton.jit
@@ -43,19 +41,11 @@ def _to_bf16_value(x, INTERPRETER: tl.constexpr):
 
 
 @triton.jit
-def _first_column(product):
-    """(BLOCK_N,) column 0 of a (BLOCK_N, LINES) product: the pair's, the other lines being zeros."""
-    line = tl.arange(0, LINES)
-    return tl.sum(tl.where(line[None, :] == 0, product, 0.0), axis=1)
-
-
-@triton.jit
-def _dot_first_line(w, a, UPCAST: tl.constexpr):
-    """w (BLOCK_N, GROUP) FP8 times the first line of a (LINES, GROUP) FP8 tile: (BLOCK_N,) float32."""
-    if UPCAST:  # no FP8 tensor cores below sm_89; e4m3 -> bf16 is exact
-        w = w.to(tl.bfloat16)
-        a = a.to(tl.bfloat16)
-    return _first_column(tl.dot(w, tl.trans(a)))
+def _fp8_value(y, fp8_type: tl.constexpr, INTERPRETER: tl.constexpr):
+    """float32 y, |y| <= 448, rounded to the nearest e4m3 value (ties to even), as float32."""
+    if INTERPRETER:  # its fp32 -> fp8 conversion is wrong: the bits come from software
+        return _fp8e4m3_bits(y).to(fp8_type, bitcast=True).to(tl.float32)
+    return y.to(fp8_type, fp_downcast_rounding="rtne").to(tl.float32)
 
 
 @triton.jit
@@ -66,8 +56,8 @@ def decode_gate_up_kernel(
     pairs, hidden_size, n, topk, num_experts,
     # strides, in elements
     stride_hidden, stride_we, stride_wn, stride_wse, stride_wsn, stride_split,
-    # meta-parameters: SPLIT_GROUPS scale groups of K per split
-    BLOCK_N: tl.constexpr, GROUP: tl.constexpr, SPLIT_GROUPS: tl.constexpr, UPCAST: tl.constexpr,
+    # meta-parameters: SPLIT_GROUPS scale groups of K per split, KG of them per load
+    BLOCK_N: tl.constexpr, GROUP: tl.constexpr, KG: tl.constexpr, SPLIT_GROUPS: tl.constexpr,
     INTERPRETER: tl.constexpr,
 ):
     """Program (pair, weight tile, split): one K split of the pair's gate_up columns, float32."""
@@ -78,27 +68,28 @@ def decode_gate_up_kernel(
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = cols < n
         cols64 = cols.to(tl.int64)
+        kg = tl.arange(0, KG)
         kk = tl.arange(0, GROUP)
-        line = tl.arange(0, LINES)
-        w_ptrs = w_ptr + expert * stride_we + cols64[:, None] * stride_wn + kk[None, :]
-        w_scale_ptrs = w_scale_ptr + expert * stride_wse + (cols64 // GROUP) * stride_wsn
+        w_rows = w_ptr + expert * stride_we + cols64[:, None, None] * stride_wn
+        # the tile's one scale block of rows (BLOCK_N divides GROUP)
+        w_scale_row = w_scale_ptr + expert * stride_wse + (tl.program_id(1) * BLOCK_N // GROUP) * stride_wsn
         acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
         first = tl.program_id(2) * SPLIT_GROUPS
-        for g in range(first, tl.minimum(first + SPLIT_GROUPS, tl.cdiv(hidden_size, GROUP))):
-            k_ok = g * GROUP + kk < hidden_size
-            # ---- the token's activations of group g, quantized as the layer's quantizer does ----
-            x = tl.load(hidden_ptr + token * stride_hidden + g * GROUP + line[:, None] * 0 + kk[None, :],
-                        mask=(line[:, None] == 0) & k_ok[None, :], other=0.0).to(tl.float32)
-            x_scale = tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0), 1e-10) * FP8_MAX_RECIPROCAL
-            y = tl.minimum(tl.maximum(tl.math.div_rn(x, x_scale), -448.0), 448.0)
-            if INTERPRETER:  # its fp32 -> fp8 conversion is wrong: the bits come from software
-                a = _fp8e4m3_bits(y).to(w_ptr.dtype.element_ty, bitcast=True)
-            else:
-                a = y.to(w_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
-            # ---- the expert's weight rows of this tile, group g ----
-            w = tl.load(w_ptrs + g * GROUP, mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-            w_scale = tl.load(w_scale_ptrs + g, mask=col_ok, other=0.0)
-            acc += _dot_first_line(w, a, UPCAST) * w_scale * x_scale
+        last = tl.minimum(first + SPLIT_GROUPS, tl.cdiv(hidden_size, GROUP))
+        for g0 in range(first, last, KG):
+            g = g0 + kg  # (KG,) scale groups of this load
+            k = g[:, None] * GROUP + kk[None, :]  # (KG, GROUP) columns
+            k_ok = (g[:, None] < last) & (k < hidden_size)
+            # ---- the token's activations of these groups, quantized as the layer's quantizer does ----
+            x = tl.load(hidden_ptr + token * stride_hidden + k, mask=k_ok, other=0.0).to(tl.float32)
+            x_scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-10) * FP8_MAX_RECIPROCAL
+            y = tl.minimum(tl.maximum(tl.math.div_rn(x, x_scale[:, None]), -448.0), 448.0)
+            a = _fp8_value(y, w_ptr.dtype.element_ty, INTERPRETER)
+            # ---- the expert's weight rows of this tile for these groups, scales folded into a ----
+            w_scale = tl.load(w_scale_row + g, mask=g < last, other=0.0)
+            a = a * (x_scale * w_scale)[:, None]
+            w = tl.load(w_rows + k[None, :, :], mask=col_ok[:, None, None] & k_ok[None, :, :], other=0.0)
+            acc += tl.sum(tl.sum(w.to(tl.float32) * a[None, :, :], axis=2), axis=1)
         tl.store(partial_ptr + tl.program_id(2) * stride_split + pair * n + cols64, acc, mask=col_ok)
 
 
@@ -110,8 +101,8 @@ def decode_silu_mul_quantize_kernel(
     pairs, intermediate, num_experts, splits,
     # strides, in elements
     stride_split, stride_q, stride_scale,
-    # meta-parameters
-    GROUP: tl.constexpr, BLOCK_UNITS: tl.constexpr, INTERPRETER: tl.constexpr,
+    # meta-parameters: SPLITS_BLOCK splits summed per load
+    GROUP: tl.constexpr, BLOCK_UNITS: tl.constexpr, SPLITS_BLOCK: tl.constexpr, INTERPRETER: tl.constexpr,
 ):
     """Units (pair, scale group of I): gate and up summed over the splits and rounded to bf16, then
     SiLU(gate) * up quantized, as kernels.silu_mul_quantize_kernel does."""
@@ -119,12 +110,16 @@ def decode_silu_mul_quantize_kernel(
     expert = tl.load(topk_ids_ptr + pair, mask=row_ok, other=-1)
     row_ok = row_ok & (expert >= 0) & (expert < num_experts)
     col_ok = col_ok & row_ok[:, None]
-    gate_ptrs = partial_ptr + pair.to(tl.int64)[:, None] * (2 * intermediate) + cols
+    split = tl.arange(0, SPLITS_BLOCK)
+    gate_ptrs = partial_ptr + pair.to(tl.int64)[:, None, None] * (2 * intermediate) + cols[:, None, :]
     gate = tl.zeros((BLOCK_UNITS, GROUP), dtype=tl.float32)
     up = tl.zeros((BLOCK_UNITS, GROUP), dtype=tl.float32)
-    for s in range(splits):
-        gate += tl.load(gate_ptrs + s * stride_split, mask=col_ok, other=0.0)
-        up += tl.load(gate_ptrs + s * stride_split + intermediate, mask=col_ok, other=0.0)
+    for s0 in range(0, splits, SPLITS_BLOCK):  # SPLITS_BLOCK splits' partial sums per load
+        s = s0 + split
+        ptrs = gate_ptrs + s.to(tl.int64)[None, :, None] * stride_split
+        ok = col_ok[:, None, :] & (s[None, :, None] < splits)
+        gate += tl.sum(tl.load(ptrs, mask=ok, other=0.0), axis=1)
+        up += tl.sum(tl.load(ptrs + intermediate, mask=ok, other=0.0), axis=1)
     gate = _to_bf16_value(gate, INTERPRETER)
     up = _to_bf16_value(up, INTERPRETER)
     if INTERPRETER:  # numpy's exp; libdevice is not interpreted
@@ -143,47 +138,37 @@ def decode_down_kernel(
     hidden_size, intermediate, topk, num_experts,
     # strides, in elements
     stride_y, stride_ys, stride_we, stride_wn, stride_wse, stride_wsn, stride_out,
-    # meta-parameters: TOPK_BLOCK >= topk, a power of 2
-    BLOCK_N: tl.constexpr, GROUP: tl.constexpr, TOPK_BLOCK: tl.constexpr, UPCAST: tl.constexpr,
+    # meta-parameters: TOPK_BLOCK >= topk, a power of 2; I_CHUNK columns of I per load
+    BLOCK_N: tl.constexpr, GROUP: tl.constexpr, TOPK_BLOCK: tl.constexpr, I_CHUNK: tl.constexpr,
     INTERPRETER: tl.constexpr,
 ):
-    """Program (token, weight tile): the token's output columns, its k summed in order in float32."""
+    """Program (token, weight tile): the token's output columns, all its k at once, in float32."""
     token = tl.program_id(0).to(tl.int64)
-    # The token's ids and weights, read once: inside the loop an expert's address then comes from
-    # registers, not from a load, so the loop's weight loads pipeline as deep as its stages allow.
     slots = tl.arange(0, TOPK_BLOCK)
-    ids = tl.load(topk_ids_ptr + token * topk + slots, mask=slots < topk, other=-1).to(tl.int64)
-    weights = tl.load(topk_weights_ptr + token * topk + slots, mask=slots < topk, other=0.0)
+    pair = token * topk + slots
+    expert = tl.load(topk_ids_ptr + pair, mask=slots < topk, other=-1).to(tl.int64)
+    valid = (slots < topk) & (expert >= 0) & (expert < num_experts)  # a pair out of range adds nothing
+    expert = tl.where(valid, expert, 0)
+    weights = tl.load(topk_weights_ptr + pair, mask=valid, other=0.0)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols64 = cols.to(tl.int64)
-    kk = tl.arange(0, GROUP)
-    line = tl.arange(0, LINES)
-    groups = tl.cdiv(intermediate, GROUP)
-    out = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    # one loop over (k, group), so that the loads of every expert's slices are pipelined together
-    for step in range(topk * groups):
-        k = step // groups
-        g = step % groups
-        pair = token * topk + k
-        expert = tl.sum(tl.where(slots == k, ids, 0), 0)
-        valid = (expert >= 0) & (expert < num_experts)  # a pair out of range contributes nothing:
-        expert = tl.where(valid, expert, 0)
-        k_ok = g * GROUP + kk < tl.where(valid, intermediate, 0)  # its loads have empty bounds
-        col_ok = cols < tl.where(valid, hidden_size, 0)
-        a = tl.load(y_ptr + pair * stride_y + g * GROUP + line[:, None] * 0 + kk[None, :],
-                    mask=(line[:, None] == 0) & k_ok[None, :], other=0.0)
-        w = tl.load(w_ptr + expert * stride_we + cols64[:, None] * stride_wn + g * GROUP + kk[None, :],
-                    mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-        w_scale = tl.load(w_scale_ptr + expert * stride_wse + (cols64 // GROUP) * stride_wsn + g,
-                          mask=col_ok, other=0.0)
-        y_scale = tl.load(y_scale_ptr + pair * stride_ys + g, mask=valid, other=0.0)
-        acc += _dot_first_line(w, a, UPCAST) * w_scale * y_scale
-        # after the pair's last group its down row is complete: rounded to bf16, weighted, added
-        last = g == groups - 1
-        weight = tl.where(valid & last, tl.sum(tl.where(slots == k, weights, 0.0), 0), 0.0)
-        out += tl.where(last, weight * _to_bf16_value(acc, INTERPRETER), 0.0)
-        acc = tl.where(last, 0.0, acc)
+    col_ok = cols < hidden_size
+    kk = tl.arange(0, I_CHUNK)
+    w_rows = w_ptr + expert[:, None, None] * stride_we + cols.to(tl.int64)[None, :, None] * stride_wn
+    # the tile's one scale block of rows (BLOCK_N divides GROUP), per expert
+    w_scale_row = w_scale_ptr + expert * stride_wse + (tl.program_id(1) * BLOCK_N // GROUP) * stride_wsn
+    rows = tl.zeros((TOPK_BLOCK, BLOCK_N), dtype=tl.float32)
+    for i0 in range(0, intermediate, I_CHUNK):
+        i = i0 + kk
+        ok = valid[:, None] & (i[None, :] < intermediate)  # (TOPK_BLOCK, I_CHUNK)
+        # y of each pair with both scales folded in: one number per (pair, column)
+        a = tl.load(y_ptr + pair[:, None] * stride_y + i[None, :], mask=ok, other=0.0).to(tl.float32)
+        y_scale = tl.load(y_scale_ptr + pair[:, None] * stride_ys + i[None, :] // GROUP, mask=ok, other=0.0)
+        w_scale = tl.load(w_scale_row[:, None] + i[None, :] // GROUP, mask=ok, other=0.0)
+        a = a * (y_scale * w_scale)
+        w = tl.load(w_rows + i[None, None, :], mask=ok[:, None, :] & col_ok[None, :, None], other=0.0)
+        rows += tl.sum(w.to(tl.float32) * a[:, None, :], axis=2)
+    # each pair's down row rounded to bf16, then weighted and summed over k
+    out = tl.sum(weights[:, None] * _to_bf16_value(rows, INTERPRETER), axis=0)
     if INTERPRETER:
         out = _round_to_bf16_bits(out)
-    tl.store(out_ptr + token * stride_out + cols64, out.to(out_ptr.dtype.element_ty), mask=cols < hidden_size)
+    tl.store(out_ptr + token * stride_out + cols, out.to(out_ptr.dtype.element_ty), mask=col_ok)

@@ -474,18 +474,37 @@ class _Intermediates:
         return make
 
 
-# The decode path's work per program: 64 weight rows of gate_up by one K split, 32 or 64 rows of the down
-# projection (32 when 64 would leave SMs idle), and about this many programs per SM for the K splits.
-DECODE_BLOCK_N_GATE_UP, DECODE_BLOCK_N_DOWN = 64, (64, 32)
-DECODE_PROGRAMS_PER_SM = 4
+class DecodeConfig(NamedTuple):
+    """The decode path's launch shapes (decode_kernels.py). gate_up: weight rows per program (divides 128),
+    scale groups of K per load, warps, pipeline stages, and about how many programs per SM the K split aims
+    at (one wave); down: weight rows per program (divides 128), columns of I per load, warps, stages."""
+    gate_up_block_n: int = 64
+    gate_up_groups: int = 2
+    gate_up_warps: int = 8
+    gate_up_stages: int = 1
+    programs_per_sm: int = 16
+    down_block_n: int = 16
+    down_i_chunk: int = 128
+    down_warps: int = 4
+    down_stages: int = 1
+
+
+# The defaults: the best in sum over DeepSeek-R1 TP8 and Qwen3-235B TP4 at 1 and 8 tokens of
+# benchmarks/decode_sweep.py on one H200 (docs/perf-notes.md): gate_up 16.1 / 71.8 and 15.2 / 60.2 µs,
+# down 13.5 / 45.8 and 13.4 / 38.9 µs, each within 4 % of the best for its size but one (gate_up at 8
+# tokens of DeepSeek: 68.8 with 4 programs per SM, which is 10 % slower at 1 token).
+
+
+DECODE_CONFIG = DecodeConfig()
 
 
 class _DecodePlan:
     """The layer at decode sizes (decode_kernels.py): three Triton kernels on the pairs as they come (no
     routing, no grouped GEMM), the gate_up GEMM split along K into `splits` parts (default: enough
-    programs for DECODE_PROGRAMS_PER_SM per SM). The intermediates live in one buffer."""
+    programs for config.programs_per_sm per SM). The intermediates live in one buffer."""
 
-    def __init__(self, shape: MoeShape, ids_dtype: torch.dtype, splits: int | None = None):
+    def __init__(self, shape: MoeShape, ids_dtype: torch.dtype, splits: int | None = None,
+                 config: DecodeConfig = DECODE_CONFIG):
         from ..triton_ref.direct import direct_launch  # imported on first use: TRITON_INTERPRET is read then
         from ..triton_ref.launch import device_facts
         from .decode_kernels import decode_down_kernel, decode_gate_up_kernel, decode_silu_mul_quantize_kernel
@@ -493,46 +512,48 @@ class _DecodePlan:
         tokens, hidden_size, intermediate, num_experts, topk, device = shape
         self.shape = shape
         pairs = tokens * topk
-        fp8_cores, sm_count = device_facts(device)
+        _, sm_count = device_facts(device)
         groups_h, groups_i = cdiv(hidden_size, SCALE_BLOCK), cdiv(intermediate, SCALE_BLOCK)
-        tiles_gate_up = cdiv(2 * intermediate, DECODE_BLOCK_N_GATE_UP)
+        tiles_gate_up = cdiv(2 * intermediate, config.gate_up_block_n)
         if splits is None:
-            # as many as fit in one wave of DECODE_PROGRAMS_PER_SM programs per SM (rounded down: a second,
+            # as many as fit in one wave of config.programs_per_sm programs per SM (rounded down: a second,
             # partial wave would cost as much as the first)
-            splits = DECODE_PROGRAMS_PER_SM * sm_count // max(pairs * tiles_gate_up, 1)
+            splits = config.programs_per_sm * sm_count // max(pairs * tiles_gate_up, 1)
         split_groups = cdiv(groups_h, min(max(splits, 1), groups_h))
         self.splits = cdiv(groups_h, split_groups)
         self.regions, self.nbytes = _buffer_layout({
             "partial": (torch.float32, (self.splits, pairs, 2 * intermediate)),
             "y": (FP8, (pairs, intermediate)), "y_scale": (torch.float32, (pairs, groups_i)),
         })
-        interpreted, upcast = _interpreted(device), not fp8_cores
+        interpreted = _interpreted(device)
         self.gate_up = direct_launch(
             decode_gate_up_kernel, (pairs, tiles_gate_up, self.splits),
-            (torch.bfloat16, ids_dtype, FP8, torch.float32, torch.float32), device, dict(num_warps=4, num_stages=4),
+            (torch.bfloat16, ids_dtype, FP8, torch.float32, torch.float32), device,
+            dict(num_warps=config.gate_up_warps, num_stages=config.gate_up_stages),
             pairs=pairs, hidden_size=hidden_size, n=2 * intermediate, topk=topk, num_experts=num_experts,
             stride_hidden=hidden_size, stride_we=2 * intermediate * hidden_size, stride_wn=hidden_size,
             stride_wse=cdiv(2 * intermediate, SCALE_BLOCK) * groups_h, stride_wsn=groups_h,
-            stride_split=pairs * 2 * intermediate, BLOCK_N=DECODE_BLOCK_N_GATE_UP, GROUP=SCALE_BLOCK,
-            SPLIT_GROUPS=split_groups, UPCAST=upcast, INTERPRETER=interpreted)
-        per_program = _units_per_program(pairs, groups_i, device)
+            stride_split=pairs * 2 * intermediate, BLOCK_N=config.gate_up_block_n, GROUP=SCALE_BLOCK,
+            KG=min(config.gate_up_groups, _next_power_of_2(split_groups)), SPLIT_GROUPS=split_groups,
+            INTERPRETER=interpreted)
+        # one pair's scale group per program and all its splits in one load, where they fit
+        per_program = _units_per_program(pairs, groups_i, device) if interpreted else 2
         self.silu = direct_launch(
             decode_silu_mul_quantize_kernel, (cdiv(pairs * groups_i, per_program),),
             (torch.float32, ids_dtype, _fp8_target_dtype(device), torch.float32), device,
             pairs=pairs, intermediate=intermediate, num_experts=num_experts, splits=self.splits,
             stride_split=pairs * 2 * intermediate, stride_q=intermediate, stride_scale=groups_i,
-            GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=interpreted)
-        wide, narrow = DECODE_BLOCK_N_DOWN
-        block_down = wide if tokens * cdiv(hidden_size, wide) >= 2 * sm_count else narrow
+            GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, SPLITS_BLOCK=min(_next_power_of_2(self.splits), 16),
+            INTERPRETER=interpreted)
         self.down = direct_launch(
-            decode_down_kernel, (tokens, cdiv(hidden_size, block_down)),
+            decode_down_kernel, (tokens, cdiv(hidden_size, config.down_block_n)),
             (FP8, torch.float32, ids_dtype, torch.float32, FP8, torch.float32, torch.bfloat16), device,
-            dict(num_warps=4, num_stages=4),
+            dict(num_warps=config.down_warps, num_stages=config.down_stages),
             hidden_size=hidden_size, intermediate=intermediate, topk=topk, num_experts=num_experts,
             stride_y=intermediate, stride_ys=groups_i, stride_we=hidden_size * intermediate, stride_wn=intermediate,
             stride_wse=cdiv(hidden_size, SCALE_BLOCK) * groups_i, stride_wsn=groups_i, stride_out=hidden_size,
-            BLOCK_N=block_down, GROUP=SCALE_BLOCK, TOPK_BLOCK=_next_power_of_2(topk), UPCAST=upcast,
-            INTERPRETER=interpreted)
+            BLOCK_N=config.down_block_n, GROUP=SCALE_BLOCK, TOPK_BLOCK=_next_power_of_2(topk),
+            I_CHUNK=min(config.down_i_chunk, _next_power_of_2(intermediate)), INTERPRETER=interpreted)
 
     def __call__(self, hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids):
         tokens, hidden_size = self.shape.tokens, self.shape.hidden_size
