@@ -6,7 +6,7 @@ import argparse
 import csv
 import math
 
-BENCH_COLUMNS = {"cutlass": "es_dual cutlass", "triton": "es_dual triton", "seed_es": "seed ES",
+BENCH_COLUMNS = {"cutlass": "es_dual cutlass", "triton": "es_dual triton", "masked": "es_dual masked", "seed_es": "seed ES",
                  "deepgemm_contiguous": "DeepGEMM contiguous", "deepgemm_masked": "DeepGEMM masked",
                  "torch_grouped_rowwise": "torch grouped (rowwise)", "vllm_triton": "vLLM Triton"}
 LAYER_COLUMNS = {"es_dual_auto": "es_dual auto", "es_dual_cutlass": "es_dual cutlass",
@@ -24,14 +24,15 @@ def bench_table(path, mode):
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
     cell = {(r["workload"], r["provider"]): r for r in rows}
     floor = mode == "kernel"
-    out = ["| workload |" + (" floor µs |" if floor else "") + "".join(f" {v} |" for v in BENCH_COLUMNS.values()),
-           "| --- |" + (" --- |" if floor else "") + " --- |" * len(BENCH_COLUMNS)]
-    logs = {p: [] for p in BENCH_COLUMNS}
+    columns = {p: name for p, name in BENCH_COLUMNS.items() if any(r["provider"] == p for r in rows)}
+    out = ["| workload |" + (" floor µs |" if floor else "") + "".join(f" {v} |" for v in columns.values()),
+           "| --- |" + (" --- |" if floor else "") + " --- |" * len(columns)]
+    logs = {p: [] for p in columns}
     for w in workloads:
-        present = {p: cell[(w, p)] for p in BENCH_COLUMNS if (w, p) in cell}
+        present = {p: cell[(w, p)] for p in columns if (w, p) in cell}
         best = min(present, key=lambda p: float(present[p]["us"]))
         line = f"| {w} |" + (f" {float(next(iter(present.values()))['floor_us']):.0f} |" if floor else "")
-        for p in BENCH_COLUMNS:
+        for p in columns:
             if p not in present:
                 line += " n/a |"
                 continue

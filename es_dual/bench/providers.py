@@ -337,6 +337,6 @@ PEERS = ("seed_es", "deepgemm_contiguous", "deepgemm_masked", "torch_grouped_row
 # torch_blockwise_loop is left out of the GPU default: cuBLAS refuses its scaling for most skewed row
 # counts, it has no kernel-mode number, and its eager number is mostly the host loop of up to E launches.
 DEFAULT_PROVIDERS = {
-    "cuda": ("cutlass", "cutlass_single", "triton", "auto", *PEERS),
+    "cuda": ("cutlass", "cutlass_single", "triton", "auto", "masked", *PEERS),
     "cpu": ("reference", "triton"),
 }

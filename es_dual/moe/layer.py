@@ -415,7 +415,8 @@ _MAX_PLANS = 1024  # distinct layer shapes kept (one per batch size and layer sh
 # cover the SMs at these sizes. Every pair reads its expert's weights itself, so once pairs share experts
 # the grouped GEMMs, which read each expert once, win: the path also needs pairs <= E / 2, where uniform
 # routing hits E (1 - (1 - 1/E)^pairs) experts and so reads at most ~1.27x the weights the grouped GEMMs
-# read (DeepSeek-R1 TP8, E = 256, at 64 pairs: 1.13x).
+# read (DeepSeek-R1 TP8, E = 256, at 64 pairs: 1.13x). Measured at 64 pairs (8 tokens, H200, kernel mode):
+# DeepSeek-R1 TP8 107.6 µs against 125.7 for the grouped pipeline, Qwen3-235B TP4 (E = 128) 91.5 against 90.4.
 DECODE_MAX_PAIRS = 64
 
 
