@@ -56,20 +56,11 @@ def sweep(batches, csv_path):
                         out = plan(*args)
                         errors = relative_errors(out.float(), reference)
                         inter = layer_module._Intermediates(plan.regions, plan.nbytes, device)
-                        partial, y, y_scale = inter.ptrs
-                        tensors = inter.tensors
-                        h, ids, wts = hidden.data_ptr(), topk_ids.data_ptr(), topk_weights.data_ptr()
-                        plan.gate_up((h, ids, weights[0].data_ptr(), weights[1].data_ptr(), partial),
-                                     tensors(hidden, topk_ids, weights[0], weights[1], "partial"))
-                        plan.silu((partial, ids, y, y_scale), tensors("partial", topk_ids, "y_bits", "y_scale"))
-                        if kernel == "gate_up":
-                            fn = lambda: plan.gate_up((h, ids, weights[0].data_ptr(), weights[1].data_ptr(), partial),
-                                                      tensors(hidden, topk_ids, weights[0], weights[1], "partial"))
-                        else:
-                            fn = lambda: plan.down((y, y_scale, ids, wts, weights[2].data_ptr(), weights[3].data_ptr(),
-                                                    out.data_ptr()),
-                                                   tensors("y", "y_scale", topk_ids, topk_weights, weights[2], weights[3], out))
-                        us = time_us(fn, device, quick=True)
+                        gate_up, silu, down = plan.launches(inter, out, *args)
+                        for launch, ptrs, tensors in (gate_up, silu):  # the down step's inputs
+                            launch(ptrs, tensors)
+                        launch, ptrs, tensors = gate_up if kernel == "gate_up" else down
+                        us = time_us(lambda: launch(ptrs, tensors), device, quick=True)
                     except Exception as exc:  # out of shared memory or registers
                         print(f"  {fields}: {type(exc).__name__}: {str(exc)[:80]}")
                         continue

@@ -1,4 +1,6 @@
-"""Where the MoE layer's host time per call goes (GPU machine): cProfile over back-to-back eager calls.
+"""Where the MoE layer's host time per call goes (GPU machine): cProfile over back-to-back eager calls of
+host_overhead.py's small layer, whose GPU work is shorter than its host time (on a real model's shape the
+launch queue fills and the host waits on the GPU, so the profile shows the GPU's time).
 
 python benchmarks/profile_layer_host.py [--tokens 16] [--backend auto] [--calls 2000]
 """
@@ -9,8 +11,9 @@ import time
 
 import torch
 
-from es_dual.bench.layer import MODELS, make_batch, make_weights
+from es_dual.bench.layer import make_batch, make_weights
 from es_dual.moe import fused_moe_fp8
+from host_overhead import LAYER  # this script's folder is first on sys.path
 
 
 def main():
@@ -19,7 +22,7 @@ def main():
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--calls", type=int, default=2000)
     args = parser.parse_args()
-    model = MODELS[0]
+    model = LAYER
     weights = make_weights(model, "cuda")
     hidden, topk_weights, topk_ids = make_batch(model, args.tokens, "cuda")
     call = lambda: fused_moe_fp8(hidden, *weights, topk_weights, topk_ids, backend=args.backend)

@@ -26,10 +26,9 @@ weight scale is one number, folded with the activation's into the vector before 
 """
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
 from ..triton_ref.kernel import _round_to_bf16_bits
-from .kernels import FP8_MAX_RECIPROCAL, _fp8e4m3_bits, _quantize_store, _unit_tile
+from .kernels import _fp8e4m3_bits, _quantize_groups, _quantize_store, _silu_mul, _unit_tile
 
 
 @triton.jit
@@ -82,8 +81,7 @@ def decode_gate_up_kernel(
             k_ok = (g[:, None] < last) & (k < hidden_size)
             # ---- the token's activations of these groups, quantized as the layer's quantizer does ----
             x = tl.load(hidden_ptr + token * stride_hidden + k, mask=k_ok, other=0.0).to(tl.float32)
-            x_scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-10) * FP8_MAX_RECIPROCAL
-            y = tl.minimum(tl.maximum(tl.math.div_rn(x, x_scale[:, None]), -448.0), 448.0)
+            y, x_scale = _quantize_groups(x)
             a = _fp8_value(y, w_ptr.dtype.element_ty, INTERPRETER)
             # ---- the expert's weight rows of this tile for these groups, scales folded into a ----
             w_scale = tl.load(w_scale_row + g, mask=g < last, other=0.0)
@@ -122,11 +120,7 @@ def decode_silu_mul_quantize_kernel(
         up += tl.sum(tl.load(ptrs + intermediate, mask=ok, other=0.0), axis=1)
     gate = _to_bf16_value(gate, INTERPRETER)
     up = _to_bf16_value(up, INTERPRETER)
-    if INTERPRETER:  # numpy's exp; libdevice is not interpreted
-        exp = tl.exp(-gate)
-    else:  # the CUDA math library's expf, as kernels.silu_mul_quantize_kernel
-        exp = libdevice.exp(-gate)
-    y = tl.math.div_rn(gate, 1.0 + exp) * up
+    y = _silu_mul(gate, up, INTERPRETER)
     _quantize_store(y, pair, group, cols, row_ok, col_ok, q_ptr, stride_q, scale_ptr, stride_scale, INTERPRETER)
 
 

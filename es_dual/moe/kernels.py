@@ -70,13 +70,28 @@ def _unit_tile(rows, num_routed, cols_total, GROUP: tl.constexpr, BLOCK_UNITS: t
 
 
 @triton.jit
+def _quantize_groups(x):
+    """x (lines, GROUP) float32, one scale group per line: (the values to convert to FP8, clamped to
+    +-448, (lines, GROUP); the scales (lines,)), as es_dual.quant computes them."""
+    scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-10) * FP8_MAX_RECIPROCAL
+    return tl.minimum(tl.maximum(tl.math.div_rn(x, scale[:, None]), -448.0), 448.0), scale
+
+
+@triton.jit
+def _silu_mul(gate, up, INTERPRETER: tl.constexpr):
+    """SiLU(gate) * up in float32: gate / (1 + exp(-gate)) with the IEEE division, torch's formula."""
+    if INTERPRETER:  # numpy's exp; libdevice is not interpreted
+        exp = tl.exp(-gate)
+    else:  # the CUDA math library's expf, which torch's SiLU computes with (tl.exp is an approximate ex2)
+        exp = libdevice.exp(-gate)
+    return tl.math.div_rn(gate, 1.0 + exp) * up
+
+
+@triton.jit
 def _quantize_store(x, row, group, cols, row_ok, col_ok, q_ptr, stride_q, scale_ptr, stride_scale,
                     INTERPRETER: tl.constexpr):
     """Quantize x (BLOCK_UNITS, GROUP) float32, one scale group per line, and store values and scales."""
-    amax = tl.max(tl.abs(x), axis=1)
-    scale = tl.maximum(amax, 1e-10) * FP8_MAX_RECIPROCAL
-    y = tl.math.div_rn(x, scale[:, None])
-    y = tl.minimum(tl.maximum(y, -448.0), 448.0)
+    y, scale = _quantize_groups(x)
     row64 = row.to(tl.int64)
     q_ptrs = q_ptr + row64[:, None] * stride_q + cols
     if INTERPRETER:  # its fp32 -> fp8 conversion is wrong: q_ptr is a uint8 view, the bits come from software
@@ -129,11 +144,7 @@ def silu_mul_quantize_kernel(
     gate_ptrs = gate_up_ptr + row.to(tl.int64)[:, None] * stride_gate_up + cols
     gate = tl.load(gate_ptrs, mask=col_ok, other=0.0).to(tl.float32)
     up = tl.load(gate_ptrs + intermediate, mask=col_ok, other=0.0).to(tl.float32)
-    if INTERPRETER:  # numpy's exp; libdevice is not interpreted
-        exp = tl.exp(-gate)
-    else:  # the CUDA math library's expf, which torch's SiLU computes with (tl.exp is an approximate ex2)
-        exp = libdevice.exp(-gate)
-    y = tl.math.div_rn(gate, 1.0 + exp) * up
+    y = _silu_mul(gate, up, INTERPRETER)
 
     # ---- quantize ----
     _quantize_store(y, row, group, cols, row_ok, col_ok, q_ptr, stride_q, scale_ptr, stride_scale,

@@ -497,6 +497,9 @@ class DecodeConfig(NamedTuple):
 
 
 DECODE_CONFIG = DecodeConfig()
+# Units (pair, scale group of I) per program of the decode path's SiLU step: its (units, splits, 128) tile
+# of partial sums stays small with up to 16 splits per load, and a few tokens' units still fill many SMs.
+DECODE_SILU_UNITS = 2
 
 
 class _DecodePlan:
@@ -537,8 +540,8 @@ class _DecodePlan:
             stride_split=pairs * 2 * intermediate, BLOCK_N=config.gate_up_block_n, GROUP=SCALE_BLOCK,
             KG=min(config.gate_up_groups, _next_power_of_2(split_groups)), SPLIT_GROUPS=split_groups,
             INTERPRETER=interpreted)
-        # one pair's scale group per program and all its splits in one load, where they fit
-        per_program = _units_per_program(pairs, groups_i, device) if interpreted else 2
+        # few units per program (DECODE_SILU_UNITS), each with all its splits in one load where they fit
+        per_program = _units_per_program(pairs, groups_i, device) if interpreted else DECODE_SILU_UNITS
         self.silu = direct_launch(
             decode_silu_mul_quantize_kernel, (cdiv(pairs * groups_i, per_program),),
             (torch.float32, ids_dtype, _fp8_target_dtype(device), torch.float32), device,
@@ -562,15 +565,22 @@ class _DecodePlan:
         if not tokens:
             return out
         inter = _Intermediates(self.regions, self.nbytes, hidden.device)
+        for launch, ptrs, tensors in self.launches(inter, out, hidden, w13, w13_scale, w2, w2_scale, topk_weights,
+                                                   topk_ids):
+            launch(ptrs, tensors)
+        return out
+
+    def launches(self, inter, out, hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids) -> tuple:
+        """The call's three launches in order, each (planned launch, data pointers, its tensors' maker), on
+        the intermediates `inter` (benchmarks/decode_sweep.py times them one by one)."""
         partial, y, y_scale = inter.ptrs
         tensors = inter.tensors
         ids, weights, h = topk_ids.data_ptr(), topk_weights.data_ptr(), hidden.data_ptr()
-        self.gate_up((h, ids, w13.data_ptr(), w13_scale.data_ptr(), partial),
-                     tensors(hidden, topk_ids, w13, w13_scale, "partial"))
-        self.silu((partial, ids, y, y_scale), tensors("partial", topk_ids, "y_bits", "y_scale"))
-        self.down((y, y_scale, ids, weights, w2.data_ptr(), w2_scale.data_ptr(), out.data_ptr()),
-                  tensors("y", "y_scale", topk_ids, topk_weights, w2, w2_scale, out))
-        return out
+        return ((self.gate_up, (h, ids, w13.data_ptr(), w13_scale.data_ptr(), partial),
+                 tensors(hidden, topk_ids, w13, w13_scale, "partial")),
+                (self.silu, (partial, ids, y, y_scale), tensors("partial", topk_ids, "y_bits", "y_scale")),
+                (self.down, (y, y_scale, ids, weights, w2.data_ptr(), w2_scale.data_ptr(), out.data_ptr()),
+                 tensors("y", "y_scale", topk_ids, topk_weights, w2, w2_scale, out)))
 
 
 class _LayerPlan:
