@@ -1,12 +1,16 @@
 """Time the MoE layer's decode kernels (es_dual/moe/decode_kernels.py) over launch shapes (GPU).
 
-python benchmarks/decode_sweep.py [--batches 1,8] [--csv file]
+python benchmarks/decode_sweep.py [--batches 1,8] [--csv file] [--layer]
 
 For each model of the layer benchmark and each batch, the gate_up kernel is timed alone for every gate_up
 configuration below, and the down kernel alone for every down configuration (time_us: events, L2 flushed
 before each call), each as GB/s of the weight bytes it reads; next to them, torch.sum over as many
 contiguous bytes: what a plain read of that size gets. Each configuration's whole layer output is checked
 against the layer's reference ("!" marks one that is not within its tolerance).
+
+--layer: instead, the whole decode path (its three launches) for each of LAYER_CONFIGS, in kernel mode as
+the layer benchmark times it (one call captured in a CUDA graph and replayed, the L2 flushed by reading
+before each replay, warmed up): what the launches cost together, with or without their overlap.
 """
 import argparse
 import csv
@@ -16,7 +20,7 @@ import torch
 
 from es_dual.accuracy import relative_errors
 from es_dual.bench.layer import MODELS, make_batch, make_weights
-from es_dual.bench.timing import time_us
+from es_dual.bench.timing import L2Flush, capture, median_us, time_us
 from es_dual.moe import layer as layer_module
 from es_dual.moe.reference import fused_moe_fp8_reference, layer_tolerance
 
@@ -24,6 +28,27 @@ GATE_UP = [dict(gate_up_block_n=bn, gate_up_groups=kg, gate_up_warps=w, programs
            for bn, kg, w, p in itertools.product((32, 64, 128), (2, 4, 8), (4, 8), (4, 16))]
 DOWN = [dict(down_block_n=bn, down_i_chunk=ic, down_warps=w)
         for bn, ic, w in itertools.product((8, 16, 32), (128, 256, 512), (4, 8))]
+
+LAYER_CONFIGS = [dict(), dict(overlap_max_pairs=0), dict(overlap_max_pairs=64), dict(down_i_chunk=64),
+                 dict(down_warps=8), dict(gate_up_warps=4), dict(programs_per_sm=8)]
+
+
+def _write_csv(path, rows):
+    if path and rows:
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _cases(batches, device):
+    """(model, batch, the layer's arguments, its reference output, the layer's tolerance) per model and batch."""
+    for model in MODELS:
+        weights = make_weights(model, device)
+        for batch in batches:
+            hidden, topk_weights, topk_ids = make_batch(model, batch, device)
+            args = (hidden, *weights, topk_weights, topk_ids)
+            yield model, batch, args, fused_moe_fp8_reference(*args).float(), layer_tolerance(device)
 
 
 def _plain_read_us(nbytes, device):
@@ -34,58 +59,64 @@ def _plain_read_us(nbytes, device):
 def sweep(batches, csv_path):
     device = torch.device("cuda")
     rows = []
-    for model in MODELS:
-        weights = make_weights(model, device)
-        for batch in batches:
-            hidden, topk_weights, topk_ids = make_batch(model, batch, device)
-            args = (hidden, weights[0], weights[1], weights[2], weights[3], topk_weights, topk_ids)
-            shape = layer_module.check_moe_inputs(*args)
-            reference = fused_moe_fp8_reference(*args).float()
-            tol = layer_tolerance(device)
-            pairs = batch * model.topk
-            nbytes = {"gate_up": pairs * 2 * model.intermediate * model.hidden, "down": pairs * model.hidden * model.intermediate}
-            for kernel, configs in (("gate_up", GATE_UP), ("down", DOWN)):
-                plain = _plain_read_us(nbytes[kernel], device)
-                print(f"{model.name} T={batch} {kernel}: {nbytes[kernel] / 1e6:.1f} MB; torch.sum of as many bytes "
-                      f"{plain:.1f} µs ({nbytes[kernel] / plain / 1e3:.0f} GB/s)", flush=True)
-                results = []
-                for fields in configs:
-                    config = layer_module.DecodeConfig(**fields)
-                    try:
-                        plan = layer_module._DecodePlan(shape, topk_ids.dtype, config=config)
-                        out = plan(*args)
-                        errors = relative_errors(out.float(), reference)
-                        inter = layer_module._Intermediates(plan.regions, plan.nbytes, device)
-                        gate_up, silu, down = plan.launches(inter, out, *args)
-                        for launch, ptrs, tensors in (gate_up, silu):  # the down step's inputs
-                            launch(ptrs, tensors)
-                        launch, ptrs, tensors = gate_up if kernel == "gate_up" else down
-                        us = time_us(lambda: launch(ptrs, tensors), device, quick=True)
-                    except Exception as exc:  # out of shared memory or registers
-                        print(f"  {fields}: {type(exc).__name__}: {str(exc)[:80]}")
-                        continue
-                    ok = errors[0] <= tol[0] and errors[1] <= tol[1]
-                    results.append((us, fields, ok, plan.splits))
-                    rows.append(dict(model=model.name, batch=batch, kernel=kernel, **fields, splits=plan.splits,
-                                     us=us, gbps=nbytes[kernel] / us / 1e3, plain_us=plain, ok=ok))
-                results.sort(key=lambda r: r[0])
-                default = [r for r in results if all(getattr(layer_module.DECODE_CONFIG, k) == v for k, v in r[1].items())]
-                for us, fields, ok, splits in results[:5] + default:
-                    print(f"  {us:8.1f} µs {nbytes[kernel] / us / 1e3:6.0f} GB/s splits {splits:3d} {fields}{'' if ok else ' !'}"
-                          + ("  (default)" if default and fields == default[0][1] else ""), flush=True)
-    if csv_path and rows:
-        with open(csv_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-            writer.writeheader()
-            writer.writerows(rows)
+    for model, batch, args, reference, tol in _cases(batches, device):
+        shape, topk_ids = layer_module.check_moe_inputs(*args), args[-1]
+        pairs = batch * model.topk
+        nbytes = {"gate_up": pairs * 2 * model.intermediate * model.hidden, "down": pairs * model.hidden * model.intermediate}
+        for kernel, configs in (("gate_up", GATE_UP), ("down", DOWN)):
+            plain = _plain_read_us(nbytes[kernel], device)
+            print(f"{model.name} T={batch} {kernel}: {nbytes[kernel] / 1e6:.1f} MB; torch.sum of as many bytes "
+                  f"{plain:.1f} µs ({nbytes[kernel] / plain / 1e3:.0f} GB/s)", flush=True)
+            results = []
+            for fields in configs:
+                config = layer_module.DecodeConfig(**fields)
+                try:
+                    plan = layer_module._DecodePlan(shape, topk_ids.dtype, config=config)
+                    out = plan(*args)
+                    errors = relative_errors(out.float(), reference)
+                    inter = layer_module._Intermediates(plan.regions, plan.nbytes, device)
+                    gate_up, silu, down = plan.launches(inter, out, *args)
+                    for launch, ptrs, tensors in (gate_up, silu):  # the down step's inputs
+                        launch(ptrs, tensors)
+                    launch, ptrs, tensors = gate_up if kernel == "gate_up" else down
+                    us = time_us(lambda: launch(ptrs, tensors), device, quick=True)
+                except Exception as exc:  # out of shared memory or registers
+                    print(f"  {fields}: {type(exc).__name__}: {str(exc)[:80]}")
+                    continue
+                ok = errors[0] <= tol[0] and errors[1] <= tol[1]
+                results.append((us, fields, ok, plan.splits))
+                rows.append(dict(model=model.name, batch=batch, kernel=kernel, **fields, splits=plan.splits,
+                                 us=us, gbps=nbytes[kernel] / us / 1e3, plain_us=plain, ok=ok))
+            results.sort(key=lambda r: r[0])
+            default = [r for r in results if all(getattr(layer_module.DECODE_CONFIG, k) == v for k, v in r[1].items())]
+            for us, fields, ok, splits in results[:5] + default:
+                print(f"  {us:8.1f} µs {nbytes[kernel] / us / 1e3:6.0f} GB/s splits {splits:3d} {fields}{'' if ok else ' !'}"
+                      + ("  (default)" if default and fields == default[0][1] else ""), flush=True)
+    _write_csv(csv_path, rows)
+
+
+def layer_sweep(batches, csv_path):
+    device = torch.device("cuda")
+    flush, rows = L2Flush(device), []
+    for model, batch, args, reference, tol in _cases(batches, device):
+        shape, topk_ids = layer_module.check_moe_inputs(*args), args[-1]
+        for fields in LAYER_CONFIGS:
+            plan = layer_module._DecodePlan(shape, topk_ids.dtype, config=layer_module.DecodeConfig(**fields))
+            errors = relative_errors(plan(*args).float(), reference)
+            ok = errors[0] <= tol[0] and errors[1] <= tol[1]
+            us = median_us(capture(lambda: plan(*args)).replay, "kernel", flush, 200)
+            rows.append(dict(model=model.name, batch=batch, **fields, us=us, ok=ok))
+            print(f"{model.name} T={batch} {us:7.1f} µs {fields or 'default'}{'' if ok else ' !'}", flush=True)
+    _write_csv(csv_path, rows)
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--csv")
+    parser.add_argument("--layer", action="store_true", help="the whole decode path per LAYER_CONFIGS")
     args = parser.parse_args()
-    sweep([int(b) for b in args.batches.split(",")], args.csv)
+    (layer_sweep if args.layer else sweep)([int(b) for b in args.batches.split(",")], args.csv)
 
 
 if __name__ == "__main__":

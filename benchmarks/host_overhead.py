@@ -4,6 +4,9 @@ peers on the same problem, and the MoE layer.
 Host time per call: the wall time of a batch of back-to-back calls, started on an idle GPU and short enough
 that the launch queue never fills (so the GPU's time cannot hold the host back); each row's best over
 rounds through all rows, interleaved so that the host's drift affects every row alike.
+The MoE layer's rows also get their GPU time per call (kernel mode, as the layer benchmark times it: one
+call captured in a CUDA graph and replayed, the L2 flushed before each replay), to show what the path
+that `auto` takes costs on the device too.
 python benchmarks/host_overhead.py [--calls 50] [--rounds 5] [--peers DIR]   (DIR: as es_dual.bench --peers)
 """
 import argparse
@@ -17,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import es_dual  # noqa: E402
 from es_dual.bench import layer  # noqa: E402
+from es_dual.bench.timing import L2Flush, capture, median_us  # noqa: E402
 from es_dual.bench.providers import PEERS, PROVIDERS, Unavailable, add_peer_paths, describe  # noqa: E402
 from es_dual import ops  # noqa: E402
 from es_dual.cutlass import buckets, launch, loader  # noqa: E402
@@ -186,6 +190,10 @@ def main():
     for name, fn in rows:
         value = f"{best[name]:7.1f} us/call" if fn else ""
         print(f"host overhead  {name:<64} {value}", flush=True)
+    flush = L2Flush(device)
+    for name, fn in _layer_rows(device):
+        gpu = median_us(capture(fn).replay, "kernel", flush, 200)
+        print(f"GPU time       {name:<64} {gpu:7.1f} us/call (kernel mode)", flush=True)
 
 
 if __name__ == "__main__":

@@ -293,12 +293,14 @@ def test_close_to_unquantized_layer(device, shape):
 
 @given(r=routings(max_tokens=layer_module.DECODE_MAX_PAIRS // 8), shape=st.sampled_from(SHAPES),
        splits=st.sampled_from([None, 1, 2, 3]), ids_dtype=st.sampled_from([torch.int32, torch.int64]),
-       invalid=st.booleans(), duplicate=st.booleans())
+       invalid=st.booleans(), duplicate=st.booleans(), overlap=st.booleans(), i_chunk=st.sampled_from([32, 128]))
 @settings(max_examples=min(EXAMPLES, 30))
-def test_decode_path_against_reference(device, r, shape, splits, ids_dtype, invalid, duplicate):
+def test_decode_path_against_reference(device, r, shape, splits, ids_dtype, invalid, duplicate, overlap, i_chunk):
     """The three decode kernels, with the gate_up GEMM split along K into `splits` parts (None: the
-    default for the device), against the reference; ids out of range contribute nothing, a token naming
-    one expert twice is two pairs."""
+    default for the device), the down kernel's I in chunks of i_chunk columns (several chunks: its weight
+    loads run one chunk ahead), launched as programmatic dependents or not (overlap; on a GPU that has
+    them), against the reference; ids out of range contribute nothing, a token naming one expert twice
+    is two pairs."""
     layer = make_layer(r, *shape, device, ids_dtype)
     ids = layer["topk_ids"]
     if invalid and r.tokens:
@@ -306,20 +308,29 @@ def test_decode_path_against_reference(device, r, shape, splits, ids_dtype, inva
         ids[-1, -1] = r.num_experts
     if duplicate and r.tokens and r.topk > 1:
         ids[::2, 1] = ids[::2, 0]
-    plan = layer_module._DecodePlan(layer_module.check_moe_inputs(**layer), ids_dtype, splits=splits)
+    config = layer_module.DecodeConfig(overlap_max_pairs=layer_module.DECODE_MAX_PAIRS if overlap else 0,
+                                       down_i_chunk=i_chunk)
+    plan = layer_module._DecodePlan(layer_module.check_moe_inputs(**layer), ids_dtype, splits=splits, config=config)
     assert_layer_close(plan(**layer), reference_of(layer))
 
 
 def test_auto_takes_the_decode_path_up_to_its_limit(device, monkeypatch):
-    """backend "auto" (ES_DUAL_BACKEND unset) at 1..min(DECODE_MAX_PAIRS, E / 2) pairs: the decode path,
-    whose result equals the grouped pipeline's within the layer's tolerance; more pairs (or pairs sharing
-    the few experts of a small model), a named backend or ES_DUAL_BACKEND: the grouped pipeline."""
+    """backend "auto" (ES_DUAL_BACKEND unset) at 1..DECODE_MAX_PAIRS pairs, at most E / 2 of them or their
+    experts' weights at most DECODE_REREAD_BYTES: the decode path, whose result equals the grouped
+    pipeline's within the layer's tolerance; more pairs (or pairs sharing the few large experts of a small
+    model), a named backend or ES_DUAL_BACKEND: the grouped pipeline."""
     monkeypatch.delenv("ES_DUAL_BACKEND", raising=False)
     limit = layer_module.DECODE_MAX_PAIRS
     experts = 2 * limit
-    for tokens, num_experts, decode in ((1, experts, True), (limit // 4, experts, True),
-                                        (limit // 4 + 1, experts, False), (1, 8, True), (2, 8, False)):
-        layer = make_layer(Routing(tokens, num_experts, 4, "uniform", seed=tokens), *SHAPES[0], device)
+    large = SHAPES[0]
+    # a re-read budget of 4 pairs of these experts: 8 pairs on 8 of them take the grouped pipeline, 4 pairs
+    # on 4 take the decode path (at the budget), 8 pairs on 8 experts of 16 x 16 too
+    monkeypatch.setattr(layer_module, "DECODE_REREAD_BYTES", 4 * 3 * large[0] * large[1])
+    monkeypatch.setattr(layer_module, "_PLANS", {})  # plans made under the real budget
+    for tokens, num_experts, dims, decode in (
+            (1, experts, large, True), (limit // 4, experts, large, True), (limit // 4 + 1, experts, large, False),
+            (1, 8, large, True), (2, 8, large, False), (1, 4, large, True), (2, 8, (16, 16), True)):
+        layer = make_layer(Routing(tokens, num_experts, 4, "uniform", seed=tokens), *dims, device)
         plan = layer_module._layer_plan(layer_module.check_moe_inputs(**layer), torch.int32, "auto", None)
         assert isinstance(plan, layer_module._DecodePlan) == decode, tokens
         if decode:

@@ -23,9 +23,17 @@ load of several scale groups at once (gate_up: BLOCK_N rows x KG groups; down: B
 columns of every k of the token), so each program has a whole tile's bytes in flight, with no pipeline
 to fill. A tile's BLOCK_N rows lie in one 128-row scale block (BLOCK_N divides 128), so a scale group's
 weight scale is one number, folded with the activation's into the vector before the multiply.
+
+With OVERLAP (Hopper and later, the three launched back to back), the SiLU and down kernels are launched
+as programmatic dependents (Triton's launch_pdl): each kernel lets the next one launch from its start, and
+the next one waits (griddepcontrol.wait: its predecessor complete, its writes visible) before it reads
+anything its predecessor writes. The down kernel issues its first weight loads before that wait, so its
+weights, which depend on nothing the layer computes, stream while gate_up and SiLU finish. gate_up itself
+is launched as any kernel: it reads what the kernels before the layer wrote.
 """
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ..triton_ref.kernel import _round_to_bf16_bits
 from .kernels import _fp8e4m3_bits, _quantize_groups, _quantize_store, _silu_mul, _unit_tile
@@ -57,9 +65,11 @@ def decode_gate_up_kernel(
     stride_hidden, stride_we, stride_wn, stride_wse, stride_wsn, stride_split,
     # meta-parameters: SPLIT_GROUPS scale groups of K per split, KG of them per load
     BLOCK_N: tl.constexpr, GROUP: tl.constexpr, KG: tl.constexpr, SPLIT_GROUPS: tl.constexpr,
-    INTERPRETER: tl.constexpr,
+    OVERLAP: tl.constexpr, INTERPRETER: tl.constexpr,
 ):
     """Program (pair, weight tile, split): one K split of the pair's gate_up columns, float32."""
+    if OVERLAP:
+        gdc_launch_dependents()  # the SiLU kernel may launch once every program has started
     pair = tl.program_id(0)
     expert = tl.load(topk_ids_ptr + pair).to(tl.int64)
     if (expert >= 0) & (expert < num_experts):
@@ -100,10 +110,14 @@ def decode_silu_mul_quantize_kernel(
     # strides, in elements
     stride_split, stride_q, stride_scale,
     # meta-parameters: SPLITS_BLOCK splits summed per load
-    GROUP: tl.constexpr, BLOCK_UNITS: tl.constexpr, SPLITS_BLOCK: tl.constexpr, INTERPRETER: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK_UNITS: tl.constexpr, SPLITS_BLOCK: tl.constexpr, OVERLAP: tl.constexpr,
+    INTERPRETER: tl.constexpr,
 ):
     """Units (pair, scale group of I): gate and up summed over the splits and rounded to bf16, then
     SiLU(gate) * up quantized, as kernels.silu_mul_quantize_kernel does."""
+    if OVERLAP:
+        gdc_launch_dependents()  # the down kernel may launch and start reading its weights
+        gdc_wait()  # gate_up's partial sums complete and visible
     pair, group, cols, row_ok, col_ok = _unit_tile(pairs, pairs, intermediate, GROUP, BLOCK_UNITS)
     expert = tl.load(topk_ids_ptr + pair, mask=row_ok, other=-1)
     row_ok = row_ok & (expert >= 0) & (expert < num_experts)
@@ -134,9 +148,11 @@ def decode_down_kernel(
     stride_y, stride_ys, stride_we, stride_wn, stride_wse, stride_wsn, stride_out,
     # meta-parameters: TOPK_BLOCK >= topk, a power of 2; I_CHUNK columns of I per load
     BLOCK_N: tl.constexpr, GROUP: tl.constexpr, TOPK_BLOCK: tl.constexpr, I_CHUNK: tl.constexpr,
-    INTERPRETER: tl.constexpr,
+    OVERLAP: tl.constexpr, INTERPRETER: tl.constexpr,
 ):
-    """Program (token, weight tile): the token's output columns, all its k at once, in float32."""
+    """Program (token, weight tile): the token's output columns, all its k at once, in float32, I_CHUNK
+    columns of I at a time, each chunk's weights loaded before its y (with OVERLAP, the first chunk's before
+    the wait for the SiLU kernel; the wait returns at once after the first)."""
     token = tl.program_id(0).to(tl.int64)
     slots = tl.arange(0, TOPK_BLOCK)
     pair = token * topk + slots
@@ -154,12 +170,14 @@ def decode_down_kernel(
     for i0 in range(0, intermediate, I_CHUNK):
         i = i0 + kk
         ok = valid[:, None] & (i[None, :] < intermediate)  # (TOPK_BLOCK, I_CHUNK)
+        w = tl.load(w_rows + i[None, None, :], mask=ok[:, None, :] & col_ok[None, :, None], other=0.0)
+        if OVERLAP:
+            gdc_wait()  # the SiLU kernel's y complete and visible
         # y of each pair with both scales folded in: one number per (pair, column)
         a = tl.load(y_ptr + pair[:, None] * stride_y + i[None, :], mask=ok, other=0.0).to(tl.float32)
         y_scale = tl.load(y_scale_ptr + pair[:, None] * stride_ys + i[None, :] // GROUP, mask=ok, other=0.0)
         w_scale = tl.load(w_scale_row[:, None] + i[None, :] // GROUP, mask=ok, other=0.0)
         a = a * (y_scale * w_scale)
-        w = tl.load(w_rows + i[None, None, :], mask=ok[:, None, :] & col_ok[None, :, None], other=0.0)
         rows += tl.sum(w.to(tl.float32) * a[:, None, :], axis=2)
     # each pair's down row rounded to bf16, then weighted and summed over k
     out = tl.sum(weights[:, None] * _to_bf16_value(rows, INTERPRETER), axis=0)

@@ -7,9 +7,9 @@
     grouped GEMM        down = y @ w2[e].T                                   (T*topk, H) bf16
     unpermute_sum       out[t] = sum_k topk_weights[t, k] * down[row of (t, k)]
 
-At decode sizes (backend "auto", at most DECODE_MAX_PAIRS pairs and E / 2) the layer takes the decode path instead
-(decode_kernels.py, _DecodePlan): three kernels on the pairs as they come, the GEMMs split so that every SM
-streams weights, with the same roundings.
+At decode sizes (backend "auto", at most DECODE_MAX_PAIRS pairs, and E / 2 of them or small experts) the layer
+takes the decode path instead (decode_kernels.py, _DecodePlan): three kernels on the pairs as they come, the
+GEMMs split so that every SM streams weights, with the same roundings.
 
 The host knows only the shapes: every buffer is sized by T*topk rows, the per-expert counts stay on the
 device, so a call can be captured in a CUDA graph and replayed after the routing changed.
@@ -375,8 +375,9 @@ def fused_moe_fp8(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, 
         backend: the grouped GEMM backend, as for es_dual.grouped_gemm_fp8 ("auto", "triton", "cutlass",
             "cutlass_single", "reference"); the layer's own steps are Triton kernels, and on CPU tensors
             the Triton interpreter with TRITON_INTERPRET=1, else the same steps in torch. "auto" (with
-            ES_DUAL_BACKEND unset) takes the decode path at T * topk <= min(DECODE_MAX_PAIRS, E / 2):
-            Triton kernels that split the GEMMs along K instead of grouped GEMMs (module docstring).
+            ES_DUAL_BACKEND unset) takes the decode path at T * topk <= DECODE_MAX_PAIRS pairs when they
+            are at most E / 2 or their expert weights together at most DECODE_REREAD_BYTES: Triton kernels
+            that split the GEMMs along K instead of grouped GEMMs (module docstring).
         validate: also check contents on the host: ids in [0, E) and distinct within each token, weight
             scales finite and >= 0 (with first_expert, ids outside the range are allowed). It copies to
             the host and synchronizes, so it is off by default; None reads ES_DUAL_VALIDATE ("1" turns it on).
@@ -417,7 +418,12 @@ _MAX_PLANS = 1024  # distinct layer shapes kept (one per batch size and layer sh
 # routing hits E (1 - (1 - 1/E)^pairs) experts and so reads at most ~1.27x the weights the grouped GEMMs
 # read (DeepSeek-R1 TP8, E = 256, at 64 pairs: 1.13x). Measured at 64 pairs (8 tokens, H200, kernel mode):
 # DeepSeek-R1 TP8 107.6 µs against 125.7 for the grouped pipeline, Qwen3-235B TP4 (E = 128) 91.5 against 90.4.
+# Small experts take it even when pairs share them: when every pair's expert weights together are at most
+# DECODE_REREAD_BYTES (re-read from the L2, which holds 50 MB on the H200), reading them again costs a few µs
+# of bandwidth, less than what the grouped pipeline's five more launches cost on the GPU (the 18 µs above
+# bought 13 % more bytes read) and on the host (about 35 µs per call more on the H200 machine).
 DECODE_MAX_PAIRS = 64
+DECODE_REREAD_BYTES = 16 << 20
 
 
 def _layer_plan(shape: MoeShape, ids_dtype: torch.dtype, backend: str, env_backend):
@@ -431,8 +437,9 @@ def _layer_plan(shape: MoeShape, ids_dtype: torch.dtype, backend: str, env_backe
         if reasons and not _torch_steps(shape.device):
             raise RuntimeError("fused_moe_fp8 runs Triton kernels: " + "; ".join(reasons))
         pairs = shape.tokens * shape.topk
-        decode = (backend == "auto" and env_backend is None and not reasons
-                  and 0 < pairs <= min(DECODE_MAX_PAIRS, shape.num_experts // 2))
+        expert_bytes = 3 * shape.intermediate * shape.hidden_size  # w13 (2I, H) and w2 (H, I), FP8
+        decode = (backend == "auto" and env_backend is None and not reasons and 0 < pairs <= DECODE_MAX_PAIRS
+                  and (pairs <= shape.num_experts // 2 or pairs * expert_bytes <= DECODE_REREAD_BYTES))
         plan = _DecodePlan(shape, ids_dtype) if decode else _LayerPlan(shape, ids_dtype, backend)
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
@@ -478,7 +485,9 @@ class _Intermediates:
 class DecodeConfig(NamedTuple):
     """The decode path's launch shapes (decode_kernels.py). gate_up: weight rows per program (divides 128),
     scale groups of K per load, warps, pipeline stages, and about how many programs per SM the K split aims
-    at (one wave); down: weight rows per program (divides 128), columns of I per load, warps, stages."""
+    at (one wave); down: weight rows per program (divides 128), columns of I per load, warps, stages;
+    overlap_max_pairs: up to this many pairs, SiLU and down are launched as programmatic dependents
+    (decode_kernels.py), where the GPU has them (0: never)."""
     gate_up_block_n: int = 64
     gate_up_groups: int = 2
     gate_up_warps: int = 8
@@ -488,12 +497,16 @@ class DecodeConfig(NamedTuple):
     down_i_chunk: int = 128
     down_warps: int = 4
     down_stages: int = 1
+    overlap_max_pairs: int = 8
 
 
 # The defaults: the best in sum over DeepSeek-R1 TP8 and Qwen3-235B TP4 at 1 and 8 tokens of
 # benchmarks/decode_sweep.py on one H200 (docs/perf-notes.md): gate_up 16.1 / 71.8 and 15.2 / 60.2 µs,
 # down 13.5 / 45.8 and 13.4 / 38.9 µs, each within 4 % of the best for its size but one (gate_up at 8
-# tokens of DeepSeek: 68.8 with 4 programs per SM, which is 10 % slower at 1 token).
+# tokens of DeepSeek: 68.8 with 4 programs per SM, which is 10 % slower at 1 token). The overlap, the whole
+# path in kernel mode (benchmarks/decode_sweep.py --layer, same card): at 1 token (8 pairs) DeepSeek 26.0 µs
+# against 29.2 without, Qwen 24.8 against 26.2; at 8 tokens (64 pairs) 110.5 against 107.9 and 94.6 against
+# 92.1, so it stops at 8 pairs (no sizes in between were measured).
 
 
 DECODE_CONFIG = DecodeConfig()
@@ -510,6 +523,7 @@ class _DecodePlan:
     def __init__(self, shape: MoeShape, ids_dtype: torch.dtype, splits: int | None = None,
                  config: DecodeConfig = DECODE_CONFIG):
         from ..triton_ref.direct import direct_launch  # imported on first use: TRITON_INTERPRET is read then
+        from ..device import device_capability
         from ..triton_ref.launch import device_facts
         from .decode_kernels import decode_down_kernel, decode_gate_up_kernel, decode_silu_mul_quantize_kernel
 
@@ -530,6 +544,9 @@ class _DecodePlan:
             "y": (FP8, (pairs, intermediate)), "y_scale": (torch.float32, (pairs, groups_i)),
         })
         interpreted = _interpreted(device)
+        # programmatic dependent launch: Hopper on (griddepcontrol), not in the interpreter
+        overlap = pairs <= config.overlap_max_pairs and not interpreted and device_capability(device) >= (9, 0)
+        dependent = dict(launch_pdl=True) if overlap else {}
         self.gate_up = direct_launch(
             decode_gate_up_kernel, (pairs, tiles_gate_up, self.splits),
             (torch.bfloat16, ids_dtype, FP8, torch.float32, torch.float32), device,
@@ -539,25 +556,26 @@ class _DecodePlan:
             stride_wse=cdiv(2 * intermediate, SCALE_BLOCK) * groups_h, stride_wsn=groups_h,
             stride_split=pairs * 2 * intermediate, BLOCK_N=config.gate_up_block_n, GROUP=SCALE_BLOCK,
             KG=min(config.gate_up_groups, _next_power_of_2(split_groups)), SPLIT_GROUPS=split_groups,
-            INTERPRETER=interpreted)
+            OVERLAP=overlap, INTERPRETER=interpreted)
         # few units per program (DECODE_SILU_UNITS), each with all its splits in one load where they fit
         per_program = _units_per_program(pairs, groups_i, device) if interpreted else DECODE_SILU_UNITS
         self.silu = direct_launch(
             decode_silu_mul_quantize_kernel, (cdiv(pairs * groups_i, per_program),),
-            (torch.float32, ids_dtype, _fp8_target_dtype(device), torch.float32), device,
+            (torch.float32, ids_dtype, _fp8_target_dtype(device), torch.float32), device, dependent,
             pairs=pairs, intermediate=intermediate, num_experts=num_experts, splits=self.splits,
             stride_split=pairs * 2 * intermediate, stride_q=intermediate, stride_scale=groups_i,
             GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, SPLITS_BLOCK=min(_next_power_of_2(self.splits), 16),
-            INTERPRETER=interpreted)
+            OVERLAP=overlap, INTERPRETER=interpreted)
         self.down = direct_launch(
             decode_down_kernel, (tokens, cdiv(hidden_size, config.down_block_n)),
             (FP8, torch.float32, ids_dtype, torch.float32, FP8, torch.float32, torch.bfloat16), device,
-            dict(num_warps=config.down_warps, num_stages=config.down_stages),
+            dict(num_warps=config.down_warps, num_stages=config.down_stages, **dependent),
             hidden_size=hidden_size, intermediate=intermediate, topk=topk, num_experts=num_experts,
             stride_y=intermediate, stride_ys=groups_i, stride_we=hidden_size * intermediate, stride_wn=intermediate,
             stride_wse=cdiv(hidden_size, SCALE_BLOCK) * groups_i, stride_wsn=groups_i, stride_out=hidden_size,
             BLOCK_N=config.down_block_n, GROUP=SCALE_BLOCK, TOPK_BLOCK=_next_power_of_2(topk),
-            I_CHUNK=min(config.down_i_chunk, _next_power_of_2(intermediate)), INTERPRETER=interpreted)
+            I_CHUNK=min(config.down_i_chunk, _next_power_of_2(intermediate)), OVERLAP=overlap,
+            INTERPRETER=interpreted)
 
     def __call__(self, hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids):
         tokens, hidden_size = self.shape.tokens, self.shape.hidden_size
