@@ -29,8 +29,15 @@ GATE_UP = [dict(gate_up_block_n=bn, gate_up_groups=kg, gate_up_warps=w, programs
 DOWN = [dict(down_block_n=bn, down_i_chunk=ic, down_warps=w)
         for bn, ic, w in itertools.product((8, 16, 32), (128, 256, 512), (4, 8))]
 
-LAYER_CONFIGS = [dict(), dict(overlap_max_pairs=0), dict(overlap_max_pairs=64), dict(down_i_chunk=64),
-                 dict(down_warps=8), dict(gate_up_warps=4), dict(programs_per_sm=8)]
+# the default, its overlap off, the tensor-core kernels (decode_gate_up_mma_kernel, decode_down_mma_kernel)
+# in a few pipelines: weight rows per program, warps, stages, and for gate_up programs per SM (fewer, longer
+# programs keep num_stages weight tiles in flight each), and a SiLU step of one round of loads at one token
+TC_GATE_UP = dict(gate_up_tensor_cores=True, gate_up_block_n=128, gate_up_warps=4, gate_up_stages=4, programs_per_sm=2)
+TC_DOWN = dict(down_tensor_cores=True, down_block_n=32, down_warps=4, down_stages=4)
+LAYER_CONFIGS = [dict(), dict(overlap_max_pairs=0), TC_GATE_UP, dict(TC_GATE_UP, programs_per_sm=4),
+                 dict(TC_GATE_UP, gate_up_block_n=64, programs_per_sm=4), dict(TC_GATE_UP, gate_up_stages=3),
+                 TC_DOWN, dict(TC_DOWN, down_block_n=64), dict(TC_DOWN, down_block_n=16, down_warps=1),
+                 dict(TC_GATE_UP, **TC_DOWN), dict(silu_units=1, silu_splits_per_load=32)]
 
 
 def _write_csv(path, rows):

@@ -24,6 +24,12 @@ columns of every k of the token), so each program has a whole tile's bytes in fl
 to fill. A tile's BLOCK_N rows lie in one 128-row scale block (BLOCK_N divides 128), so a scale group's
 weight scale is one number, folded with the activation's into the vector before the multiply.
 
+decode_gate_up_mma_kernel and decode_down_mma_kernel compute the same on the tensor cores (DecodeConfig's
+gate_up_tensor_cores, down_tensor_cores): the weights are the M side of the product, the one activation
+vector is broadcast to 16 columns of the other operand, one scale group per loop step (one product, then
+its two scales), so Triton pipelines the weight loads over num_stages and no instruction converts FP8 to
+float32. Their products are exact and summed in the tensor cores' float32 accumulation within a group.
+
 With OVERLAP (Hopper and later, the three launched back to back), the SiLU and down kernels are launched
 as programmatic dependents (Triton's launch_pdl): each kernel lets the next one launch from its start, and
 the next one waits (griddepcontrol.wait: its predecessor complete, its writes visible) before it reads
@@ -56,6 +62,20 @@ def _fp8_value(y, fp8_type: tl.constexpr, INTERPRETER: tl.constexpr):
 
 
 @triton.jit
+def _gate_up_tile(topk_ids_ptr, w_scale_ptr, topk, num_experts, n, stride_wse, stride_wsn,
+                  BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
+    """What program (pair, weight tile, split) of a gate_up kernel works on: (pair, whether its expert is
+    in range, expert, token, the tile's columns and which are real, the tile's one scale block of rows
+    (BLOCK_N divides GROUP))."""
+    pair = tl.program_id(0)
+    expert = tl.load(topk_ids_ptr + pair).to(tl.int64)
+    in_range = (expert >= 0) & (expert < num_experts)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    w_scale_row = w_scale_ptr + expert * stride_wse + (tl.program_id(1) * BLOCK_N // GROUP) * stride_wsn
+    return pair, in_range, expert, (pair // topk).to(tl.int64), cols, cols < n, w_scale_row
+
+
+@triton.jit
 def decode_gate_up_kernel(
     # pointers
     hidden_ptr, topk_ids_ptr, w_ptr, w_scale_ptr, partial_ptr,
@@ -70,18 +90,13 @@ def decode_gate_up_kernel(
     """Program (pair, weight tile, split): one K split of the pair's gate_up columns, float32."""
     if OVERLAP:
         gdc_launch_dependents()  # the SiLU kernel may launch once every program has started
-    pair = tl.program_id(0)
-    expert = tl.load(topk_ids_ptr + pair).to(tl.int64)
-    if (expert >= 0) & (expert < num_experts):
-        token = (pair // topk).to(tl.int64)
-        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        col_ok = cols < n
+    pair, in_range, expert, token, cols, col_ok, w_scale_row = _gate_up_tile(
+        topk_ids_ptr, w_scale_ptr, topk, num_experts, n, stride_wse, stride_wsn, BLOCK_N, GROUP)
+    if in_range:
         cols64 = cols.to(tl.int64)
         kg = tl.arange(0, KG)
         kk = tl.arange(0, GROUP)
         w_rows = w_ptr + expert * stride_we + cols64[:, None, None] * stride_wn
-        # the tile's one scale block of rows (BLOCK_N divides GROUP)
-        w_scale_row = w_scale_ptr + expert * stride_wse + (tl.program_id(1) * BLOCK_N // GROUP) * stride_wsn
         acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
         first = tl.program_id(2) * SPLIT_GROUPS
         last = tl.minimum(first + SPLIT_GROUPS, tl.cdiv(hidden_size, GROUP))
@@ -99,6 +114,58 @@ def decode_gate_up_kernel(
             w = tl.load(w_rows + k[None, :, :], mask=col_ok[:, None, None] & k_ok[None, :, :], other=0.0)
             acc += tl.sum(tl.sum(w.to(tl.float32) * a[None, :, :], axis=2), axis=1)
         tl.store(partial_ptr + tl.program_id(2) * stride_split + pair * n + cols64, acc, mask=col_ok)
+
+
+@triton.jit
+def decode_gate_up_mma_kernel(
+    # pointers
+    hidden_ptr, topk_ids_ptr, w_ptr, w_scale_ptr, partial_ptr,
+    # sizes: n = 2I (the gate rows, then the up rows)
+    pairs, hidden_size, n, topk, num_experts,
+    # strides, in elements
+    stride_hidden, stride_we, stride_wn, stride_wse, stride_wsn, stride_split,
+    # meta-parameters: SPLIT_GROUPS scale groups of K per split, one per loop step
+    BLOCK_N: tl.constexpr, GROUP: tl.constexpr, SPLIT_GROUPS: tl.constexpr,
+    OVERLAP: tl.constexpr, INTERPRETER: tl.constexpr,
+):
+    """decode_gate_up_kernel on the tensor cores: per scale group, the tile's (BLOCK_N, GROUP) weights
+    (the M side) times the pair's quantized activations broadcast to a (GROUP, 16) operand (every column
+    the same, so any column is the product), the group's two scales applied to that column. No FP8 is
+    converted to float32 by an instruction, and the loop's weight loads are pipelined over num_stages."""
+    if OVERLAP:
+        gdc_launch_dependents()  # the SiLU kernel may launch once every program has started
+    pair, in_range, expert, token, cols, col_ok, w_scale_row = _gate_up_tile(
+        topk_ids_ptr, w_scale_ptr, topk, num_experts, n, stride_wse, stride_wsn, BLOCK_N, GROUP)
+    if in_range:
+        kk = tl.arange(0, GROUP)
+        w_rows = w_ptr + expert * stride_we + cols.to(tl.int64)[:, None] * stride_wn
+        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        first = tl.program_id(2) * SPLIT_GROUPS
+        steps = tl.minimum(SPLIT_GROUPS, tl.cdiv(hidden_size, GROUP) - first)
+        # pointers advanced by one group per step (the form Triton's pipeliner takes)
+        x_ptrs = hidden_ptr + token * stride_hidden + first * GROUP + kk
+        w_ptrs = w_rows + first * GROUP + kk[None, :]
+        w_scale_ptr_g = w_scale_row + first
+        k_left = hidden_size - first * GROUP
+        for _ in range(0, steps):
+            k_ok = kk < k_left
+            # ---- the token's activations of this group, quantized as the layer's quantizer does ----
+            x = tl.load(x_ptrs, mask=k_ok, other=0.0).to(tl.float32)
+            y, x_scale = _quantize_groups(x[None, :])  # (1, GROUP), (1,)
+            if INTERPRETER:  # its fp32 -> fp8 conversion is wrong: the bits come from software
+                a = _fp8e4m3_bits(y).to(w_ptr.dtype.element_ty, bitcast=True)
+            else:
+                a = y.to(w_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+            a = tl.broadcast_to(tl.trans(a), (GROUP, 16))
+            # ---- the expert's weight rows of this tile for this group, on the tensor cores ----
+            w = tl.load(w_ptrs, mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+            product = tl.max(tl.dot(w, a), axis=1)  # the 16 columns are equal
+            acc += product * (x_scale * tl.load(w_scale_ptr_g))
+            x_ptrs += GROUP
+            w_ptrs += GROUP
+            w_scale_ptr_g += 1
+            k_left -= GROUP
+        tl.store(partial_ptr + tl.program_id(2) * stride_split + pair * n + cols.to(tl.int64), acc, mask=col_ok)
 
 
 @triton.jit
@@ -139,6 +206,18 @@ def decode_silu_mul_quantize_kernel(
 
 
 @triton.jit
+def _token_pairs(topk_ids_ptr, topk_weights_ptr, topk, num_experts, TOPK_BLOCK: tl.constexpr):
+    """(pairs, experts, valid, weights), (TOPK_BLOCK,) each, of this program's token (program_id(0)): a
+    pair out of range is not valid, has expert 0 and weight 0, and adds nothing."""
+    slots = tl.arange(0, TOPK_BLOCK)
+    pairs = tl.program_id(0).to(tl.int64) * topk + slots
+    experts = tl.load(topk_ids_ptr + pairs, mask=slots < topk, other=-1).to(tl.int64)
+    valid = (slots < topk) & (experts >= 0) & (experts < num_experts)
+    experts = tl.where(valid, experts, 0)
+    return pairs, experts, valid, tl.load(topk_weights_ptr + pairs, mask=valid, other=0.0)
+
+
+@triton.jit
 def decode_down_kernel(
     # pointers
     y_ptr, y_scale_ptr, topk_ids_ptr, topk_weights_ptr, w_ptr, w_scale_ptr, out_ptr,
@@ -154,12 +233,7 @@ def decode_down_kernel(
     columns of I at a time, each chunk's weights loaded before its y (with OVERLAP, the first chunk's before
     the wait for the SiLU kernel; the wait returns at once after the first)."""
     token = tl.program_id(0).to(tl.int64)
-    slots = tl.arange(0, TOPK_BLOCK)
-    pair = token * topk + slots
-    expert = tl.load(topk_ids_ptr + pair, mask=slots < topk, other=-1).to(tl.int64)
-    valid = (slots < topk) & (expert >= 0) & (expert < num_experts)  # a pair out of range adds nothing
-    expert = tl.where(valid, expert, 0)
-    weights = tl.load(topk_weights_ptr + pair, mask=valid, other=0.0)
+    pair, expert, valid, weights = _token_pairs(topk_ids_ptr, topk_weights_ptr, topk, num_experts, TOPK_BLOCK)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < hidden_size
     kk = tl.arange(0, I_CHUNK)
@@ -181,6 +255,61 @@ def decode_down_kernel(
         rows += tl.sum(w.to(tl.float32) * a[:, None, :], axis=2)
     # each pair's down row rounded to bf16, then weighted and summed over k
     out = tl.sum(weights[:, None] * _to_bf16_value(rows, INTERPRETER), axis=0)
+    if INTERPRETER:
+        out = _round_to_bf16_bits(out)
+    tl.store(out_ptr + token * stride_out + cols, out.to(out_ptr.dtype.element_ty), mask=col_ok)
+
+
+@triton.jit
+def decode_down_mma_kernel(
+    # pointers
+    y_ptr, y_scale_ptr, topk_ids_ptr, topk_weights_ptr, w_ptr, w_scale_ptr, out_ptr,
+    # sizes
+    hidden_size, intermediate, topk, num_experts,
+    # strides, in elements
+    stride_y, stride_ys, stride_we, stride_wn, stride_wse, stride_wsn, stride_out,
+    # meta-parameters: TOPK_BLOCK >= topk, a power of 2
+    BLOCK_N: tl.constexpr, GROUP: tl.constexpr, TOPK_BLOCK: tl.constexpr,
+    OVERLAP: tl.constexpr, INTERPRETER: tl.constexpr,
+):
+    """decode_down_kernel on the tensor cores: one loop over (k, scale group of I), k by k, each step the
+    expert's (BLOCK_N, GROUP) weights (the M side) times the pair's y broadcast to a (GROUP, 16) operand,
+    the two scales applied to one column of the product; after a pair's last group its row is rounded to
+    bf16, weighted and added. The expert of each step is picked from the token's ids in registers, so
+    the weight loads of later steps can be issued ahead (num_stages)."""
+    token = tl.program_id(0).to(tl.int64)
+    _, experts, valid, weights = _token_pairs(topk_ids_ptr, topk_weights_ptr, topk, num_experts, TOPK_BLOCK)
+    slots = tl.arange(0, TOPK_BLOCK)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < hidden_size
+    kk = tl.arange(0, GROUP)
+    groups = tl.cdiv(intermediate, GROUP)
+    row_block = tl.program_id(1) * BLOCK_N // GROUP  # the tile's one scale block of rows (BLOCK_N divides GROUP)
+    if OVERLAP:
+        gdc_wait()  # the SiLU kernel's y complete and visible
+    out = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    row = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for step in range(0, topk * groups):
+        k = step // groups
+        g = step - k * groups
+        here = slots == k
+        expert = tl.sum(tl.where(here, experts, 0))
+        pair_ok = tl.sum(tl.where(here, valid.to(tl.int32), 0)) > 0
+        i = g * GROUP + kk
+        i_ok = i < tl.where(pair_ok, intermediate, 0)  # no column of a pair out of range
+        pair = token * topk + k
+        a = tl.load(y_ptr + pair * stride_y + i, mask=i_ok, other=0.0)
+        a = tl.broadcast_to(tl.reshape(a, (GROUP, 1)), (GROUP, 16))
+        w = tl.load(w_ptr + expert * stride_we + cols.to(tl.int64)[:, None] * stride_wn + i[None, :],
+                    mask=col_ok[:, None] & i_ok[None, :], other=0.0)
+        product = tl.max(tl.dot(w, a), axis=1)  # the 16 columns are equal
+        scale = (tl.load(y_scale_ptr + pair * stride_ys + g, mask=pair_ok, other=0.0)
+                 * tl.load(w_scale_ptr + expert * stride_wse + row_block * stride_wsn + g, mask=pair_ok, other=0.0))
+        row += product * scale
+        # after the pair's last group: its down row, rounded to bf16, weighted and summed in k order
+        done = g == groups - 1
+        out += tl.where(done, tl.sum(tl.where(here, weights, 0.0)) * _to_bf16_value(row, INTERPRETER), 0.0)
+        row = tl.where(done, 0.0, row)
     if INTERPRETER:
         out = _round_to_bf16_bits(out)
     tl.store(out_ptr + token * stride_out + cols, out.to(out_ptr.dtype.element_ty), mask=col_ok)

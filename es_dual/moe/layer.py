@@ -487,7 +487,10 @@ class DecodeConfig(NamedTuple):
     scale groups of K per load, warps, pipeline stages, and about how many programs per SM the K split aims
     at (one wave); down: weight rows per program (divides 128), columns of I per load, warps, stages;
     overlap_max_pairs: up to this many pairs, SiLU and down are launched as programmatic dependents
-    (decode_kernels.py), where the GPU has them (0: never)."""
+    (decode_kernels.py), where the GPU has them (0: never); gate_up_tensor_cores, down_tensor_cores: the
+    products on the tensor cores (decode_gate_up_mma_kernel, decode_down_mma_kernel: one scale group per
+    loop step, so gate_up_groups and down_i_chunk are unused), not yet measured against the CUDA-core
+    kernels, hence off."""
     gate_up_block_n: int = 64
     gate_up_groups: int = 2
     gate_up_warps: int = 8
@@ -498,6 +501,13 @@ class DecodeConfig(NamedTuple):
     down_warps: int = 4
     down_stages: int = 1
     overlap_max_pairs: int = 8
+    gate_up_tensor_cores: bool = False
+    down_tensor_cores: bool = False
+    # the SiLU step: units (pair, scale group of I) per program and splits' partial sums per load; its
+    # (units, splits, 128) tile stays small with 2 units and up to 16 splits, and a few tokens' units still
+    # fill many SMs
+    silu_units: int = 2
+    silu_splits_per_load: int = 16
 
 
 # The defaults: the best in sum over DeepSeek-R1 TP8 and Qwen3-235B TP4 at 1 and 8 tokens of
@@ -510,9 +520,6 @@ class DecodeConfig(NamedTuple):
 
 
 DECODE_CONFIG = DecodeConfig()
-# Units (pair, scale group of I) per program of the decode path's SiLU step: its (units, splits, 128) tile
-# of partial sums stays small with up to 16 splits per load, and a few tokens' units still fill many SMs.
-DECODE_SILU_UNITS = 2
 
 
 class _DecodePlan:
@@ -525,7 +532,10 @@ class _DecodePlan:
         from ..triton_ref.direct import direct_launch  # imported on first use: TRITON_INTERPRET is read then
         from ..device import device_capability
         from ..triton_ref.launch import device_facts
-        from .decode_kernels import decode_down_kernel, decode_gate_up_kernel, decode_silu_mul_quantize_kernel
+        from .decode_kernels import (
+            decode_down_kernel, decode_down_mma_kernel, decode_gate_up_kernel, decode_gate_up_mma_kernel,
+            decode_silu_mul_quantize_kernel,
+        )
 
         tokens, hidden_size, intermediate, num_experts, topk, device = shape
         self.shape = shape
@@ -547,35 +557,42 @@ class _DecodePlan:
         # programmatic dependent launch: Hopper on (griddepcontrol), not in the interpreter
         overlap = pairs <= config.overlap_max_pairs and not interpreted and device_capability(device) >= (9, 0)
         dependent = dict(launch_pdl=True) if overlap else {}
+        # the CUDA-core kernel loads KG scale groups at once; the tensor-core one one group per loop step
+        gate_up_kernel, per_load = ((decode_gate_up_mma_kernel, {}) if config.gate_up_tensor_cores else
+                                    (decode_gate_up_kernel,
+                                     dict(KG=min(config.gate_up_groups, _next_power_of_2(split_groups)))))
         self.gate_up = direct_launch(
-            decode_gate_up_kernel, (pairs, tiles_gate_up, self.splits),
+            gate_up_kernel, (pairs, tiles_gate_up, self.splits),
             (torch.bfloat16, ids_dtype, FP8, torch.float32, torch.float32), device,
             dict(num_warps=config.gate_up_warps, num_stages=config.gate_up_stages),
             pairs=pairs, hidden_size=hidden_size, n=2 * intermediate, topk=topk, num_experts=num_experts,
             stride_hidden=hidden_size, stride_we=2 * intermediate * hidden_size, stride_wn=hidden_size,
             stride_wse=cdiv(2 * intermediate, SCALE_BLOCK) * groups_h, stride_wsn=groups_h,
             stride_split=pairs * 2 * intermediate, BLOCK_N=config.gate_up_block_n, GROUP=SCALE_BLOCK,
-            KG=min(config.gate_up_groups, _next_power_of_2(split_groups)), SPLIT_GROUPS=split_groups,
-            OVERLAP=overlap, INTERPRETER=interpreted)
-        # few units per program (DECODE_SILU_UNITS), each with all its splits in one load where they fit
-        per_program = _units_per_program(pairs, groups_i, device) if interpreted else DECODE_SILU_UNITS
+            **per_load, SPLIT_GROUPS=split_groups, OVERLAP=overlap, INTERPRETER=interpreted)
+        # few units per program, each with all its splits in one load where they fit
+        per_program = _units_per_program(pairs, groups_i, device) if interpreted else config.silu_units
         self.silu = direct_launch(
             decode_silu_mul_quantize_kernel, (cdiv(pairs * groups_i, per_program),),
             (torch.float32, ids_dtype, _fp8_target_dtype(device), torch.float32), device, dependent,
             pairs=pairs, intermediate=intermediate, num_experts=num_experts, splits=self.splits,
             stride_split=pairs * 2 * intermediate, stride_q=intermediate, stride_scale=groups_i,
-            GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, SPLITS_BLOCK=min(_next_power_of_2(self.splits), 16),
-            OVERLAP=overlap, INTERPRETER=interpreted)
+            GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program,
+            SPLITS_BLOCK=min(_next_power_of_2(self.splits), config.silu_splits_per_load), OVERLAP=overlap,
+            INTERPRETER=interpreted)
+        # the CUDA-core kernel loads I_CHUNK columns of every k at once; the tensor-core one a group per step
+        down_kernel, down_per_load = ((decode_down_mma_kernel, {}) if config.down_tensor_cores else
+                                      (decode_down_kernel,
+                                       dict(I_CHUNK=min(config.down_i_chunk, _next_power_of_2(intermediate)))))
         self.down = direct_launch(
-            decode_down_kernel, (tokens, cdiv(hidden_size, config.down_block_n)),
+            down_kernel, (tokens, cdiv(hidden_size, config.down_block_n)),
             (FP8, torch.float32, ids_dtype, torch.float32, FP8, torch.float32, torch.bfloat16), device,
             dict(num_warps=config.down_warps, num_stages=config.down_stages, **dependent),
             hidden_size=hidden_size, intermediate=intermediate, topk=topk, num_experts=num_experts,
             stride_y=intermediate, stride_ys=groups_i, stride_we=hidden_size * intermediate, stride_wn=intermediate,
             stride_wse=cdiv(hidden_size, SCALE_BLOCK) * groups_i, stride_wsn=groups_i, stride_out=hidden_size,
-            BLOCK_N=config.down_block_n, GROUP=SCALE_BLOCK, TOPK_BLOCK=_next_power_of_2(topk),
-            I_CHUNK=min(config.down_i_chunk, _next_power_of_2(intermediate)), OVERLAP=overlap,
-            INTERPRETER=interpreted)
+            BLOCK_N=config.down_block_n, GROUP=SCALE_BLOCK, TOPK_BLOCK=_next_power_of_2(topk), **down_per_load,
+            OVERLAP=overlap, INTERPRETER=interpreted)
 
     def __call__(self, hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids):
         tokens, hidden_size = self.shape.tokens, self.shape.hidden_size
