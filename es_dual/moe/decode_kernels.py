@@ -28,14 +28,18 @@ decode_gate_up_mma_kernel and decode_down_mma_kernel compute the same on the ten
 gate_up_tensor_cores, down_tensor_cores): the weights are the M side of the product, the one activation
 vector is broadcast to 16 columns of the other operand, one scale group per loop step (one product, then
 its two scales), so Triton pipelines the weight loads over num_stages and no instruction converts FP8 to
-float32. Their products are exact and summed in the tensor cores' float32 accumulation within a group.
+float32. Their products are exact and summed in the tensor cores' accumulator within a group (Hopper's
+FP8 products accumulate with fewer bits than float32's, as in the grouped GEMMs, which also promote every
+128 of K into float32).
 
 With OVERLAP (Hopper and later, the three launched back to back), the SiLU and down kernels are launched
 as programmatic dependents (Triton's launch_pdl): each kernel lets the next one launch from its start, and
 the next one waits (griddepcontrol.wait: its predecessor complete, its writes visible) before it reads
-anything its predecessor writes. The down kernel issues its first weight loads before that wait, so its
-weights, which depend on nothing the layer computes, stream while gate_up and SiLU finish. gate_up itself
-is launched as any kernel: it reads what the kernels before the layer wrote.
+anything its predecessor writes. The CUDA-core down kernel issues its first weight loads before that
+wait, so its weights, which depend on nothing the layer computes, stream while gate_up and SiLU finish
+(the tensor-core one waits before its pipelined loop: Triton issues that loop's first loads ahead of the
+loop, so they could read y too early if the wait were inside it). gate_up itself is launched as any
+kernel: it reads what the kernels before the layer wrote.
 """
 import triton
 import triton.language as tl
