@@ -183,7 +183,8 @@ def main():
     for backend in ("auto", *(b for b in backends if b != "reference")):
         rows.append((f"es_dual.grouped_gemm_fp8(backend={backend!r})",
                      lambda backend=backend: es_dual.grouped_gemm_fp8(**inputs, out=out, backend=backend)))
-    rows += _masked_rows(inputs) + _peer_rows(inputs) + _layer_rows(device)
+    layer_rows = _layer_rows(device)
+    rows += _masked_rows(inputs) + _peer_rows(inputs) + layer_rows
     print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; problem: {len(COUNTS)} experts, "
           f"{total_m} rows, n = {N}, k = {K}; layer: {LAYER}")
     best = measure(rows, args.calls, args.rounds)
@@ -191,7 +192,7 @@ def main():
         value = f"{best[name]:7.1f} us/call" if fn else ""
         print(f"host overhead  {name:<64} {value}", flush=True)
     flush = L2Flush(device)
-    for name, fn in _layer_rows(device):
+    for name, fn in layer_rows:
         gpu = median_us(capture(fn).replay, "kernel", flush, 200)
         print(f"GPU time       {name:<64} {gpu:7.1f} us/call (kernel mode)", flush=True)
 

@@ -299,10 +299,10 @@ def test_close_to_unquantized_layer(device, shape):
 def test_decode_path_against_reference(device, r, shape, splits, ids_dtype, invalid, duplicate, overlap, i_chunk,
                                        tensor_cores):
     """The three decode kernels, with the gate_up GEMM split along K into `splits` parts (None: the
-    default for the device), the down kernel's I in chunks of i_chunk columns (several chunks: its weight
-    loads run one chunk ahead), launched as programmatic dependents or not (overlap; on a GPU that has
-    them), gate_up and down on the CUDA cores or the tensor cores, against the reference; ids out of range
-    contribute nothing, a token naming one expert twice is two pairs."""
+    default for the device), the down kernel's I in chunks of i_chunk columns (several chunks: with the
+    overlap, the wait sits between a chunk's weights and its y), launched as programmatic dependents or
+    not (overlap; on a GPU that has them), gate_up and down on the CUDA cores or the tensor cores, against
+    the reference; ids out of range contribute nothing, a token naming one expert twice is two pairs."""
     layer = make_layer(r, *shape, device, ids_dtype)
     ids = layer["topk_ids"]
     if invalid and r.tokens:
