@@ -33,11 +33,13 @@ DOWN = [dict(down_block_n=bn, down_i_chunk=ic, down_warps=w)
 # in a few pipelines: weight rows per program, warps, stages, and for gate_up programs per SM (fewer, longer
 # programs keep num_stages weight tiles in flight each), and a SiLU step of one round of loads at one token
 TC_GATE_UP = dict(gate_up_tensor_cores=True, gate_up_block_n=128, gate_up_warps=4, gate_up_stages=4, programs_per_sm=2)
-TC_DOWN = dict(down_tensor_cores=True, down_block_n=32, down_warps=4, down_stages=4)
-LAYER_CONFIGS = [dict(), dict(overlap_max_pairs=0), TC_GATE_UP, dict(TC_GATE_UP, programs_per_sm=4),
-                 dict(TC_GATE_UP, gate_up_block_n=64, programs_per_sm=4), dict(TC_GATE_UP, gate_up_stages=3),
-                 TC_DOWN, dict(TC_DOWN, down_block_n=64), dict(TC_DOWN, down_block_n=16, down_warps=1),
-                 dict(TC_GATE_UP, **TC_DOWN), dict(silu_units=1, silu_splits_per_load=32)]
+# the tensor-core down kernel (from 9 pairs by default) at every size, and around its default: stages,
+# rows per program, warps
+_TC_DOWN = dict(down_tensor_cores_from_pairs=0)
+LAYER_CONFIGS = [dict(), dict(overlap_max_pairs=0),
+                 dict(down_tensor_cores_from_pairs=layer_module.DECODE_MAX_PAIRS + 1), TC_GATE_UP, _TC_DOWN, dict(_TC_DOWN, overlap_max_pairs=0), dict(_TC_DOWN, down_mma_stages=2),
+                 dict(_TC_DOWN, down_mma_stages=4), dict(_TC_DOWN, down_block_n=32),
+                 dict(_TC_DOWN, down_block_n=64, down_mma_warps=2)]
 
 
 def _write_csv(path, rows):

@@ -60,8 +60,12 @@ def main():
             for m in order:
                 print(f"  timing {w.name} {m}", file=sys.stderr, flush=True)
                 times[m].append(kernel_us(graphs[m]))
-        cells = [errors[m] or f"{min(times[m]):.1f}" for m in modes]
+        # a wrong result keeps its time (an experiment may skip work on purpose), marked with "!"
+        cells = [f"{min(times[m]):.1f}" + ("!" if errors[m] else "") for m in modes]
         print(f"{w.name:<20} " + " ".join(f"{c:>12}" for c in cells), flush=True)
+        for m in modes:
+            if errors[m]:
+                print(f"  ! {m}: {errors[m]}", flush=True)
         del inputs, ref, graphs, calls
 
 

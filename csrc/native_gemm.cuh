@@ -30,8 +30,9 @@
 //          N = tokens (TileN). Row scale = weight scale, column scale = token scale. For experts with
 //          few tokens: a 32-token tile wastes nothing on a 128-row M side.
 //
-// Tiles of an expert: ceil(m / token rows) token chunks x ceil(n / weight rows) weight tiles, weight
-// tiles fastest (CTAs running at the same time share the token chunk in L2). Every CTA scans the
+// Tiles of an expert: ceil(m / token rows) token chunks x ceil(n / weight rows) weight tiles, in groups
+// of kChunkGroup chunks (or chunk pairs), chunks fastest within a group, then weight tiles (CTAs running
+// at the same time share a few weight tiles and the group's chunks in L2). Every CTA scans the
 // offsets (or the masked layout's counts: ExpertRows) itself at start (tiles per expert, exclusive
 // prefix in shared memory) and takes the tiles c, c + clusters, ... of its cluster c (a cluster is one
 // CTA, or two: see Mode): no device-to-host copy, no preparation kernel, nothing to prepare per call
@@ -295,6 +296,9 @@ __device__ __forceinline__ TileShape tile_shape(int kind) {
   return shape;
 }
 
+// Token chunks (pairs of chunks in 2-CTA modes) per group of the tile order (Schedule::decode).
+constexpr int kChunkGroup = 8;
+
 // Where the CTA's schedule lives in shared memory, built by every CTA at start from the offsets (a
 // tile's decode reads shared memory only: a global load there would stall the math at every tile start).
 struct Schedule {
@@ -326,8 +330,20 @@ struct Schedule {
     const TileShape shape = tile_shape<M>(tile.kind);
     const int weight_tiles = (p.n + shape.weight_rows - 1) / shape.weight_rows;
     const int paired_weight_tiles = (weight_tiles + shape.weight_tiles_per_pair - 1) / shape.weight_tiles_per_pair;
+    // Groups of kChunkGroup (paired) token chunks, chunks fastest within a group: the clusters of one
+    // wave share a few weight tiles and a group's token chunks in L2, rather than all of the expert's
+    // weight tiles (which the next wave would read again).
+    const int chunks = (end_row - first_row + shape.token_rows - 1) / shape.token_rows;
+    const int pair_chunks = (chunks + shape.chunks_per_pair - 1) / shape.chunks_per_pair;
     const int local = t - tile_start[lo];
-    const int pair_chunk = local / paired_weight_tiles, pair_weight = local - pair_chunk * paired_weight_tiles;
+    int pair_chunk = 0, pair_weight = local;  // one chunk (all decode experts): no division
+    if (pair_chunks > 1) {
+      const int group = local / (kChunkGroup * paired_weight_tiles);
+      const int in_group = local - group * kChunkGroup * paired_weight_tiles;
+      const int group_chunks = min(kChunkGroup, pair_chunks - group * kChunkGroup);
+      pair_weight = in_group / group_chunks;
+      pair_chunk = group * kChunkGroup + (in_group - pair_weight * group_chunks);
+    }
     const int chunk = pair_chunk * shape.chunks_per_pair + (shape.chunks_per_pair > 1 ? rank : 0);
     const int weight_tile = pair_weight * shape.weight_tiles_per_pair + (shape.weight_tiles_per_pair > 1 ? rank : 0);
     tile.row0 = first_row + chunk * shape.token_rows;
@@ -435,9 +451,12 @@ __device__ __forceinline__ void arrive_when_copied(void* bar) {
 template <class M, class K>
 __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, const Tile& tile, int k_blocks,
                                           int rank, int lane, int& stage, uint32_t& phase) {
-  // L2 policy: a token chunk is read once per weight tile of its expert (kept); in the swap-AB kinds
-  // (experts of at most a few dozen tokens, one chunk) each weight tile is read once (streamed).
-  constexpr uint64_t kTokenHint = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
+  // L2 policy. Swap-AB kinds (experts of at most a few dozen tokens, one chunk): the token chunk is read
+  // once per weight tile (kept), each weight tile once (streamed). Tokens x weights kinds: both are
+  // reused across the waves of an expert, with no hint (kept token chunks would pile up over the waves
+  // and push out the weight tiles that the next wave reads again).
+  constexpr uint64_t kTokenHint = uint64_t(K::kSwapAB ? cute::TMA::CacheHintSm90::EVICT_LAST
+                                                      : cute::TMA::CacheHintSm90::EVICT_NORMAL);
   constexpr uint64_t kWeightHint = uint64_t(K::kSwapAB ? cute::TMA::CacheHintSm90::EVICT_FIRST
                                                        : cute::TMA::CacheHintSm90::EVICT_NORMAL);
   constexpr int kScaleRowsPerLane = (K::kTokenRows + 31) / 32;
@@ -494,10 +513,14 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   // rest in the second (kinds whose weight rows may span two blocks).
   auto k_loop = [&](auto first_block_groups) {
   constexpr int kFirst = decltype(first_block_groups)::value;
+  // Whether the stage of the next K block has landed, asked (try_wait) right after this block's WGMMAs
+  // are waited for (test_wait: it never suspends the warp), so that the answer comes back under the promotion instead of on the path from one
+  // block's promotion to the next block's first WGMMA (which the tensor cores wait on).
+  bool landed = s.full[stage].test_wait(phase);
   for (int kb = 0; kb < k_blocks; ++kb) {
     const float weight_scale = ws[kb];
     const float weight_scale_hi = K::kTwoWeightScales ? ws[kMaxKBlocks + kb] : 0.f;
-    s.full[stage].wait(phase);
+    if (!landed) s.full[stage].wait(phase);
     const uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
     const uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
     // Two math warp groups take turns issuing (0, 1, 0, 1, ...): the tensor cores run each group's
@@ -535,6 +558,8 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
     } else {
       if (lane < M::kCluster) s.empty[stage].arrive(uint32_t(lane));
     }
+    if (++stage == M::kStages) stage = 0, phase ^= 1;
+    landed = kb + 1 < k_blocks && s.full[stage].test_wait(phase);
     // Promotion: sum += (token scale * weight scale) * this K block's product.
 #pragma unroll
     for (int j = 0; j < N / 8; ++j) {
@@ -553,7 +578,6 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
         sum[4 * j + 3] += s1 * acc[4 * j + 3];
       }
     }
-    if (++stage == M::kStages) stage = 0, phase ^= 1;
   }
   };
   if constexpr (K::kTwoWeightScales) {

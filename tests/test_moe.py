@@ -312,8 +312,8 @@ def test_decode_path_against_reference(device, r, shape, splits, ids_dtype, inva
         ids[::2, 1] = ids[::2, 0]
     config = layer_module.DecodeConfig(overlap_max_pairs=layer_module.DECODE_MAX_PAIRS if overlap else 0,
                                        down_i_chunk=i_chunk, gate_up_tensor_cores=tensor_cores,
-                                       down_tensor_cores=tensor_cores,
-                                       **(dict(gate_up_warps=4, gate_up_stages=3, down_block_n=64, down_stages=3)
+                                       down_tensor_cores_from_pairs=0 if tensor_cores else layer_module.DECODE_MAX_PAIRS + 1,
+                                       **(dict(gate_up_warps=4, gate_up_stages=3, down_block_n=64, down_mma_warps=4)
                                           if tensor_cores else {}))
     plan = layer_module._DecodePlan(layer_module.check_moe_inputs(**layer), ids_dtype, splits=splits, config=config)
     assert_layer_close(plan(**layer), reference_of(layer))

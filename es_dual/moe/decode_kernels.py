@@ -25,8 +25,8 @@ to fill. A tile's BLOCK_N rows lie in one 128-row scale block (BLOCK_N divides 1
 weight scale is one number, folded with the activation's into the vector before the multiply.
 
 decode_gate_up_mma_kernel and decode_down_mma_kernel compute the same on the tensor cores (DecodeConfig's
-gate_up_tensor_cores, down_tensor_cores): the weights are the M side of the product, the one activation
-vector is broadcast to 16 columns of the other operand, one scale group per loop step (one product, then
+gate_up_tensor_cores, down_tensor_cores_from_pairs): the weights are the M side of the product, the one
+activation vector is broadcast to 16 columns of the other operand, one scale group per loop step (one product, then
 its two scales), so Triton pipelines the weight loads over num_stages and no instruction converts FP8 to
 float32. Their products are exact and summed in the tensor cores' accumulator within a group (Hopper's
 FP8 products accumulate with fewer bits than float32's, as in the grouped GEMMs, which also promote every

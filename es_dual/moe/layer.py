@@ -487,10 +487,11 @@ class DecodeConfig(NamedTuple):
     scale groups of K per load, warps, pipeline stages, and about how many programs per SM the K split aims
     at (one wave); down: weight rows per program (divides 128), columns of I per load, warps, stages;
     overlap_max_pairs: up to this many pairs, SiLU and down are launched as programmatic dependents
-    (decode_kernels.py), where the GPU has them (0: never); gate_up_tensor_cores, down_tensor_cores: the
-    products on the tensor cores (decode_gate_up_mma_kernel, decode_down_mma_kernel: one scale group per
-    loop step, so gate_up_groups and down_i_chunk are unused), not yet measured against the CUDA-core
-    kernels, hence off."""
+    (decode_kernels.py), where the GPU has them (0: never); gate_up_tensor_cores: gate_up's products on
+    the tensor cores (decode_gate_up_mma_kernel: one scale group per loop step, gate_up_groups unused; off:
+    slower, see below); down_tensor_cores_from_pairs: from this many pairs on, down's products on the
+    tensor cores (decode_down_mma_kernel, one scale group per loop step, down_i_chunk unused) with
+    down_mma_warps and down_mma_stages (0: always; more than DECODE_MAX_PAIRS: never)."""
     gate_up_block_n: int = 64
     gate_up_groups: int = 2
     gate_up_warps: int = 8
@@ -502,7 +503,9 @@ class DecodeConfig(NamedTuple):
     down_stages: int = 1
     overlap_max_pairs: int = 8
     gate_up_tensor_cores: bool = False
-    down_tensor_cores: bool = False
+    down_tensor_cores_from_pairs: int = 9
+    down_mma_warps: int = 1
+    down_mma_stages: int = 3
     # the SiLU step: units (pair, scale group of I) per program and splits' partial sums per load; its
     # (units, splits, 128) tile stays small with 2 units and up to 16 splits, and a few tokens' units still
     # fill many SMs
@@ -516,7 +519,12 @@ class DecodeConfig(NamedTuple):
 # tokens of DeepSeek: 68.8 with 4 programs per SM, which is 10 % slower at 1 token). The overlap, the whole
 # path in kernel mode (benchmarks/decode_sweep.py --layer, same card): at 1 token (8 pairs) DeepSeek 26.0 µs
 # against 29.2 without, Qwen 24.8 against 26.2; at 8 tokens (64 pairs) 110.5 against 107.9 and 94.6 against
-# 92.1, so it stops at 8 pairs (no sizes in between were measured).
+# 92.1, so it stops at 8 pairs (no sizes in between were measured). The tensor-core kernels (same command,
+# next session, µs at 1 / 8 tokens, DeepSeek then Qwen): gate_up on them (128 rows, 4 warps, 3-4 stages,
+# 2 programs per SM) 27.4-27.9 / 124.7-125.9 and 27.0-27.4 / 92.2-92.7 against 25.7-26.0 / 107.9-108.1
+# and 24.4-24.5 / 91.7-91.8: off. down on them with one warp on 16 rows: at 8 tokens 100.6-101.0 (2-3
+# stages) against 107.9 and 86.2-90.3 against 91.7 (4-8 stages: slower again), at one token 36.9-41.2
+# against 25.7 (31.7 without the overlap, against 28.9): from 9 pairs, 3 stages.
 
 
 DECODE_CONFIG = DecodeConfig()
@@ -581,13 +589,16 @@ class _DecodePlan:
             SPLITS_BLOCK=min(_next_power_of_2(self.splits), config.silu_splits_per_load), OVERLAP=overlap,
             INTERPRETER=interpreted)
         # the CUDA-core kernel loads I_CHUNK columns of every k at once; the tensor-core one a group per step
-        down_kernel, down_per_load = ((decode_down_mma_kernel, {}) if config.down_tensor_cores else
-                                      (decode_down_kernel,
-                                       dict(I_CHUNK=min(config.down_i_chunk, _next_power_of_2(intermediate)))))
+        down_mma = pairs >= config.down_tensor_cores_from_pairs
+        down_kernel, down_per_load, down_launch = (
+            (decode_down_mma_kernel, {}, dict(num_warps=config.down_mma_warps, num_stages=config.down_mma_stages))
+            if down_mma else
+            (decode_down_kernel, dict(I_CHUNK=min(config.down_i_chunk, _next_power_of_2(intermediate))),
+             dict(num_warps=config.down_warps, num_stages=config.down_stages)))
         self.down = direct_launch(
             down_kernel, (tokens, cdiv(hidden_size, config.down_block_n)),
             (FP8, torch.float32, ids_dtype, torch.float32, FP8, torch.float32, torch.bfloat16), device,
-            dict(num_warps=config.down_warps, num_stages=config.down_stages, **dependent),
+            dict(down_launch, **dependent),
             hidden_size=hidden_size, intermediate=intermediate, topk=topk, num_experts=num_experts,
             stride_y=intermediate, stride_ys=groups_i, stride_we=hidden_size * intermediate, stride_wn=intermediate,
             stride_wse=cdiv(hidden_size, SCALE_BLOCK) * groups_i, stride_wsn=groups_i, stride_out=hidden_size,
