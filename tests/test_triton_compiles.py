@@ -45,16 +45,26 @@ SCRIPT = textwrap.dedent('''
     compile_for_sm90(moe.unpermute_sum_kernel,
                      dict(down_ptr="*bf16", pair_rows_ptr="*i32", topk_ids_ptr="*i32", topk_weights_ptr="*fp32",
                           out_ptr="*bf16"), dict(BLOCK_T=1, BLOCK_H=1024, INTERPRETER=False))
-    compile_for_sm90(decode.decode_gate_up_kernel,
-                     dict(hidden_ptr="*bf16", topk_ids_ptr="*i32", w_ptr="*fp8e4nv", w_scale_ptr="*fp32",
-                          partial_ptr="*fp32"),
-                     dict(BLOCK_N=64, GROUP=128, KG=4, SPLIT_GROUPS=8, INTERPRETER=False), num_warps=4, num_stages=1)
+    gate_up = dict(hidden_ptr="*bf16", topk_ids_ptr="*i32", w_ptr="*fp8e4nv", w_scale_ptr="*fp32",
+                   down_w_ptr="*fp8e4nv", partial_ptr="*fp32")
+    for overlap in (False, True):
+        for prefetch in (False, True):  # with it: the inline prefetch and the evict-first weight loads
+            compile_for_sm90(decode.decode_gate_up_kernel, gate_up,
+                             dict(BLOCK_N=64, GROUP=128, KG=4, SPLIT_GROUPS=8, OVERLAP=overlap, PREFETCH_DOWN=prefetch,
+                                  INTERPRETER=False), num_warps=4, num_stages=1)
+            compile_for_sm90(decode.decode_gate_up_mma_kernel, gate_up,
+                             dict(BLOCK_N=128, GROUP=128, SPLIT_GROUPS=8, OVERLAP=overlap, PREFETCH_DOWN=prefetch,
+                                  INTERPRETER=False), num_warps=4, num_stages=3)
+    down = dict(y_ptr="*fp8e4nv", y_scale_ptr="*fp32", topk_ids_ptr="*i64", topk_weights_ptr="*fp32",
+                w_ptr="*fp8e4nv", w_scale_ptr="*fp32", out_ptr="*bf16")
     for block_n, i_chunk in ((16, 256), (8, 512)):
-        compile_for_sm90(decode.decode_down_kernel,
-                         dict(y_ptr="*fp8e4nv", y_scale_ptr="*fp32", topk_ids_ptr="*i64", topk_weights_ptr="*fp32",
-                              w_ptr="*fp8e4nv", w_scale_ptr="*fp32", out_ptr="*bf16"),
-                         dict(BLOCK_N=block_n, GROUP=128, TOPK_BLOCK=8, I_CHUNK=i_chunk, INTERPRETER=False),
+        compile_for_sm90(decode.decode_down_kernel, down,
+                         dict(BLOCK_N=block_n, GROUP=128, TOPK_BLOCK=8, I_CHUNK=i_chunk, OVERLAP=True, INTERPRETER=False),
                          num_warps=8, num_stages=1)
+    for block_n, warps in ((16, 1), (64, 4)):  # the default tensor-core down kernel (from 9 pairs), and WGMMA's
+        compile_for_sm90(decode.decode_down_mma_kernel, down,
+                         dict(BLOCK_N=block_n, GROUP=128, TOPK_BLOCK=8, OVERLAP=False, INTERPRETER=False),
+                         num_warps=warps, num_stages=3)
     compile_for_sm90(decode.decode_silu_mul_quantize_kernel,
                      dict(partial_ptr="*fp32", topk_ids_ptr="*i32", q_ptr="*fp8e4nv", scale_ptr="*fp32"),
                      dict(GROUP=128, BLOCK_UNITS=2, SPLITS_BLOCK=16, INTERPRETER=False))
