@@ -276,11 +276,14 @@ __device__ __forceinline__ int kind_of(const Params& p, int m) {
 struct TileShape {
   int token_rows, weight_rows, chunks_per_pair, weight_tiles_per_pair;
 
-  __device__ __forceinline__ int cluster_tiles(int m, int n) const {
-    const int chunks = (m + token_rows - 1) / token_rows, weight_tiles = (n + weight_rows - 1) / weight_rows;
-    return (chunks + chunks_per_pair - 1) / chunks_per_pair *
-           ((weight_tiles + weight_tiles_per_pair - 1) / weight_tiles_per_pair);
+  // Cluster tiles of an expert of m tokens along each side: (paired) token chunks, (paired) weight tiles.
+  __device__ __forceinline__ int pair_chunks(int m) const {
+    return ((m + token_rows - 1) / token_rows + chunks_per_pair - 1) / chunks_per_pair;
   }
+  __device__ __forceinline__ int paired_weight_tiles(int n) const {
+    return ((n + weight_rows - 1) / weight_rows + weight_tiles_per_pair - 1) / weight_tiles_per_pair;
+  }
+  __device__ __forceinline__ int cluster_tiles(int m, int n) const { return pair_chunks(m) * paired_weight_tiles(n); }
 };
 
 template <class M>
@@ -328,13 +331,11 @@ struct Schedule {
     tile.expert = lo;
     tile.kind = kind_of<M>(p, end_row - first_row);
     const TileShape shape = tile_shape<M>(tile.kind);
-    const int weight_tiles = (p.n + shape.weight_rows - 1) / shape.weight_rows;
-    const int paired_weight_tiles = (weight_tiles + shape.weight_tiles_per_pair - 1) / shape.weight_tiles_per_pair;
+    const int paired_weight_tiles = shape.paired_weight_tiles(p.n);
     // Groups of kChunkGroup (paired) token chunks, chunks fastest within a group: the clusters of one
     // wave share a few weight tiles and a group's token chunks in L2, rather than all of the expert's
     // weight tiles (which the next wave would read again).
-    const int chunks = (end_row - first_row + shape.token_rows - 1) / shape.token_rows;
-    const int pair_chunks = (chunks + shape.chunks_per_pair - 1) / shape.chunks_per_pair;
+    const int pair_chunks = shape.pair_chunks(end_row - first_row);
     const int local = t - tile_start[lo];
     int pair_chunk = 0, pair_weight = local;  // one chunk (all decode experts): no division
     if (pair_chunks > 1) {
@@ -513,9 +514,9 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   // rest in the second (kinds whose weight rows may span two blocks).
   auto k_loop = [&](auto first_block_groups) {
   constexpr int kFirst = decltype(first_block_groups)::value;
-  // Whether the stage of the next K block has landed, asked (try_wait) right after this block's WGMMAs
-  // are waited for (test_wait: it never suspends the warp), so that the answer comes back under the promotion instead of on the path from one
-  // block's promotion to the next block's first WGMMA (which the tensor cores wait on).
+  // Whether the stage of the next K block has landed, asked right after this block's WGMMAs are waited
+  // for (test_wait: it never suspends the warp), so that the answer comes back under the promotion
+  // instead of on the path from one block's promotion to the next block's first WGMMA.
   bool landed = s.full[stage].test_wait(phase);
   for (int kb = 0; kb < k_blocks; ++kb) {
     const float weight_scale = ws[kb];
