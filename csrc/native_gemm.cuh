@@ -464,8 +464,16 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
   // Row of b seen as (E * n, k); < 2^31 (host), also for a pair's spare tile (col0 < n + weight rows).
   const int weight_row = tile.expert * p.n + tile.col0;
   constexpr int kWeightBoxRows = M::template kMulticast<K> ? K::kWeightRows / 2 : K::kWeightRows;
-  // This lane's token scale rows: a_scale[(row0 + r) * k_blocks + kb] for r = lane, lane + 32, ...
-  const float* scale_rows = p.a_scale + int64_t(tile.row0 + lane) * k_blocks;
+  // This lane's token scale rows r = lane, lane + 32, ...: a_scale[(row0 + r) * k_blocks + kb], one pointer
+  // per row advanced by one float per K block (the loop is this warp's critical path: no index arithmetic
+  // in it), and whether the row belongs to the expert (else the copy reads nothing and writes zeros).
+  const float* scale_src[kScaleRowsPerLane];
+  bool scale_valid[kScaleRowsPerLane];
+#pragma unroll
+  for (int i = 0; i < kScaleRowsPerLane; ++i) {
+    scale_src[i] = p.a_scale + int64_t(tile.row0 + lane + 32 * i) * k_blocks;
+    scale_valid[i] = lane + 32 * i < tile.rows;
+  }
   for (int kb = 0; kb < k_blocks; ++kb) {
     s.empty[stage].wait(phase ^ 1);
     uint64_t* bar = reinterpret_cast<uint64_t*>(&s.full[stage]);
@@ -485,8 +493,7 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
     float* ts = reinterpret_cast<float*>(s.ts + stage * M::kScaleBytes);
 #pragma unroll
     for (int i = 0; i < kScaleRowsPerLane; ++i) {
-      const int r = lane + 32 * i;
-      if (r < K::kTokenRows) copy_float_async(ts + r, scale_rows + int64_t(32 * i) * k_blocks + kb, r < tile.rows);
+      if (lane + 32 * i < K::kTokenRows) copy_float_async(ts + lane + 32 * i, scale_src[i]++, scale_valid[i]);
     }
     arrive_when_copied(bar);
     if (++stage == M::kStages) stage = 0, phase ^= 1;
