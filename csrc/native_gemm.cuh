@@ -82,6 +82,10 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
 constexpr int kMathBarrier = 1;     // both math warp groups: tile start
 constexpr int kIssuedByWG0 = 2;     // warp group 0 issued its WGMMAs of a K block: warp group 1's turn
 constexpr int kIssuedByWG1 = 3;     // warp group 1 issued its WGMMAs of a K block: warp group 0's turn
+// Math and store warps: a tile staged in shared memory / copied out of it. Hardware barriers, so that the
+// store warps, idle most of the time, wait descheduled instead of polling an mbarrier.
+constexpr int kOutFull = 4;
+constexpr int kOutEmpty = 5;
 
 // Calls f(std::integral_constant<int, V>{}) for V == cols, V in {G, 2G, ..., 16} (a run-time column
 // split of a wide tile as a compile-time constant, so the promotion has no selects).
@@ -219,7 +223,7 @@ struct Mode {
   static constexpr int kWeightScaleFloats = kWeightScaleSets * kMaxKBlocks;  // one tile
   static constexpr int kWeightScaleBytes = 2 * kWeightScaleFloats * 4;
   static constexpr int kScheduleBytes = (2 * (kMaxExperts + 4) + 32) * 4;  // tile prefix, row starts, warp sums
-  static constexpr int kBarrierBytes = (2 * 16 + 2) * 8;  // full + empty per stage (<= 16), out full + empty
+  static constexpr int kBarrierBytes = 2 * 16 * 8;  // full + empty per stage (<= 16)
   static constexpr int kFixedBytes = kOutBytes + kWeightScaleBytes + kScheduleBytes + kBarrierBytes
                                      + 1024;  // the base rounded up to 1024 bytes
   static constexpr int kStagesFit = (kSmemBudget - kFixedBytes) / kStageBytes;
@@ -411,8 +415,6 @@ struct Smem {
   int* warp_sums;    // [32]
   cutlass::arch::ClusterTransactionBarrier* full;   // [kStages]: data landed
   cutlass::arch::ClusterTransactionBarrier* empty;  // [kStages]: stage free again
-  cutlass::arch::ClusterBarrier* out_full;          // the math staged a tile in `out`
-  cutlass::arch::ClusterBarrier* out_empty;         // the store warps copied it out
 
   __device__ explicit Smem(uint8_t* base) {
     m = base;
@@ -426,8 +428,6 @@ struct Smem {
     warp_sums = s + 2 * (kMaxExperts + 4);
     full = reinterpret_cast<cutlass::arch::ClusterTransactionBarrier*>(warp_sums + 32);
     empty = full + M::kStages;
-    out_full = reinterpret_cast<cutlass::arch::ClusterBarrier*>(empty + M::kStages);
-    out_empty = out_full + 1;
   }
 };
 
@@ -596,7 +596,7 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
 
   // --- Epilogue: round, stage as [token][weight row] in smem for the store warps --------------------
   // s.out is free once the store warps have copied the previous tile out (its completion number index).
-  if (index > 0) s.out_empty->wait((index - 1) & 1);
+  if (index > 0) named_barrier_sync(kOutEmpty, M::kMathThreads + M::kStoreThreads);
   using Pack = Pack2<typename M::ElementD>;
   constexpr int kPitch = K::kOutPitch;
   const int r0 = wg * 64 + row_in_wg;
@@ -613,7 +613,7 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
       *reinterpret_cast<uint32_t*>(s.out + (r0 + 8) * kPitch + c) = Pack::pack(sum[4 * j + 2], sum[4 * j + 3]);
     }
   }
-  s.out_full->arrive();  // every math thread: its staged values are written (release)
+  named_barrier_arrive(kOutFull, M::kMathThreads + M::kStoreThreads);  // its staged values are written
 }
 
 // The store warps' work on one staged tile: 16-byte stores of the expert's rows and the columns below n.
@@ -651,8 +651,6 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
       s.full[i].init(1 + 32);  // the producer's arrive_and_expect_tx and its 32 lanes' scale copies
       s.empty[i].init(M::kCluster * M::kMathThreads / 32);  // one arrival per math warp of each CTA
     }
-    s.out_full->init(M::kMathThreads);
-    s.out_empty->init(M::kStoreThreads);
     cutlass::arch::fence_barrier_init();
   }
   const int total_tiles = build_schedule<M>(p, s.sched, s.warp_sums);  // ends with __syncthreads
@@ -685,12 +683,12 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
     } else if (threadIdx.x >= M::kMathThreads + 32) {
       // --- Store warps: copy each staged tile to out, then free the staging buffer ---------------------
       const int thread = threadIdx.x - (M::kMathThreads + 32);
-      int index = 0;
-      for (int t = first; t < total_tiles; t += step, ++index) {
+      for (int t = first; t < total_tiles; t += step) {
         const Tile tile = s.sched.template decode<M>(p, t, rank);
-        s.out_full->wait(index & 1);
+        named_barrier_sync(kOutFull, M::kMathThreads + M::kStoreThreads);
         with_kind<M>(tile.kind, [&](auto k) { store_tile<M, decltype(k)>(p, s, tile, thread); });
-        s.out_empty->arrive();
+        // the math waits for this only before it stages a next tile
+        if (t + step < total_tiles) named_barrier_arrive(kOutEmpty, M::kMathThreads + M::kStoreThreads);
       }
     }
   } else {
