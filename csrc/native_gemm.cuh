@@ -9,14 +9,15 @@
 // the tensor cores in FP32, then scaled and added into a second FP32 accumulator: "promotion").
 //
 // Roles (one CTA per SM, persistent):
-//   warp group kMathWGs (the last one): the producer. Its warp 0 walks the CTA's tiles and, for every
-//     K block, waits for a free pipeline stage; lane 0 issues two TMA loads into it, the token tile
-//     (tokens x 128 K bytes) and the weight tile (weight rows x 128 K bytes), and the 32 lanes copy
-//     the tokens' scales of that K block from the caller's a_scale (4 bytes per row: cp.async).
+//   warp group kMathWGs (the last one): the producer. Its warps 0 and 1 walk the CTA's tiles and, for
+//     every K block, wait for a free pipeline stage; warp 0's lane 0 issues two TMA loads into it, the
+//     token tile (tokens x 128 K bytes) and the weight tile (weight rows x 128 K bytes), and warp 1's
+//     32 lanes copy the tokens' scales of that K block from the caller's a_scale (4 bytes per row:
+//     cp.async).
 //   warp groups 0 .. kMathWGs-1: the math. Each owns 64 rows of the WGMMA M side. Per K block: wait for
 //     the stage, 4 WGMMAs (K = 32 each), wait for them, free the stage, promote with the two scales.
 //     Per tile: stage the rounded result in shared memory and hand it to the store warps.
-//   warps 1-3 of the producer warp group: the stores. They copy each staged tile to `out` with 16-byte
+//   warps 2-3 of the producer warp group: the stores. They copy each staged tile to `out` with 16-byte
 //     stores of the rows and columns that belong to the expert (a tile may run past the expert's last
 //     row or n; those are never stored), while the math warp groups run the next tile's K loop; the
 //     math waits for them only before it stages the next tile.
@@ -210,7 +211,7 @@ struct Mode {
   static_assert(((Kinds::kMathWGs == kMathWGs) && ...), "every kind of a mode has the same math warp groups");
   static constexpr int kMathThreads = 128 * kMathWGs;
   static constexpr int kThreads = kMathThreads + 128;
-  static constexpr int kStoreThreads = 96;  // warps 1-3 of the producer warp group
+  static constexpr int kStoreThreads = 64;  // warps 2-3 of the producer warp group
 
   static constexpr int kMBytes = cmax(Kinds::kMBytes...);
   static constexpr int kNBytes = cmax(Kinds::kNBytes...);
@@ -448,7 +449,12 @@ __device__ __forceinline__ void arrive_when_copied(void* bar) {
 // TMA loads into it (multicast kinds: this CTA's half of the weight tile, into the same stage of both
 // CTAs) and every lane copies the token scales of a few of the tile's rows (rows past the expert's:
 // zeros). The stage is full when the TMA bytes and the 32 lanes' copies have landed.
-template <class M, class K>
+// What a producer warp loads into each stage: the TMA loads of the token and weight tiles (warp 0, its
+// lane 0), or the token scales (warp 1, every lane): two warps, so that neither's loop of issues is on the
+// path of the other's.
+enum class Loads { kTiles, kScales };
+
+template <class M, class K, Loads kPart>
 __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, const Tile& tile, int k_blocks,
                                           int rank, int lane, int& stage, uint32_t& phase) {
   // L2 policy. Swap-AB kinds (experts of at most a few dozen tokens, one chunk): the token chunk is read
@@ -477,7 +483,7 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
   for (int kb = 0; kb < k_blocks; ++kb) {
     s.empty[stage].wait(phase ^ 1);
     uint64_t* bar = reinterpret_cast<uint64_t*>(&s.full[stage]);
-    if (lane == 0) {
+    if (kPart == Loads::kTiles && lane == 0) {
       s.full[stage].arrive_and_expect_tx(K::kTxBytes);
       uint8_t* m_tile = s.m + stage * M::kMBytes;
       uint8_t* n_tile = s.n + stage * M::kNBytes;
@@ -490,12 +496,14 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
         cute::SM90_TMA_LOAD_2D::copy(&p.weights[kind], bar, kWeightHint, K::kSwapAB ? m_tile : n_tile, kb * kBlockK, weight_row);
       }
     }
-    float* ts = reinterpret_cast<float*>(s.ts + stage * M::kScaleBytes);
+    if constexpr (kPart == Loads::kScales) {
+      float* ts = reinterpret_cast<float*>(s.ts + stage * M::kScaleBytes);
 #pragma unroll
-    for (int i = 0; i < kScaleRowsPerLane; ++i) {
-      if (lane + 32 * i < K::kTokenRows) copy_float_async(ts + lane + 32 * i, scale_src[i]++, scale_valid[i]);
+      for (int i = 0; i < kScaleRowsPerLane; ++i) {
+        if (lane + 32 * i < K::kTokenRows) copy_float_async(ts + lane + 32 * i, scale_src[i]++, scale_valid[i]);
+      }
+      arrive_when_copied(bar);
     }
-    arrive_when_copied(bar);
     if (++stage == M::kStages) stage = 0, phase ^= 1;
   }
 }
@@ -664,25 +672,29 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
   uint32_t phase = 0;
 
   if (threadIdx.x >= M::kMathThreads) {
-    // --- Producer warp group: warp 0 loads every stage (its lane 0 the TMA loads), warps 1-3 store ----
+    // --- Producer warp group: warps 0 and 1 load every stage (the tiles, the token scales), 2-3 store ---
     cutlass::arch::warpgroup_reg_dealloc<40>();
-    if (threadIdx.x < M::kMathThreads + 32) {
+    if (threadIdx.x < M::kMathThreads + 64) {
       const int lane = threadIdx.x % 32;
+      const bool tiles = threadIdx.x < M::kMathThreads + 32;
       for (int t = first; t < total_tiles; t += step) {
         const Tile tile = s.sched.template decode<M>(p, t, rank);
-        with_kind<M>(tile.kind, [&](auto k) { load_tile<M, decltype(k)>(p, s, tile, k_blocks, rank, lane, stage, phase); });
+        with_kind<M>(tile.kind, [&](auto k) {
+          if (tiles) load_tile<M, decltype(k), Loads::kTiles>(p, s, tile, k_blocks, rank, lane, stage, phase);
+          else load_tile<M, decltype(k), Loads::kScales>(p, s, tile, k_blocks, rank, lane, stage, phase);
+        });
       }
       // In a 2-CTA mode the other CTA's math arrives on this CTA's barriers: wait for its last releases
       // of every stage, so that none lands after this CTA has exited.
-      if constexpr (M::kCluster > 1) {
+      if (M::kCluster > 1 && tiles) {
         for (int i = 0; i < M::kStages; ++i) {
           s.empty[stage].wait(phase ^ 1);
           if (++stage == M::kStages) stage = 0, phase ^= 1;
         }
       }
-    } else if (threadIdx.x >= M::kMathThreads + 32) {
+    } else {
       // --- Store warps: copy each staged tile to out, then free the staging buffer ---------------------
-      const int thread = threadIdx.x - (M::kMathThreads + 32);
+      const int thread = threadIdx.x - (M::kMathThreads + 64);
       for (int t = first; t < total_tiles; t += step) {
         const Tile tile = s.sched.template decode<M>(p, t, rank);
         named_barrier_sync(kOutFull, M::kMathThreads + M::kStoreThreads);
