@@ -595,11 +595,101 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
     }
   }
   };
+  // The K loop of kinds whose two accumulators and sum fit the registers (3 x N / 2 floats): each math
+  // warp group keeps its next K block's WGMMAs on the tensor cores while it promotes the previous block's
+  // product (wait<1>), with no turn-taking. ptxas keeps such a pipeline only in straight-line code (it
+  // serializes the WGMMAs when a group is in flight across a loop's back edge), so the blocks run in
+  // chunks of up to kChunk, unrolled, each ending with wait<0>.
+  constexpr int kChunk = 4;
+  float acc2[2][N / 2];
+  auto promote = [&](const float* a, int st, int kb, auto first_block_groups) {
+    constexpr int kFirst = decltype(first_block_groups)::value;
+    const float weight_scale = ws[kb];
+    const float weight_scale_hi = K::kTwoWeightScales ? ws[kMaxKBlocks + kb] : 0.f;
+    const float* ts = reinterpret_cast<const float*>(s.ts + st * M::kScaleBytes);
+    float row_scale[2], row_scale_hi[2];
+    float2 col_scale[K::kSwapAB ? N / 8 : 1];
+    if constexpr (K::kSwapAB) {
+#pragma unroll
+      for (int j = 0; j < N / 8; ++j) col_scale[j] = make_float2(ts[8 * j + col_in_8], ts[8 * j + col_in_8 + 1]);
+    } else {
+      const float t0 = ts[wg * 64 + row_in_wg], t1 = ts[wg * 64 + row_in_wg + 8];
+      row_scale[0] = t0 * weight_scale, row_scale[1] = t1 * weight_scale;
+      row_scale_hi[0] = t0 * weight_scale_hi, row_scale_hi[1] = t1 * weight_scale_hi;
+    }
+    // the stage's scales are in registers: free it (in a 2-CTA mode for both CTAs' producers)
+    if constexpr (M::kCluster == 1) {
+      if (lane == 0) s.empty[st].arrive();
+    } else {
+      if (lane < M::kCluster) s.empty[st].arrive(uint32_t(lane));
+    }
+#pragma unroll
+    for (int j = 0; j < N / 8; ++j) {
+      if constexpr (K::kSwapAB) {
+        const float s0 = col_scale[j].x * weight_scale, s1 = col_scale[j].y * weight_scale;
+        sum[4 * j + 0] += s0 * a[4 * j + 0];
+        sum[4 * j + 1] += s1 * a[4 * j + 1];
+        sum[4 * j + 2] += s0 * a[4 * j + 2];
+        sum[4 * j + 3] += s1 * a[4 * j + 3];
+      } else {
+        const float s0 = j < kFirst ? row_scale[0] : row_scale_hi[0];
+        const float s1 = j < kFirst ? row_scale[1] : row_scale_hi[1];
+        sum[4 * j + 0] += s0 * a[4 * j + 0];
+        sum[4 * j + 1] += s0 * a[4 * j + 1];
+        sum[4 * j + 2] += s1 * a[4 * j + 2];
+        sum[4 * j + 3] += s1 * a[4 * j + 3];
+      }
+    }
+  };
+  auto pipelined_loop = [&](auto first_block_groups) {
+    auto chunk = [&](auto chunk_blocks, int kb0) {
+      constexpr int C = decltype(chunk_blocks)::value;
+      int st[C];
+#pragma unroll
+      for (int c = 0; c <= C; ++c) {
+        if (c < C) {
+          float* a = acc2[c & 1];
+          st[c] = stage;
+          s.full[stage].wait(phase);
+          const uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
+          const uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
+#pragma unroll
+          for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(a[i]);
+          cute::warpgroup_arrive();
+#pragma unroll
+          for (int k = 0; k < kBlockK / 32; ++k) wgmma<N>(desc_m + 2 * k, desc_n + 2 * k, a, k > 0);
+          cute::warpgroup_commit_batch();
+          if (++stage == M::kStages) stage = 0, phase ^= 1;
+        }
+        if (c > 0) {
+          float* a = acc2[(c - 1) & 1];
+#pragma unroll
+          for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(a[i]);
+          if (c < C) cute::warpgroup_wait<1>(); else cute::warpgroup_wait<0>();
+#pragma unroll
+          for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(a[i]);
+          promote(a, st[c - 1], kb0 + c - 1, first_block_groups);
+        }
+      }
+    };
+    for (int kb0 = 0; kb0 < k_blocks; kb0 += kChunk) {
+      const int left = k_blocks - kb0;
+      if (left >= kChunk) chunk(std::integral_constant<int, kChunk>{}, kb0);
+      else if (left == 3) chunk(std::integral_constant<int, 3>{}, kb0);
+      else if (left == 2) chunk(std::integral_constant<int, 2>{}, kb0);
+      else chunk(std::integral_constant<int, 1>{}, kb0);
+    }
+  };
+  constexpr bool kPipelined = 3 * (N / 2) <= 192;
+  auto loop = [&](auto first_block_groups) {
+    if constexpr (kPipelined) pipelined_loop(first_block_groups);
+    else k_loop(first_block_groups);
+  };
   if constexpr (K::kTwoWeightScales) {
     // column groups of 8 in the first block: (128 - col0 % 128) / 8, a multiple of gcd(TileN, 128) / 8
-    with_split<gcd(N, kScaleBlock) / 8>((kScaleBlock - tile.col0 % kScaleBlock) / 8, k_loop);
+    with_split<gcd(N, kScaleBlock) / 8>((kScaleBlock - tile.col0 % kScaleBlock) / 8, loop);
   } else {
-    k_loop(std::integral_constant<int, N / 8>{});
+    loop(std::integral_constant<int, N / 8>{});
   }
 
   // --- Epilogue: round, stage as [token][weight row] in smem for the store warps --------------------
