@@ -9,14 +9,15 @@
 // the tensor cores in FP32, then scaled and added into a second FP32 accumulator: "promotion").
 //
 // Roles (one CTA per SM, persistent):
-//   warp group kMathWGs (the last one): the producer. Its warp 0 walks the CTA's tiles and, for every
-//     K block, waits for a free pipeline stage; lane 0 issues two TMA loads into it, the token tile
-//     (tokens x 128 K bytes) and the weight tile (weight rows x 128 K bytes), and the 32 lanes copy
-//     the tokens' scales of that K block from the caller's a_scale (4 bytes per row: cp.async).
+//   warp group kMathWGs (the last one): the producer. Its warps 0 and 1 walk the CTA's tiles and, for
+//     every K block, wait for a free pipeline stage; warp 0's lane 0 issues two TMA loads into it, the
+//     token tile (tokens x 128 K bytes) and the weight tile (weight rows x 128 K bytes), and warp 1's
+//     32 lanes copy the tokens' scales of that K block from the caller's a_scale (4 bytes per row:
+//     cp.async).
 //   warp groups 0 .. kMathWGs-1: the math. Each owns 64 rows of the WGMMA M side. Per K block: wait for
 //     the stage, 4 WGMMAs (K = 32 each), wait for them, free the stage, promote with the two scales.
 //     Per tile: stage the rounded result in shared memory and hand it to the store warps.
-//   warps 1-3 of the producer warp group: the stores. They copy each staged tile to `out` with 16-byte
+//   warps 2-3 of the producer warp group: the stores. They copy each staged tile to `out` with 16-byte
 //     stores of the rows and columns that belong to the expert (a tile may run past the expert's last
 //     row or n; those are never stored), while the math warp groups run the next tile's K loop; the
 //     math waits for them only before it stages the next tile.
@@ -82,6 +83,10 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
 constexpr int kMathBarrier = 1;     // both math warp groups: tile start
 constexpr int kIssuedByWG0 = 2;     // warp group 0 issued its WGMMAs of a K block: warp group 1's turn
 constexpr int kIssuedByWG1 = 3;     // warp group 1 issued its WGMMAs of a K block: warp group 0's turn
+// Math and store warps: a tile staged in shared memory / copied out of it. Hardware barriers, so that the
+// store warps, idle most of the time, wait descheduled instead of polling an mbarrier.
+constexpr int kOutFull = 4;
+constexpr int kOutEmpty = 5;
 
 // Calls f(std::integral_constant<int, V>{}) for V == cols, V in {G, 2G, ..., 16} (a run-time column
 // split of a wide tile as a compile-time constant, so the promotion has no selects).
@@ -206,7 +211,7 @@ struct Mode {
   static_assert(((Kinds::kMathWGs == kMathWGs) && ...), "every kind of a mode has the same math warp groups");
   static constexpr int kMathThreads = 128 * kMathWGs;
   static constexpr int kThreads = kMathThreads + 128;
-  static constexpr int kStoreThreads = 96;  // warps 1-3 of the producer warp group
+  static constexpr int kStoreThreads = 64;  // warps 2-3 of the producer warp group
 
   static constexpr int kMBytes = cmax(Kinds::kMBytes...);
   static constexpr int kNBytes = cmax(Kinds::kNBytes...);
@@ -219,7 +224,7 @@ struct Mode {
   static constexpr int kWeightScaleFloats = kWeightScaleSets * kMaxKBlocks;  // one tile
   static constexpr int kWeightScaleBytes = 2 * kWeightScaleFloats * 4;
   static constexpr int kScheduleBytes = (2 * (kMaxExperts + 4) + 32) * 4;  // tile prefix, row starts, warp sums
-  static constexpr int kBarrierBytes = (2 * 16 + 2) * 8;  // full + empty per stage (<= 16), out full + empty
+  static constexpr int kBarrierBytes = 2 * 16 * 8;  // full + empty per stage (<= 16)
   static constexpr int kFixedBytes = kOutBytes + kWeightScaleBytes + kScheduleBytes + kBarrierBytes
                                      + 1024;  // the base rounded up to 1024 bytes
   static constexpr int kStagesFit = (kSmemBudget - kFixedBytes) / kStageBytes;
@@ -412,8 +417,6 @@ struct Smem {
   int* warp_sums;    // [32]
   cutlass::arch::ClusterTransactionBarrier* full;   // [kStages]: data landed
   cutlass::arch::ClusterTransactionBarrier* empty;  // [kStages]: stage free again
-  cutlass::arch::ClusterBarrier* out_full;          // the math staged a tile in `out`
-  cutlass::arch::ClusterBarrier* out_empty;         // the store warps copied it out
 
   __device__ explicit Smem(uint8_t* base) {
     m = base;
@@ -427,8 +430,6 @@ struct Smem {
     warp_sums = s + 2 * (kMaxExperts + 4);
     full = reinterpret_cast<cutlass::arch::ClusterTransactionBarrier*>(warp_sums + 32);
     empty = full + M::kStages;
-    out_full = reinterpret_cast<cutlass::arch::ClusterBarrier*>(empty + M::kStages);
-    out_empty = out_full + 1;
   }
 };
 
@@ -449,7 +450,12 @@ __device__ __forceinline__ void arrive_when_copied(void* bar) {
 // TMA loads into it (multicast kinds: this CTA's half of the weight tile, into the same stage of both
 // CTAs) and every lane copies the token scales of a few of the tile's rows (rows past the expert's:
 // zeros). The stage is full when the TMA bytes and the 32 lanes' copies have landed.
-template <class M, class K>
+// What a producer warp loads into each stage: the TMA loads of the token and weight tiles (warp 0, its
+// lane 0), or the token scales (warp 1, every lane): two warps, so that neither's loop of issues is on the
+// path of the other's.
+enum class Loads { kTiles, kScales };
+
+template <class M, class K, Loads kPart>
 __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, const Tile& tile, int k_blocks,
                                           int rank, int lane, int& stage, uint32_t& phase) {
   // L2 policy. Swap-AB kinds (experts of at most a few dozen tokens, one chunk): the token chunk is read
@@ -465,12 +471,20 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
   // Row of b seen as (E * n, k); < 2^31 (host), also for a pair's spare tile (col0 < n + weight rows).
   const int weight_row = tile.expert * p.n + tile.col0;
   constexpr int kWeightBoxRows = M::template kMulticast<K> ? K::kWeightRows / 2 : K::kWeightRows;
-  // This lane's token scale rows: a_scale[(row0 + r) * k_blocks + kb] for r = lane, lane + 32, ...
-  const float* scale_rows = p.a_scale + int64_t(tile.row0 + lane) * k_blocks;
+  // This lane's token scale rows r = lane, lane + 32, ...: a_scale[(row0 + r) * k_blocks + kb], one pointer
+  // per row advanced by one float per K block (the loop is this warp's critical path: no index arithmetic
+  // in it), and whether the row belongs to the expert (else the copy reads nothing and writes zeros).
+  const float* scale_src[kScaleRowsPerLane];
+  bool scale_valid[kScaleRowsPerLane];
+#pragma unroll
+  for (int i = 0; i < kScaleRowsPerLane; ++i) {
+    scale_src[i] = p.a_scale + int64_t(tile.row0 + lane + 32 * i) * k_blocks;
+    scale_valid[i] = lane + 32 * i < tile.rows;
+  }
   for (int kb = 0; kb < k_blocks; ++kb) {
     s.empty[stage].wait(phase ^ 1);
     uint64_t* bar = reinterpret_cast<uint64_t*>(&s.full[stage]);
-    if (lane == 0) {
+    if (kPart == Loads::kTiles && lane == 0) {
       s.full[stage].arrive_and_expect_tx(K::kTxBytes);
       uint8_t* m_tile = s.m + stage * M::kMBytes;
       uint8_t* n_tile = s.n + stage * M::kNBytes;
@@ -483,13 +497,14 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
         cute::SM90_TMA_LOAD_2D::copy(&p.weights[kind], bar, kWeightHint, K::kSwapAB ? m_tile : n_tile, kb * kBlockK, weight_row);
       }
     }
-    float* ts = reinterpret_cast<float*>(s.ts + stage * M::kScaleBytes);
+    if constexpr (kPart == Loads::kScales) {
+      float* ts = reinterpret_cast<float*>(s.ts + stage * M::kScaleBytes);
 #pragma unroll
-    for (int i = 0; i < kScaleRowsPerLane; ++i) {
-      const int r = lane + 32 * i;
-      if (r < K::kTokenRows) copy_float_async(ts + r, scale_rows + int64_t(32 * i) * k_blocks + kb, r < tile.rows);
+      for (int i = 0; i < kScaleRowsPerLane; ++i) {
+        if (lane + 32 * i < K::kTokenRows) copy_float_async(ts + lane + 32 * i, scale_src[i]++, scale_valid[i]);
+      }
+      arrive_when_copied(bar);
     }
-    arrive_when_copied(bar);
     if (++stage == M::kStages) stage = 0, phase ^= 1;
   }
 }
@@ -581,16 +596,106 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
     }
   }
   };
+  // The K loop of kinds whose two accumulators and sum fit the registers (3 x N / 2 floats): each math
+  // warp group keeps its next K block's WGMMAs on the tensor cores while it promotes the previous block's
+  // product (wait<1>), with no turn-taking. ptxas keeps such a pipeline only in straight-line code (it
+  // serializes the WGMMAs when a group is in flight across a loop's back edge), so the blocks run in
+  // chunks of up to kChunk, unrolled, each ending with wait<0>.
+  constexpr int kChunk = 4;
+  float acc2[2][N / 2];
+  auto promote = [&](const float* a, int st, int kb, auto first_block_groups) {
+    constexpr int kFirst = decltype(first_block_groups)::value;
+    const float weight_scale = ws[kb];
+    const float weight_scale_hi = K::kTwoWeightScales ? ws[kMaxKBlocks + kb] : 0.f;
+    const float* ts = reinterpret_cast<const float*>(s.ts + st * M::kScaleBytes);
+    float row_scale[2], row_scale_hi[2];
+    float2 col_scale[K::kSwapAB ? N / 8 : 1];
+    if constexpr (K::kSwapAB) {
+#pragma unroll
+      for (int j = 0; j < N / 8; ++j) col_scale[j] = make_float2(ts[8 * j + col_in_8], ts[8 * j + col_in_8 + 1]);
+    } else {
+      const float t0 = ts[wg * 64 + row_in_wg], t1 = ts[wg * 64 + row_in_wg + 8];
+      row_scale[0] = t0 * weight_scale, row_scale[1] = t1 * weight_scale;
+      row_scale_hi[0] = t0 * weight_scale_hi, row_scale_hi[1] = t1 * weight_scale_hi;
+    }
+    // the stage's scales are in registers: free it (in a 2-CTA mode for both CTAs' producers)
+    if constexpr (M::kCluster == 1) {
+      if (lane == 0) s.empty[st].arrive();
+    } else {
+      if (lane < M::kCluster) s.empty[st].arrive(uint32_t(lane));
+    }
+#pragma unroll
+    for (int j = 0; j < N / 8; ++j) {
+      if constexpr (K::kSwapAB) {
+        const float s0 = col_scale[j].x * weight_scale, s1 = col_scale[j].y * weight_scale;
+        sum[4 * j + 0] += s0 * a[4 * j + 0];
+        sum[4 * j + 1] += s1 * a[4 * j + 1];
+        sum[4 * j + 2] += s0 * a[4 * j + 2];
+        sum[4 * j + 3] += s1 * a[4 * j + 3];
+      } else {
+        const float s0 = j < kFirst ? row_scale[0] : row_scale_hi[0];
+        const float s1 = j < kFirst ? row_scale[1] : row_scale_hi[1];
+        sum[4 * j + 0] += s0 * a[4 * j + 0];
+        sum[4 * j + 1] += s0 * a[4 * j + 1];
+        sum[4 * j + 2] += s1 * a[4 * j + 2];
+        sum[4 * j + 3] += s1 * a[4 * j + 3];
+      }
+    }
+  };
+  auto pipelined_loop = [&](auto first_block_groups) {
+    auto chunk = [&](auto chunk_blocks, int kb0) {
+      constexpr int C = decltype(chunk_blocks)::value;
+      int st[C];
+#pragma unroll
+      for (int c = 0; c <= C; ++c) {
+        if (c < C) {
+          float* a = acc2[c & 1];
+          st[c] = stage;
+          s.full[stage].wait(phase);
+          const uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
+          const uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
+#pragma unroll
+          for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(a[i]);
+          cute::warpgroup_arrive();
+#pragma unroll
+          for (int k = 0; k < kBlockK / 32; ++k) wgmma<N>(desc_m + 2 * k, desc_n + 2 * k, a, k > 0);
+          cute::warpgroup_commit_batch();
+          if (++stage == M::kStages) stage = 0, phase ^= 1;
+        }
+        if (c > 0) {
+          float* a = acc2[(c - 1) & 1];
+#pragma unroll
+          for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(a[i]);
+          if (c < C) cute::warpgroup_wait<1>(); else cute::warpgroup_wait<0>();
+#pragma unroll
+          for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(a[i]);
+          promote(a, st[c - 1], kb0 + c - 1, first_block_groups);
+        }
+      }
+    };
+    for (int kb0 = 0; kb0 < k_blocks; kb0 += kChunk) {
+      const int left = k_blocks - kb0;
+      if (left >= kChunk) chunk(std::integral_constant<int, kChunk>{}, kb0);
+      else if (left == 3) chunk(std::integral_constant<int, 3>{}, kb0);
+      else if (left == 2) chunk(std::integral_constant<int, 2>{}, kb0);
+      else chunk(std::integral_constant<int, 1>{}, kb0);
+    }
+  };
+  constexpr bool kPipelined = 3 * (N / 2) <= 192;
+  auto loop = [&](auto first_block_groups) {
+    if constexpr (kPipelined) pipelined_loop(first_block_groups);
+    else k_loop(first_block_groups);
+  };
   if constexpr (K::kTwoWeightScales) {
     // column groups of 8 in the first block: (128 - col0 % 128) / 8, a multiple of gcd(TileN, 128) / 8
-    with_split<gcd(N, kScaleBlock) / 8>((kScaleBlock - tile.col0 % kScaleBlock) / 8, k_loop);
+    with_split<gcd(N, kScaleBlock) / 8>((kScaleBlock - tile.col0 % kScaleBlock) / 8, loop);
   } else {
-    k_loop(std::integral_constant<int, N / 8>{});
+    loop(std::integral_constant<int, N / 8>{});
   }
 
   // --- Epilogue: round, stage as [token][weight row] in smem for the store warps --------------------
   // s.out is free once the store warps have copied the previous tile out (its completion number index).
-  if (index > 0) s.out_empty->wait((index - 1) & 1);
+  if (index > 0) named_barrier_sync(kOutEmpty, M::kMathThreads + M::kStoreThreads);
   using Pack = Pack2<typename M::ElementD>;
   constexpr int kPitch = K::kOutPitch;
   const int r0 = wg * 64 + row_in_wg;
@@ -607,7 +712,7 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
       *reinterpret_cast<uint32_t*>(s.out + (r0 + 8) * kPitch + c) = Pack::pack(sum[4 * j + 2], sum[4 * j + 3]);
     }
   }
-  s.out_full->arrive();  // every math thread: its staged values are written (release)
+  named_barrier_arrive(kOutFull, M::kMathThreads + M::kStoreThreads);  // its staged values are written
 }
 
 // The store warps' work on one staged tile: 16-byte stores of the expert's rows and the columns below n.
@@ -645,8 +750,6 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
       s.full[i].init(1 + 32);  // the producer's arrive_and_expect_tx and its 32 lanes' scale copies
       s.empty[i].init(M::kCluster * M::kMathThreads / 32);  // one arrival per math warp of each CTA
     }
-    s.out_full->init(M::kMathThreads);
-    s.out_empty->init(M::kStoreThreads);
     cutlass::arch::fence_barrier_init();
   }
   const int total_tiles = build_schedule<M>(p, s.sched, s.warp_sums);  // ends with __syncthreads
@@ -660,31 +763,35 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
   uint32_t phase = 0;
 
   if (threadIdx.x >= M::kMathThreads) {
-    // --- Producer warp group: warp 0 loads every stage (its lane 0 the TMA loads), warps 1-3 store ----
+    // --- Producer warp group: warps 0 and 1 load every stage (the tiles, the token scales), 2-3 store ---
     cutlass::arch::warpgroup_reg_dealloc<40>();
-    if (threadIdx.x < M::kMathThreads + 32) {
+    if (threadIdx.x < M::kMathThreads + 64) {
       const int lane = threadIdx.x % 32;
+      const bool tiles = threadIdx.x < M::kMathThreads + 32;
       for (int t = first; t < total_tiles; t += step) {
         const Tile tile = s.sched.template decode<M>(p, t, rank);
-        with_kind<M>(tile.kind, [&](auto k) { load_tile<M, decltype(k)>(p, s, tile, k_blocks, rank, lane, stage, phase); });
+        with_kind<M>(tile.kind, [&](auto k) {
+          if (tiles) load_tile<M, decltype(k), Loads::kTiles>(p, s, tile, k_blocks, rank, lane, stage, phase);
+          else load_tile<M, decltype(k), Loads::kScales>(p, s, tile, k_blocks, rank, lane, stage, phase);
+        });
       }
       // In a 2-CTA mode the other CTA's math arrives on this CTA's barriers: wait for its last releases
       // of every stage, so that none lands after this CTA has exited.
-      if constexpr (M::kCluster > 1) {
+      if (M::kCluster > 1 && tiles) {
         for (int i = 0; i < M::kStages; ++i) {
           s.empty[stage].wait(phase ^ 1);
           if (++stage == M::kStages) stage = 0, phase ^= 1;
         }
       }
-    } else if (threadIdx.x >= M::kMathThreads + 32) {
+    } else {
       // --- Store warps: copy each staged tile to out, then free the staging buffer ---------------------
-      const int thread = threadIdx.x - (M::kMathThreads + 32);
-      int index = 0;
-      for (int t = first; t < total_tiles; t += step, ++index) {
+      const int thread = threadIdx.x - (M::kMathThreads + 64);
+      for (int t = first; t < total_tiles; t += step) {
         const Tile tile = s.sched.template decode<M>(p, t, rank);
-        s.out_full->wait(index & 1);
+        named_barrier_sync(kOutFull, M::kMathThreads + M::kStoreThreads);
         with_kind<M>(tile.kind, [&](auto k) { store_tile<M, decltype(k)>(p, s, tile, thread); });
-        s.out_empty->arrive();
+        // the math waits for this only before it stages a next tile
+        if (t + step < total_tiles) named_barrier_arrive(kOutEmpty, M::kMathThreads + M::kStoreThreads);
       }
     }
   } else {
