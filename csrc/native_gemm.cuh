@@ -254,6 +254,7 @@ struct Params {
   uint8_t* out;                         // (total_m, n), 2-byte elements
   ExpertRows expert_rows;               // offsets (E + 1) or masked counts (E), int32 or int64
   int total_m, n, k, num_experts;
+  int k_blocks;                         // ceil(k / 128), read from the parameter space where used (no spill)
   int max_tokens[kMaxKinds];            // kind i: experts with max_tokens[i - 1] < m <= max_tokens[i]
 };
 
@@ -456,7 +457,7 @@ __device__ __forceinline__ void arrive_when_copied(void* bar) {
 enum class Loads { kTiles, kScales };
 
 template <class M, class K, Loads kPart>
-__device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, const Tile& tile, int k_blocks,
+__device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, const Tile& tile,
                                           int rank, int lane, int& stage, uint32_t& phase) {
   // L2 policy. Swap-AB kinds (experts of at most a few dozen tokens, one chunk): the token chunk is read
   // once per weight tile (kept), each weight tile once (streamed). Tokens x weights kinds: both are
@@ -471,17 +472,17 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
   // Row of b seen as (E * n, k); < 2^31 (host), also for a pair's spare tile (col0 < n + weight rows).
   const int weight_row = tile.expert * p.n + tile.col0;
   constexpr int kWeightBoxRows = M::template kMulticast<K> ? K::kWeightRows / 2 : K::kWeightRows;
-  // This lane's token scale rows r = lane, lane + 32, ...: a_scale[(row0 + r) * k_blocks + kb], one pointer
+  // This lane's token scale rows r = lane, lane + 32, ...: a_scale[(row0 + r) * p.k_blocks + kb], one pointer
   // per row advanced by one float per K block (the loop is this warp's critical path: no index arithmetic
   // in it), and whether the row belongs to the expert (else the copy reads nothing and writes zeros).
   const float* scale_src[kScaleRowsPerLane];
   bool scale_valid[kScaleRowsPerLane];
 #pragma unroll
   for (int i = 0; i < kScaleRowsPerLane; ++i) {
-    scale_src[i] = p.a_scale + int64_t(tile.row0 + lane + 32 * i) * k_blocks;
+    scale_src[i] = p.a_scale + int64_t(tile.row0 + lane + 32 * i) * p.k_blocks;
     scale_valid[i] = lane + 32 * i < tile.rows;
   }
-  for (int kb = 0; kb < k_blocks; ++kb) {
+  for (int kb = 0; kb < p.k_blocks; ++kb) {
     s.empty[stage].wait(phase ^ 1);
     uint64_t* bar = reinterpret_cast<uint64_t*>(&s.full[stage]);
     if (kPart == Loads::kTiles && lane == 0) {
@@ -512,7 +513,7 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
 // The math warp groups' work on one tile: the K loop (WGMMA, promotion), then the staging of the
 // result for the store warps. `index`: the tile's number among this CTA's tiles (0, 1, ...).
 template <class M, class K>
-__device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, const Tile& tile, int k_blocks,
+__device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, const Tile& tile,
                                              int& stage, uint32_t& phase, int index) {
   constexpr int N = K::kTileN;
   const int tid = threadIdx.x;
@@ -529,16 +530,19 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   // rest in the second (kinds whose weight rows may span two blocks).
   auto k_loop = [&](auto first_block_groups) {
   constexpr int kFirst = decltype(first_block_groups)::value;
-  // Whether the stage of the next K block has landed, asked right after this block's WGMMAs are waited
-  // for (test_wait: it never suspends the warp), so that the answer comes back under the promotion
-  // instead of on the path from one block's promotion to the next block's first WGMMA.
+  // A math warp group's critical path runs from one block's WGMMA wait to its next block's WGMMAs
+  // (the other warp group's WGMMAs fill the tensor cores meanwhile only if that path is shorter than
+  // them), so everything the next block needs but its data (the stage's descriptors, the block's
+  // weight scales) is prepared while this block's WGMMAs run, and whether the next stage has landed is
+  // asked (test_wait: it never suspends the warp) right after the WGMMA wait, its answer coming back
+  // under the promotion.
+  uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
+  uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
+  float weight_scale = ws[0];
+  float weight_scale_hi = K::kTwoWeightScales ? ws[kMaxKBlocks] : 0.f;
   bool landed = s.full[stage].test_wait(phase);
-  for (int kb = 0; kb < k_blocks; ++kb) {
-    const float weight_scale = ws[kb];
-    const float weight_scale_hi = K::kTwoWeightScales ? ws[kMaxKBlocks + kb] : 0.f;
+  for (int kb = 0; kb < p.k_blocks; ++kb) {
     if (!landed) s.full[stage].wait(phase);
-    const uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
-    const uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
     // Two math warp groups take turns issuing (0, 1, 0, 1, ...): the tensor cores run each group's
     // WGMMAs in issue order, so one group's promotion overlaps the other's WGMMAs instead of both
     // groups promoting at once while the tensor cores idle.
@@ -551,7 +555,8 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
       wgmma<N>(desc_m + 2 * k, desc_n + 2 * k, acc, k > 0);
     cute::warpgroup_commit_batch();
     if constexpr (M::kMathWGs == 2) named_barrier_arrive(wg == 0 ? kIssuedByWG0 : kIssuedByWG1, M::kMathThreads);
-    // The tokens' scales of this K block, read while the tensor cores work (the stage is still ours).
+    // Under the WGMMAs: this block's token scales (the stage is still ours), the next block's stage,
+    // descriptors and weight scales.
     const float* ts = reinterpret_cast<const float*>(s.ts + stage * M::kScaleBytes);
     float row_scale[2], row_scale_hi[2];
     float2 col_scale[K::kSwapAB ? N / 8 : 1];
@@ -563,6 +568,15 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
       row_scale[0] = t0 * weight_scale, row_scale[1] = t1 * weight_scale;
       row_scale_hi[0] = t0 * weight_scale_hi, row_scale_hi[1] = t1 * weight_scale_hi;
     }
+    const float block_weight_scale = weight_scale;
+    const int block_stage = stage;
+    if (++stage == M::kStages) stage = 0, phase ^= 1;
+    desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
+    desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
+    asm volatile("" : "+l"(desc_m), "+l"(desc_n));  // computed here, not sunk past the wait below
+    const int next_kb = kb + 1 < p.k_blocks ? kb + 1 : kb;  // the last block reads its own again
+    weight_scale = ws[next_kb];
+    if constexpr (K::kTwoWeightScales) weight_scale_hi = ws[kMaxKBlocks + next_kb];
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
     cute::warpgroup_wait<0>();
@@ -570,17 +584,17 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
     for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
     // The stage is free: in a 2-CTA mode for both CTAs' producers (lane r arrives on CTA r's barrier).
     if constexpr (M::kCluster == 1) {
-      if (lane == 0) s.empty[stage].arrive();
+      if (lane == 0) s.empty[block_stage].arrive();
     } else {
-      if (lane < M::kCluster) s.empty[stage].arrive(uint32_t(lane));
+      if (lane < M::kCluster) s.empty[block_stage].arrive(uint32_t(lane));
     }
-    if (++stage == M::kStages) stage = 0, phase ^= 1;
-    landed = kb + 1 < k_blocks && s.full[stage].test_wait(phase);
+    // past the last block: a question about the next tile's first stage, whose answer goes unused
+    landed = s.full[stage].test_wait(phase);
     // Promotion: sum += (token scale * weight scale) * this K block's product.
 #pragma unroll
     for (int j = 0; j < N / 8; ++j) {
       if constexpr (K::kSwapAB) {
-        const float s0 = col_scale[j].x * weight_scale, s1 = col_scale[j].y * weight_scale;
+        const float s0 = col_scale[j].x * block_weight_scale, s1 = col_scale[j].y * block_weight_scale;
         sum[4 * j + 0] += s0 * acc[4 * j + 0];
         sum[4 * j + 1] += s1 * acc[4 * j + 1];
         sum[4 * j + 2] += s0 * acc[4 * j + 2];
@@ -673,8 +687,8 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
         }
       }
     };
-    for (int kb0 = 0; kb0 < k_blocks; kb0 += kChunk) {
-      const int left = k_blocks - kb0;
+    for (int kb0 = 0; kb0 < p.k_blocks; kb0 += kChunk) {
+      const int left = p.k_blocks - kb0;
       if (left >= kChunk) chunk(std::integral_constant<int, kChunk>{}, kb0);
       else if (left == 3) chunk(std::integral_constant<int, 3>{}, kb0);
       else if (left == 2) chunk(std::integral_constant<int, 2>{}, kb0);
@@ -755,7 +769,7 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
   const int total_tiles = build_schedule<M>(p, s.sched, s.warp_sums);  // ends with __syncthreads
   // Both CTAs' barriers are initialized before either producer multicasts or math arrives remotely.
   if constexpr (M::kCluster > 1) cute::cluster_sync();
-  const int k_blocks = (p.k + kBlockK - 1) / kBlockK;
+  const int k_blocks = p.k_blocks;
   // The cluster's tiles: first, first + step, ... (a cluster tile is one tile per CTA of the cluster).
   const int rank = M::kCluster > 1 ? int(cute::block_rank_in_cluster()) : 0;
   const int first = blockIdx.x / M::kCluster, step = gridDim.x / M::kCluster;
@@ -771,8 +785,8 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
       for (int t = first; t < total_tiles; t += step) {
         const Tile tile = s.sched.template decode<M>(p, t, rank);
         with_kind<M>(tile.kind, [&](auto k) {
-          if (tiles) load_tile<M, decltype(k), Loads::kTiles>(p, s, tile, k_blocks, rank, lane, stage, phase);
-          else load_tile<M, decltype(k), Loads::kScales>(p, s, tile, k_blocks, rank, lane, stage, phase);
+          if (tiles) load_tile<M, decltype(k), Loads::kTiles>(p, s, tile, rank, lane, stage, phase);
+          else load_tile<M, decltype(k), Loads::kScales>(p, s, tile, rank, lane, stage, phase);
         });
       }
       // In a 2-CTA mode the other CTA's math arrives on this CTA's barriers: wait for its last releases
@@ -836,7 +850,7 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
       named_barrier_sync(kMathBarrier, M::kMathThreads);
       if (t + step < total_tiles) load_weight_scales(t + step);
       with_kind<M>(tile.kind, [&](auto k) {
-        compute_tile<M, decltype(k)>(p, s, tile, k_blocks, stage, phase, index);
+        compute_tile<M, decltype(k)>(p, s, tile, stage, phase, index);
       });
     }
     if (M::kMathWGs == 2 && wg0) named_barrier_sync(kIssuedByWG1, M::kMathThreads);
@@ -923,6 +937,7 @@ struct GroupedGemm {
     p.out = static_cast<uint8_t*>(na.out);
     p.expert_rows = na.expert_rows;
     p.total_m = int(na.total_m), p.n = int(na.n), p.k = int(na.k), p.num_experts = la.num_experts;
+    p.k_blocks = (p.k + kBlockK - 1) / kBlockK;
 
     auto kernel = grouped_gemm_kernel<M>;
     cudaLaunchConfig_t config{};
