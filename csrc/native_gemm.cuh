@@ -81,8 +81,6 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
 
 // Named barriers of the math warp groups (0 is __syncthreads).
 constexpr int kMathBarrier = 1;     // both math warp groups: tile start
-constexpr int kIssuedByWG0 = 2;     // warp group 0 issued its WGMMAs of a K block: warp group 1's turn
-constexpr int kIssuedByWG1 = 3;     // warp group 1 issued its WGMMAs of a K block: warp group 0's turn
 // Math and store warps: a tile staged in shared memory / copied out of it. Hardware barriers, so that the
 // store warps, idle most of the time, wait descheduled instead of polling an mbarrier.
 constexpr int kOutFull = 4;
@@ -543,10 +541,6 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   bool landed = s.full[stage].test_wait(phase);
   for (int kb = 0; kb < p.k_blocks; ++kb) {
     if (!landed) s.full[stage].wait(phase);
-    // Two math warp groups take turns issuing (0, 1, 0, 1, ...): the tensor cores run each group's
-    // WGMMAs in issue order, so one group's promotion overlaps the other's WGMMAs instead of both
-    // groups promoting at once while the tensor cores idle.
-    if constexpr (M::kMathWGs == 2) named_barrier_sync(wg == 0 ? kIssuedByWG1 : kIssuedByWG0, M::kMathThreads);
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
     cute::warpgroup_arrive();
@@ -554,7 +548,6 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
     for (int k = 0; k < kBlockK / 32; ++k)  // +32 bytes along K inside the swizzled row: +2 in 16-byte units
       wgmma<N>(desc_m + 2 * k, desc_n + 2 * k, acc, k > 0);
     cute::warpgroup_commit_batch();
-    if constexpr (M::kMathWGs == 2) named_barrier_arrive(wg == 0 ? kIssuedByWG0 : kIssuedByWG1, M::kMathThreads);
     // Under the WGMMAs: this block's token scales (the stage is still ours), the next block's stage,
     // descriptors and weight scales.
     const float* ts = reinterpret_cast<const float*>(s.ts + stage * M::kScaleBytes);
@@ -612,7 +605,7 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   };
   // The K loop of kinds whose two accumulators and sum fit the registers (3 x N / 2 floats): each math
   // warp group keeps its next K block's WGMMAs on the tensor cores while it promotes the previous block's
-  // product (wait<1>), with no turn-taking. ptxas keeps such a pipeline only in straight-line code (it
+  // product (wait<1>). ptxas keeps such a pipeline only in straight-line code (it
   // serializes the WGMMAs when a group is in flight across a loop's back edge), so the blocks run in
   // chunks of up to kChunk, unrolled, each ending with wait<0>.
   constexpr int kChunk = 4;
@@ -832,10 +825,6 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
         }
       }
     };
-    // Warp group 1's turn-taking arrivals run one K block ahead of warp group 0's waits: one at the
-    // start (warp group 0 issues first), and warp group 0 takes the last one at the end.
-    const bool wg0 = tid < 128;
-    if (M::kMathWGs == 2 && !wg0) named_barrier_arrive(kIssuedByWG1, M::kMathThreads);
     if (first < total_tiles) load_weight_scales(first);
     for (int t = first, index = 0; t < total_tiles; t += step, ++index) {
       const Tile tile = s.sched.template decode<M>(p, t, rank);
@@ -853,7 +842,6 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
         compute_tile<M, decltype(k)>(p, s, tile, stage, phase, index);
       });
     }
-    if (M::kMathWGs == 2 && wg0) named_barrier_sync(kIssuedByWG1, M::kMathThreads);
   }
 #endif
 }
