@@ -524,16 +524,46 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
 #pragma unroll
   for (int i = 0; i < N / 2; ++i) sum[i] = 0.f;
 
-  // The K loop for accumulator column groups j < kFirst in the tile's first weight scale block and the
-  // rest in the second (kinds whose weight rows may span two blocks).
+  // Promotion of accumulator column groups [J0, J1): sum += (token scale * weight scale) * product, with
+  // the row (or, swap-AB, column) scales of one K block; groups j < kFirst lie in the tile's first
+  // weight scale block, the rest in the second (kinds whose weight rows may span two blocks).
+  auto promote_groups = [&](auto j0, auto j1, auto first_block_groups, const float* row_scale,
+                            const float* row_scale_hi, const float2* col_scale, float weight_scale) {
+    constexpr int J0 = decltype(j0)::value, J1 = decltype(j1)::value;
+    constexpr int kFirst = decltype(first_block_groups)::value;
+#pragma unroll
+    for (int j = J0; j < J1; ++j) {
+      if constexpr (K::kSwapAB) {
+        const float s0 = col_scale[j].x * weight_scale, s1 = col_scale[j].y * weight_scale;
+        sum[4 * j + 0] += s0 * acc[4 * j + 0];
+        sum[4 * j + 1] += s1 * acc[4 * j + 1];
+        sum[4 * j + 2] += s0 * acc[4 * j + 2];
+        sum[4 * j + 3] += s1 * acc[4 * j + 3];
+      } else {
+        const float s0 = j < kFirst ? row_scale[0] : row_scale_hi[0];  // compile-time choices
+        const float s1 = j < kFirst ? row_scale[1] : row_scale_hi[1];
+        sum[4 * j + 0] += s0 * acc[4 * j + 0];
+        sum[4 * j + 1] += s0 * acc[4 * j + 1];
+        sum[4 * j + 2] += s1 * acc[4 * j + 2];
+        sum[4 * j + 3] += s1 * acc[4 * j + 3];
+      }
+    }
+  };
+  // The K loop of the wide kinds (N > 128: one accumulator, its sum, no room for a second). A math warp
+  // group's critical path runs from one block's last WGMMA wait to its next block's WGMMAs; the tensor
+  // cores stay busy only while that path is shorter than the other warp group's WGMMAs. So each block's
+  // product is two WGMMA groups of N / 2 columns (the same accumulator registers, in the same layout as
+  // one N-wide WGMMA's): the first half is promoted while the second half's WGMMAs run (wait<1>), and
+  // only the second half's promotion is on the path. Everything the next block needs but its data (the
+  // stage's descriptors, its weight scales) is prepared while this block's WGMMAs run, and whether the
+  // next stage has landed is asked (test_wait: it never suspends the warp) right after the last WGMMA
+  // wait, its answer coming back under the promotion.
   auto k_loop = [&](auto first_block_groups) {
-  constexpr int kFirst = decltype(first_block_groups)::value;
-  // A math warp group's critical path runs from one block's WGMMA wait to its next block's WGMMAs
-  // (the other warp group's WGMMAs fill the tensor cores meanwhile only if that path is shorter than
-  // them), so everything the next block needs but its data (the stage's descriptors, the block's
-  // weight scales) is prepared while this block's WGMMAs run, and whether the next stage has landed is
-  // asked (test_wait: it never suspends the warp) right after the WGMMA wait, its answer coming back
-  // under the promotion.
+  constexpr int kHalf = N / 2;
+  static_assert(kHalf % 8 == 0, "two WGMMA groups of whole 8-column groups");
+  constexpr int kHalfGroups = kHalf / 8;
+  constexpr uint64_t kHalfRows = uint64_t(kHalf) * kBlockK / 16;  // second half's B rows, in descriptor units
+  static_assert(kHalf * kBlockK % 1024 == 0, "the second half starts on a whole swizzle atom");
   uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
   uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
   float weight_scale = ws[0];
@@ -546,7 +576,11 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
     cute::warpgroup_arrive();
 #pragma unroll
     for (int k = 0; k < kBlockK / 32; ++k)  // +32 bytes along K inside the swizzled row: +2 in 16-byte units
-      wgmma<N>(desc_m + 2 * k, desc_n + 2 * k, acc, k > 0);
+      wgmma<kHalf>(desc_m + 2 * k, desc_n + 2 * k, acc, k > 0);
+    cute::warpgroup_commit_batch();
+#pragma unroll
+    for (int k = 0; k < kBlockK / 32; ++k)
+      wgmma<kHalf>(desc_m + 2 * k, desc_n + kHalfRows + 2 * k, acc + kHalf / 2, k > 0);
     cute::warpgroup_commit_batch();
     // Under the WGMMAs: this block's token scales (the stage is still ours), the next block's stage,
     // descriptors and weight scales.
@@ -566,15 +600,22 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
     if (++stage == M::kStages) stage = 0, phase ^= 1;
     desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
     desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
-    asm volatile("" : "+l"(desc_m), "+l"(desc_n));  // computed here, not sunk past the wait below
     const int next_kb = kb + 1 < p.k_blocks ? kb + 1 : kb;  // the last block reads its own again
     weight_scale = ws[next_kb];
     if constexpr (K::kTwoWeightScales) weight_scale_hi = ws[kMaxKBlocks + next_kb];
+    // The first half's product is in: promote it while the second half's WGMMAs run.
 #pragma unroll
-    for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+    for (int i = 0; i < kHalf / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+    cute::warpgroup_wait<1>();
+#pragma unroll
+    for (int i = 0; i < kHalf / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+    promote_groups(std::integral_constant<int, 0>{}, std::integral_constant<int, kHalfGroups>{}, first_block_groups,
+                   row_scale, row_scale_hi, col_scale, block_weight_scale);
+#pragma unroll
+    for (int i = kHalf / 2; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
     cute::warpgroup_wait<0>();
 #pragma unroll
-    for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+    for (int i = kHalf / 2; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
     // The stage is free: in a 2-CTA mode for both CTAs' producers (lane r arrives on CTA r's barrier).
     if constexpr (M::kCluster == 1) {
       if (lane == 0) s.empty[block_stage].arrive();
@@ -583,24 +624,8 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
     }
     // past the last block: a question about the next tile's first stage, whose answer goes unused
     landed = s.full[stage].test_wait(phase);
-    // Promotion: sum += (token scale * weight scale) * this K block's product.
-#pragma unroll
-    for (int j = 0; j < N / 8; ++j) {
-      if constexpr (K::kSwapAB) {
-        const float s0 = col_scale[j].x * block_weight_scale, s1 = col_scale[j].y * block_weight_scale;
-        sum[4 * j + 0] += s0 * acc[4 * j + 0];
-        sum[4 * j + 1] += s1 * acc[4 * j + 1];
-        sum[4 * j + 2] += s0 * acc[4 * j + 2];
-        sum[4 * j + 3] += s1 * acc[4 * j + 3];
-      } else {
-        const float s0 = j < kFirst ? row_scale[0] : row_scale_hi[0];  // compile-time choices
-        const float s1 = j < kFirst ? row_scale[1] : row_scale_hi[1];
-        sum[4 * j + 0] += s0 * acc[4 * j + 0];
-        sum[4 * j + 1] += s0 * acc[4 * j + 1];
-        sum[4 * j + 2] += s1 * acc[4 * j + 2];
-        sum[4 * j + 3] += s1 * acc[4 * j + 3];
-      }
-    }
+    promote_groups(std::integral_constant<int, kHalfGroups>{}, std::integral_constant<int, N / 8>{}, first_block_groups,
+                   row_scale, row_scale_hi, col_scale, block_weight_scale);
   }
   };
   // The K loop of kinds whose two accumulators and sum fit the registers (3 x N / 2 floats): each math
