@@ -564,12 +564,12 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   constexpr int kHalfGroups = kHalf / 8;
   constexpr uint64_t kHalfRows = uint64_t(kHalf) * kBlockK / 16;  // second half's B rows, in descriptor units
   static_assert(kHalf * kBlockK % 1024 == 0, "the second half starts on a whole swizzle atom");
-  uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
-  uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
-  float weight_scale = ws[0];
-  float weight_scale_hi = K::kTwoWeightScales ? ws[kMaxKBlocks] : 0.f;
   bool landed = s.full[stage].test_wait(phase);
   for (int kb = 0; kb < p.k_blocks; ++kb) {
+    const float weight_scale = ws[kb];
+    const float weight_scale_hi = K::kTwoWeightScales ? ws[kMaxKBlocks + kb] : 0.f;
+    const uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
+    const uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
     if (!landed) s.full[stage].wait(phase);
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
@@ -582,8 +582,7 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
     for (int k = 0; k < kBlockK / 32; ++k)
       wgmma<kHalf>(desc_m + 2 * k, desc_n + kHalfRows + 2 * k, acc + kHalf / 2, k > 0);
     cute::warpgroup_commit_batch();
-    // Under the WGMMAs: this block's token scales (the stage is still ours), the next block's stage,
-    // descriptors and weight scales.
+    // Under the WGMMAs: this block's token scales (the stage is still ours).
     const float* ts = reinterpret_cast<const float*>(s.ts + stage * M::kScaleBytes);
     float row_scale[2], row_scale_hi[2];
     float2 col_scale[K::kSwapAB ? N / 8 : 1];
@@ -598,11 +597,6 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
     const float block_weight_scale = weight_scale;
     const int block_stage = stage;
     if (++stage == M::kStages) stage = 0, phase ^= 1;
-    desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
-    desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
-    const int next_kb = kb + 1 < p.k_blocks ? kb + 1 : kb;  // the last block reads its own again
-    weight_scale = ws[next_kb];
-    if constexpr (K::kTwoWeightScales) weight_scale_hi = ws[kMaxKBlocks + next_kb];
     // The first half's product is in: promote it while the second half's WGMMAs run.
 #pragma unroll
     for (int i = 0; i < kHalf / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
