@@ -524,149 +524,125 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
 #pragma unroll
   for (int i = 0; i < N / 2; ++i) sum[i] = 0.f;
 
-  // Promotion of accumulator column groups [J0, J1): sum += (token scale * weight scale) * product, with
-  // the row (or, swap-AB, column) scales of one K block; groups j < kFirst lie in the tile's first
-  // weight scale block, the rest in the second (kinds whose weight rows may span two blocks).
-  auto promote_groups = [&](auto j0, auto j1, auto first_block_groups, const float* row_scale,
-                            const float* row_scale_hi, const float2* col_scale, float weight_scale) {
-    constexpr int J0 = decltype(j0)::value, J1 = decltype(j1)::value;
-    constexpr int kFirst = decltype(first_block_groups)::value;
-#pragma unroll
-    for (int j = J0; j < J1; ++j) {
-      if constexpr (K::kSwapAB) {
-        const float s0 = col_scale[j].x * weight_scale, s1 = col_scale[j].y * weight_scale;
-        sum[4 * j + 0] += s0 * acc[4 * j + 0];
-        sum[4 * j + 1] += s1 * acc[4 * j + 1];
-        sum[4 * j + 2] += s0 * acc[4 * j + 2];
-        sum[4 * j + 3] += s1 * acc[4 * j + 3];
-      } else {
-        const float s0 = j < kFirst ? row_scale[0] : row_scale_hi[0];  // compile-time choices
-        const float s1 = j < kFirst ? row_scale[1] : row_scale_hi[1];
-        sum[4 * j + 0] += s0 * acc[4 * j + 0];
-        sum[4 * j + 1] += s0 * acc[4 * j + 1];
-        sum[4 * j + 2] += s1 * acc[4 * j + 2];
-        sum[4 * j + 3] += s1 * acc[4 * j + 3];
-      }
-    }
+  // The scales of one K block as the promotion uses them: per accumulator row the token scale times the
+  // weight scale of the tile's first (and second) weight scale block, or, swap-AB, per column the
+  // token scales (read from the block's stage).
+  struct BlockScales {
+    float row[2], row_hi[2];
+    float2 col[K::kSwapAB ? N / 8 : 1];
+    float weight;
   };
-  // The K loop of the wide kinds (N > 128: one accumulator, its sum, no room for a second). A math warp
-  // group's critical path runs from one block's last WGMMA wait to its next block's WGMMAs; the tensor
-  // cores stay busy only while that path is shorter than the other warp group's WGMMAs. So each block's
-  // product is two WGMMA groups of N / 2 columns (the same accumulator registers, in the same layout as
-  // one N-wide WGMMA's): the first half is promoted while the second half's WGMMAs run (wait<1>), and
-  // only the second half's promotion is on the path. Everything the next block needs but its data (the
-  // stage's descriptors, its weight scales) is prepared while this block's WGMMAs run, and whether the
-  // next stage has landed is asked (test_wait: it never suspends the warp) right after the last WGMMA
-  // wait, its answer coming back under the promotion.
-  auto k_loop = [&](auto first_block_groups) {
-  constexpr int kHalf = N / 2;
-  static_assert(kHalf % 8 == 0, "two WGMMA groups of whole 8-column groups");
-  constexpr int kHalfGroups = kHalf / 8;
-  constexpr uint64_t kHalfRows = uint64_t(kHalf) * kBlockK / 16;  // second half's B rows, in descriptor units
-  static_assert(kHalf * kBlockK % 1024 == 0, "the second half starts on a whole swizzle atom");
-  bool landed = s.full[stage].test_wait(phase);
-  for (int kb = 0; kb < p.k_blocks; ++kb) {
-    const float weight_scale = ws[kb];
-    const float weight_scale_hi = K::kTwoWeightScales ? ws[kMaxKBlocks + kb] : 0.f;
-    const uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
-    const uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
-    if (!landed) s.full[stage].wait(phase);
-#pragma unroll
-    for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-    cute::warpgroup_arrive();
-#pragma unroll
-    for (int k = 0; k < kBlockK / 32; ++k)  // +32 bytes along K inside the swizzled row: +2 in 16-byte units
-      wgmma<kHalf>(desc_m + 2 * k, desc_n + 2 * k, acc, k > 0);
-    cute::warpgroup_commit_batch();
-#pragma unroll
-    for (int k = 0; k < kBlockK / 32; ++k)
-      wgmma<kHalf>(desc_m + 2 * k, desc_n + kHalfRows + 2 * k, acc + kHalf / 2, k > 0);
-    cute::warpgroup_commit_batch();
-    // Under the WGMMAs: this block's token scales (the stage is still ours).
-    const float* ts = reinterpret_cast<const float*>(s.ts + stage * M::kScaleBytes);
-    float row_scale[2], row_scale_hi[2];
-    float2 col_scale[K::kSwapAB ? N / 8 : 1];
-    if constexpr (K::kSwapAB) {
-#pragma unroll
-      for (int j = 0; j < N / 8; ++j) col_scale[j] = make_float2(ts[8 * j + col_in_8], ts[8 * j + col_in_8 + 1]);
-    } else {
-      const float t0 = ts[wg * 64 + row_in_wg], t1 = ts[wg * 64 + row_in_wg + 8];
-      row_scale[0] = t0 * weight_scale, row_scale[1] = t1 * weight_scale;
-      row_scale_hi[0] = t0 * weight_scale_hi, row_scale_hi[1] = t1 * weight_scale_hi;
-    }
-    const float block_weight_scale = weight_scale;
-    const int block_stage = stage;
-    if (++stage == M::kStages) stage = 0, phase ^= 1;
-    // The first half's product is in: promote it while the second half's WGMMAs run.
-#pragma unroll
-    for (int i = 0; i < kHalf / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-    cute::warpgroup_wait<1>();
-#pragma unroll
-    for (int i = 0; i < kHalf / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-    promote_groups(std::integral_constant<int, 0>{}, std::integral_constant<int, kHalfGroups>{}, first_block_groups,
-                   row_scale, row_scale_hi, col_scale, block_weight_scale);
-#pragma unroll
-    for (int i = kHalf / 2; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-    cute::warpgroup_wait<0>();
-#pragma unroll
-    for (int i = kHalf / 2; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-    // The stage is free: in a 2-CTA mode for both CTAs' producers (lane r arrives on CTA r's barrier).
-    if constexpr (M::kCluster == 1) {
-      if (lane == 0) s.empty[block_stage].arrive();
-    } else {
-      if (lane < M::kCluster) s.empty[block_stage].arrive(uint32_t(lane));
-    }
-    // past the last block: a question about the next tile's first stage, whose answer goes unused
-    landed = s.full[stage].test_wait(phase);
-    promote_groups(std::integral_constant<int, kHalfGroups>{}, std::integral_constant<int, N / 8>{}, first_block_groups,
-                   row_scale, row_scale_hi, col_scale, block_weight_scale);
-  }
-  };
-  // The K loop of kinds whose two accumulators and sum fit the registers (3 x N / 2 floats): each math
-  // warp group keeps its next K block's WGMMAs on the tensor cores while it promotes the previous block's
-  // product (wait<1>). ptxas keeps such a pipeline only in straight-line code (it
-  // serializes the WGMMAs when a group is in flight across a loop's back edge), so the blocks run in
-  // chunks of up to kChunk, unrolled, each ending with wait<0>.
-  constexpr int kChunk = 4;
-  float acc2[2][N / 2];
-  auto promote = [&](const float* a, int st, int kb, auto first_block_groups) {
-    constexpr int kFirst = decltype(first_block_groups)::value;
-    const float weight_scale = ws[kb];
-    const float weight_scale_hi = K::kTwoWeightScales ? ws[kMaxKBlocks + kb] : 0.f;
+  auto block_scales = [&](int st, int kb) {
+    BlockScales bs;
+    bs.weight = ws[kb];
+    const float weight_hi = K::kTwoWeightScales ? ws[kMaxKBlocks + kb] : 0.f;
     const float* ts = reinterpret_cast<const float*>(s.ts + st * M::kScaleBytes);
-    float row_scale[2], row_scale_hi[2];
-    float2 col_scale[K::kSwapAB ? N / 8 : 1];
     if constexpr (K::kSwapAB) {
 #pragma unroll
-      for (int j = 0; j < N / 8; ++j) col_scale[j] = make_float2(ts[8 * j + col_in_8], ts[8 * j + col_in_8 + 1]);
+      for (int j = 0; j < N / 8; ++j) bs.col[j] = make_float2(ts[8 * j + col_in_8], ts[8 * j + col_in_8 + 1]);
     } else {
       const float t0 = ts[wg * 64 + row_in_wg], t1 = ts[wg * 64 + row_in_wg + 8];
-      row_scale[0] = t0 * weight_scale, row_scale[1] = t1 * weight_scale;
-      row_scale_hi[0] = t0 * weight_scale_hi, row_scale_hi[1] = t1 * weight_scale_hi;
+      bs.row[0] = t0 * bs.weight, bs.row[1] = t1 * bs.weight;
+      bs.row_hi[0] = t0 * weight_hi, bs.row_hi[1] = t1 * weight_hi;
     }
-    // the stage's scales are in registers: free it (in a 2-CTA mode for both CTAs' producers)
+    return bs;
+  };
+  // The stage is free: in a 2-CTA mode for both CTAs' producers (lane r arrives on CTA r's barrier).
+  auto release = [&](int st) {
     if constexpr (M::kCluster == 1) {
       if (lane == 0) s.empty[st].arrive();
     } else {
       if (lane < M::kCluster) s.empty[st].arrive(uint32_t(lane));
     }
+  };
+  // Promotion of the product `a`'s column groups [J0, J1): sum += (token scale * weight scale) * product;
+  // groups j < kFirst lie in the tile's first weight scale block, the rest in the second (kinds whose
+  // weight rows may span two blocks).
+  auto promote_groups = [&](const float* a, auto j0, auto j1, auto first_block_groups, const BlockScales& bs) {
+    constexpr int J0 = decltype(j0)::value, J1 = decltype(j1)::value;
+    constexpr int kFirst = decltype(first_block_groups)::value;
 #pragma unroll
-    for (int j = 0; j < N / 8; ++j) {
+    for (int j = J0; j < J1; ++j) {
       if constexpr (K::kSwapAB) {
-        const float s0 = col_scale[j].x * weight_scale, s1 = col_scale[j].y * weight_scale;
+        const float s0 = bs.col[j].x * bs.weight, s1 = bs.col[j].y * bs.weight;
         sum[4 * j + 0] += s0 * a[4 * j + 0];
         sum[4 * j + 1] += s1 * a[4 * j + 1];
         sum[4 * j + 2] += s0 * a[4 * j + 2];
         sum[4 * j + 3] += s1 * a[4 * j + 3];
       } else {
-        const float s0 = j < kFirst ? row_scale[0] : row_scale_hi[0];
-        const float s1 = j < kFirst ? row_scale[1] : row_scale_hi[1];
+        const float s0 = j < kFirst ? bs.row[0] : bs.row_hi[0];  // compile-time choices
+        const float s1 = j < kFirst ? bs.row[1] : bs.row_hi[1];
         sum[4 * j + 0] += s0 * a[4 * j + 0];
         sum[4 * j + 1] += s0 * a[4 * j + 1];
         sum[4 * j + 2] += s1 * a[4 * j + 2];
         sum[4 * j + 3] += s1 * a[4 * j + 3];
       }
     }
+  };
+  using Zero = std::integral_constant<int, 0>;
+  using AllGroups = std::integral_constant<int, N / 8>;
+  // The K loop of the wide kinds (N > 128: one accumulator and its sum, no room for a second). A math
+  // warp group's critical path runs from one block's last WGMMA wait to its next block's WGMMAs; the
+  // tensor cores stay busy only while that path is shorter than the other warp group's WGMMAs. So each
+  // block's product is two WGMMA groups of N / 2 columns (the same accumulator registers, in the same
+  // layout as one N-wide WGMMA's): the first half is promoted while the second half's WGMMAs run
+  // (wait<1>), and only the second half's promotion is on the path. Whether the next stage has landed
+  // is asked (test_wait: it never suspends the warp) right after the last WGMMA wait, its answer coming
+  // back under the promotion.
+  auto k_loop = [&](auto first_block_groups) {
+    constexpr int kHalf = N / 2;
+    static_assert(kHalf % 8 == 0, "two WGMMA groups of whole 8-column groups");
+    using HalfGroups = std::integral_constant<int, kHalf / 8>;
+    constexpr uint64_t kHalfRows = uint64_t(kHalf) * kBlockK / 16;  // second half's B rows, in descriptor units
+    static_assert(kHalf * kBlockK % 1024 == 0, "the second half starts on a whole swizzle atom");
+    bool landed = s.full[stage].test_wait(phase);
+    for (int kb = 0; kb < p.k_blocks; ++kb) {
+      const uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
+      const uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
+      if (!landed) s.full[stage].wait(phase);
+#pragma unroll
+      for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+      cute::warpgroup_arrive();
+#pragma unroll
+      for (int k = 0; k < kBlockK / 32; ++k)  // +32 bytes along K inside the swizzled row: +2 in 16-byte units
+        wgmma<kHalf>(desc_m + 2 * k, desc_n + 2 * k, acc, k > 0);
+      cute::warpgroup_commit_batch();
+#pragma unroll
+      for (int k = 0; k < kBlockK / 32; ++k)
+        wgmma<kHalf>(desc_m + 2 * k, desc_n + kHalfRows + 2 * k, acc + kHalf / 2, k > 0);
+      cute::warpgroup_commit_batch();
+      const BlockScales bs = block_scales(stage, kb);  // under the WGMMAs (the stage is still ours)
+      const int block_stage = stage;
+      if (++stage == M::kStages) stage = 0, phase ^= 1;
+      // The first half's product is in: promote it while the second half's WGMMAs run.
+#pragma unroll
+      for (int i = 0; i < kHalf / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+      cute::warpgroup_wait<1>();
+#pragma unroll
+      for (int i = 0; i < kHalf / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+      promote_groups(acc, Zero{}, HalfGroups{}, first_block_groups, bs);
+#pragma unroll
+      for (int i = kHalf / 2; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+      cute::warpgroup_wait<0>();
+#pragma unroll
+      for (int i = kHalf / 2; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+      release(block_stage);
+      // past the last block: a question about the next tile's first stage, whose answer goes unused
+      landed = s.full[stage].test_wait(phase);
+      promote_groups(acc, HalfGroups{}, AllGroups{}, first_block_groups, bs);
+    }
+  };
+  // The K loop of kinds whose two accumulators and sum fit the registers (3 x N / 2 floats): each math
+  // warp group keeps its next K block's WGMMAs on the tensor cores while it promotes the previous block's
+  // product (wait<1>). ptxas keeps such a pipeline only in straight-line code (it serializes the WGMMAs
+  // when a group is in flight across a loop's back edge), so the blocks run in chunks of up to kChunk,
+  // unrolled, each ending with wait<0>.
+  constexpr int kChunk = 4;
+  float acc2[2][N / 2];
+  auto promote = [&](const float* a, int st, int kb, auto first_block_groups) {
+    const BlockScales bs = block_scales(st, kb);
+    release(st);  // the stage's scales are in registers
+    promote_groups(a, Zero{}, AllGroups{}, first_block_groups, bs);
   };
   auto pipelined_loop = [&](auto first_block_groups) {
     auto chunk = [&](auto chunk_blocks, int kb0) {
