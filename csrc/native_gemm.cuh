@@ -81,8 +81,6 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
 
 // Named barriers of the math warp groups (0 is __syncthreads).
 constexpr int kMathBarrier = 1;     // both math warp groups: tile start
-constexpr int kIssuedByWG0 = 2;     // warp group 0 issued its WGMMAs of a K block: warp group 1's turn
-constexpr int kIssuedByWG1 = 3;     // warp group 1 issued its WGMMAs of a K block: warp group 0's turn
 // Math and store warps: a tile staged in shared memory / copied out of it. Hardware barriers, so that the
 // store warps, idle most of the time, wait descheduled instead of polling an mbarrier.
 constexpr int kOutFull = 4;
@@ -254,6 +252,7 @@ struct Params {
   uint8_t* out;                         // (total_m, n), 2-byte elements
   ExpertRows expert_rows;               // offsets (E + 1) or masked counts (E), int32 or int64
   int total_m, n, k, num_experts;
+  int k_blocks;                         // ceil(k / 128), read from the parameter space where used (no spill)
   int max_tokens[kMaxKinds];            // kind i: experts with max_tokens[i - 1] < m <= max_tokens[i]
 };
 
@@ -456,7 +455,7 @@ __device__ __forceinline__ void arrive_when_copied(void* bar) {
 enum class Loads { kTiles, kScales };
 
 template <class M, class K, Loads kPart>
-__device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, const Tile& tile, int k_blocks,
+__device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, const Tile& tile,
                                           int rank, int lane, int& stage, uint32_t& phase) {
   // L2 policy. Swap-AB kinds (experts of at most a few dozen tokens, one chunk): the token chunk is read
   // once per weight tile (kept), each weight tile once (streamed). Tokens x weights kinds: both are
@@ -471,17 +470,17 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
   // Row of b seen as (E * n, k); < 2^31 (host), also for a pair's spare tile (col0 < n + weight rows).
   const int weight_row = tile.expert * p.n + tile.col0;
   constexpr int kWeightBoxRows = M::template kMulticast<K> ? K::kWeightRows / 2 : K::kWeightRows;
-  // This lane's token scale rows r = lane, lane + 32, ...: a_scale[(row0 + r) * k_blocks + kb], one pointer
+  // This lane's token scale rows r = lane, lane + 32, ...: a_scale[(row0 + r) * p.k_blocks + kb], one pointer
   // per row advanced by one float per K block (the loop is this warp's critical path: no index arithmetic
   // in it), and whether the row belongs to the expert (else the copy reads nothing and writes zeros).
   const float* scale_src[kScaleRowsPerLane];
   bool scale_valid[kScaleRowsPerLane];
 #pragma unroll
   for (int i = 0; i < kScaleRowsPerLane; ++i) {
-    scale_src[i] = p.a_scale + int64_t(tile.row0 + lane + 32 * i) * k_blocks;
+    scale_src[i] = p.a_scale + int64_t(tile.row0 + lane + 32 * i) * p.k_blocks;
     scale_valid[i] = lane + 32 * i < tile.rows;
   }
-  for (int kb = 0; kb < k_blocks; ++kb) {
+  for (int kb = 0; kb < p.k_blocks; ++kb) {
     s.empty[stage].wait(phase ^ 1);
     uint64_t* bar = reinterpret_cast<uint64_t*>(&s.full[stage]);
     if (kPart == Loads::kTiles && lane == 0) {
@@ -512,7 +511,7 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
 // The math warp groups' work on one tile: the K loop (WGMMA, promotion), then the staging of the
 // result for the store warps. `index`: the tile's number among this CTA's tiles (0, 1, ...).
 template <class M, class K>
-__device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, const Tile& tile, int k_blocks,
+__device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, const Tile& tile,
                                              int& stage, uint32_t& phase, int index) {
   constexpr int N = K::kTileN;
   const int tid = threadIdx.x;
@@ -525,122 +524,125 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
 #pragma unroll
   for (int i = 0; i < N / 2; ++i) sum[i] = 0.f;
 
-  // The K loop for accumulator column groups j < kFirst in the tile's first weight scale block and the
-  // rest in the second (kinds whose weight rows may span two blocks).
-  auto k_loop = [&](auto first_block_groups) {
-  constexpr int kFirst = decltype(first_block_groups)::value;
-  // Whether the stage of the next K block has landed, asked right after this block's WGMMAs are waited
-  // for (test_wait: it never suspends the warp), so that the answer comes back under the promotion
-  // instead of on the path from one block's promotion to the next block's first WGMMA.
-  bool landed = s.full[stage].test_wait(phase);
-  for (int kb = 0; kb < k_blocks; ++kb) {
-    const float weight_scale = ws[kb];
-    const float weight_scale_hi = K::kTwoWeightScales ? ws[kMaxKBlocks + kb] : 0.f;
-    if (!landed) s.full[stage].wait(phase);
-    const uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
-    const uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
-    // Two math warp groups take turns issuing (0, 1, 0, 1, ...): the tensor cores run each group's
-    // WGMMAs in issue order, so one group's promotion overlaps the other's WGMMAs instead of both
-    // groups promoting at once while the tensor cores idle.
-    if constexpr (M::kMathWGs == 2) named_barrier_sync(wg == 0 ? kIssuedByWG1 : kIssuedByWG0, M::kMathThreads);
-#pragma unroll
-    for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-    cute::warpgroup_arrive();
-#pragma unroll
-    for (int k = 0; k < kBlockK / 32; ++k)  // +32 bytes along K inside the swizzled row: +2 in 16-byte units
-      wgmma<N>(desc_m + 2 * k, desc_n + 2 * k, acc, k > 0);
-    cute::warpgroup_commit_batch();
-    if constexpr (M::kMathWGs == 2) named_barrier_arrive(wg == 0 ? kIssuedByWG0 : kIssuedByWG1, M::kMathThreads);
-    // The tokens' scales of this K block, read while the tensor cores work (the stage is still ours).
-    const float* ts = reinterpret_cast<const float*>(s.ts + stage * M::kScaleBytes);
-    float row_scale[2], row_scale_hi[2];
-    float2 col_scale[K::kSwapAB ? N / 8 : 1];
-    if constexpr (K::kSwapAB) {
-#pragma unroll
-      for (int j = 0; j < N / 8; ++j) col_scale[j] = make_float2(ts[8 * j + col_in_8], ts[8 * j + col_in_8 + 1]);
-    } else {
-      const float t0 = ts[wg * 64 + row_in_wg], t1 = ts[wg * 64 + row_in_wg + 8];
-      row_scale[0] = t0 * weight_scale, row_scale[1] = t1 * weight_scale;
-      row_scale_hi[0] = t0 * weight_scale_hi, row_scale_hi[1] = t1 * weight_scale_hi;
-    }
-#pragma unroll
-    for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-    cute::warpgroup_wait<0>();
-#pragma unroll
-    for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-    // The stage is free: in a 2-CTA mode for both CTAs' producers (lane r arrives on CTA r's barrier).
-    if constexpr (M::kCluster == 1) {
-      if (lane == 0) s.empty[stage].arrive();
-    } else {
-      if (lane < M::kCluster) s.empty[stage].arrive(uint32_t(lane));
-    }
-    if (++stage == M::kStages) stage = 0, phase ^= 1;
-    landed = kb + 1 < k_blocks && s.full[stage].test_wait(phase);
-    // Promotion: sum += (token scale * weight scale) * this K block's product.
-#pragma unroll
-    for (int j = 0; j < N / 8; ++j) {
-      if constexpr (K::kSwapAB) {
-        const float s0 = col_scale[j].x * weight_scale, s1 = col_scale[j].y * weight_scale;
-        sum[4 * j + 0] += s0 * acc[4 * j + 0];
-        sum[4 * j + 1] += s1 * acc[4 * j + 1];
-        sum[4 * j + 2] += s0 * acc[4 * j + 2];
-        sum[4 * j + 3] += s1 * acc[4 * j + 3];
-      } else {
-        const float s0 = j < kFirst ? row_scale[0] : row_scale_hi[0];  // compile-time choices
-        const float s1 = j < kFirst ? row_scale[1] : row_scale_hi[1];
-        sum[4 * j + 0] += s0 * acc[4 * j + 0];
-        sum[4 * j + 1] += s0 * acc[4 * j + 1];
-        sum[4 * j + 2] += s1 * acc[4 * j + 2];
-        sum[4 * j + 3] += s1 * acc[4 * j + 3];
-      }
-    }
-  }
+  // The scales of one K block as the promotion uses them: per accumulator row the token scale times the
+  // weight scale of the tile's first (and second) weight scale block, or, swap-AB, per column the
+  // token scales (read from the block's stage).
+  struct BlockScales {
+    float row[2], row_hi[2];
+    float2 col[K::kSwapAB ? N / 8 : 1];
+    float weight;
   };
-  // The K loop of kinds whose two accumulators and sum fit the registers (3 x N / 2 floats): each math
-  // warp group keeps its next K block's WGMMAs on the tensor cores while it promotes the previous block's
-  // product (wait<1>), with no turn-taking. ptxas keeps such a pipeline only in straight-line code (it
-  // serializes the WGMMAs when a group is in flight across a loop's back edge), so the blocks run in
-  // chunks of up to kChunk, unrolled, each ending with wait<0>.
-  constexpr int kChunk = 4;
-  float acc2[2][N / 2];
-  auto promote = [&](const float* a, int st, int kb, auto first_block_groups) {
-    constexpr int kFirst = decltype(first_block_groups)::value;
-    const float weight_scale = ws[kb];
-    const float weight_scale_hi = K::kTwoWeightScales ? ws[kMaxKBlocks + kb] : 0.f;
+  auto block_scales = [&](int st, int kb) {
+    BlockScales bs;
+    bs.weight = ws[kb];
+    const float weight_hi = K::kTwoWeightScales ? ws[kMaxKBlocks + kb] : 0.f;
     const float* ts = reinterpret_cast<const float*>(s.ts + st * M::kScaleBytes);
-    float row_scale[2], row_scale_hi[2];
-    float2 col_scale[K::kSwapAB ? N / 8 : 1];
     if constexpr (K::kSwapAB) {
 #pragma unroll
-      for (int j = 0; j < N / 8; ++j) col_scale[j] = make_float2(ts[8 * j + col_in_8], ts[8 * j + col_in_8 + 1]);
+      for (int j = 0; j < N / 8; ++j) bs.col[j] = make_float2(ts[8 * j + col_in_8], ts[8 * j + col_in_8 + 1]);
     } else {
       const float t0 = ts[wg * 64 + row_in_wg], t1 = ts[wg * 64 + row_in_wg + 8];
-      row_scale[0] = t0 * weight_scale, row_scale[1] = t1 * weight_scale;
-      row_scale_hi[0] = t0 * weight_scale_hi, row_scale_hi[1] = t1 * weight_scale_hi;
+      bs.row[0] = t0 * bs.weight, bs.row[1] = t1 * bs.weight;
+      bs.row_hi[0] = t0 * weight_hi, bs.row_hi[1] = t1 * weight_hi;
     }
-    // the stage's scales are in registers: free it (in a 2-CTA mode for both CTAs' producers)
+    return bs;
+  };
+  // The stage is free: in a 2-CTA mode for both CTAs' producers (lane r arrives on CTA r's barrier).
+  auto release = [&](int st) {
     if constexpr (M::kCluster == 1) {
       if (lane == 0) s.empty[st].arrive();
     } else {
       if (lane < M::kCluster) s.empty[st].arrive(uint32_t(lane));
     }
+  };
+  // Promotion of the product `a`'s column groups [J0, J1): sum += (token scale * weight scale) * product;
+  // groups j < kFirst lie in the tile's first weight scale block, the rest in the second (kinds whose
+  // weight rows may span two blocks).
+  auto promote_groups = [&](const float* a, auto j0, auto j1, auto first_block_groups, const BlockScales& bs) {
+    constexpr int J0 = decltype(j0)::value, J1 = decltype(j1)::value;
+    constexpr int kFirst = decltype(first_block_groups)::value;
 #pragma unroll
-    for (int j = 0; j < N / 8; ++j) {
+    for (int j = J0; j < J1; ++j) {
       if constexpr (K::kSwapAB) {
-        const float s0 = col_scale[j].x * weight_scale, s1 = col_scale[j].y * weight_scale;
+        const float s0 = bs.col[j].x * bs.weight, s1 = bs.col[j].y * bs.weight;
         sum[4 * j + 0] += s0 * a[4 * j + 0];
         sum[4 * j + 1] += s1 * a[4 * j + 1];
         sum[4 * j + 2] += s0 * a[4 * j + 2];
         sum[4 * j + 3] += s1 * a[4 * j + 3];
       } else {
-        const float s0 = j < kFirst ? row_scale[0] : row_scale_hi[0];
-        const float s1 = j < kFirst ? row_scale[1] : row_scale_hi[1];
+        const float s0 = j < kFirst ? bs.row[0] : bs.row_hi[0];  // compile-time choices
+        const float s1 = j < kFirst ? bs.row[1] : bs.row_hi[1];
         sum[4 * j + 0] += s0 * a[4 * j + 0];
         sum[4 * j + 1] += s0 * a[4 * j + 1];
         sum[4 * j + 2] += s1 * a[4 * j + 2];
         sum[4 * j + 3] += s1 * a[4 * j + 3];
       }
     }
+  };
+  using Zero = std::integral_constant<int, 0>;
+  using AllGroups = std::integral_constant<int, N / 8>;
+  // The K loop of the wide kinds (N > 128: one accumulator and its sum, no room for a second). A math
+  // warp group's critical path runs from one block's last WGMMA wait to its next block's WGMMAs; the
+  // tensor cores stay busy only while that path is shorter than the other warp group's WGMMAs. So each
+  // block's product is two WGMMA groups of N / 2 columns (the same accumulator registers, in the same
+  // layout as one N-wide WGMMA's): the first half is promoted while the second half's WGMMAs run
+  // (wait<1>), and only the second half's promotion is on the path. Whether the next stage has landed
+  // is asked (test_wait: it never suspends the warp) right after the last WGMMA wait, its answer coming
+  // back under the promotion.
+  auto k_loop = [&](auto first_block_groups) {
+    constexpr int kHalf = N / 2;
+    static_assert(kHalf % 8 == 0, "two WGMMA groups of whole 8-column groups");
+    using HalfGroups = std::integral_constant<int, kHalf / 8>;
+    constexpr uint64_t kHalfRows = uint64_t(kHalf) * kBlockK / 16;  // second half's B rows, in descriptor units
+    static_assert(kHalf * kBlockK % 1024 == 0, "the second half starts on a whole swizzle atom");
+    bool landed = s.full[stage].test_wait(phase);
+    for (int kb = 0; kb < p.k_blocks; ++kb) {
+      const uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
+      const uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
+      if (!landed) s.full[stage].wait(phase);
+#pragma unroll
+      for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+      cute::warpgroup_arrive();
+#pragma unroll
+      for (int k = 0; k < kBlockK / 32; ++k)  // +32 bytes along K inside the swizzled row: +2 in 16-byte units
+        wgmma<kHalf>(desc_m + 2 * k, desc_n + 2 * k, acc, k > 0);
+      cute::warpgroup_commit_batch();
+#pragma unroll
+      for (int k = 0; k < kBlockK / 32; ++k)
+        wgmma<kHalf>(desc_m + 2 * k, desc_n + kHalfRows + 2 * k, acc + kHalf / 2, k > 0);
+      cute::warpgroup_commit_batch();
+      const BlockScales bs = block_scales(stage, kb);  // under the WGMMAs (the stage is still ours)
+      const int block_stage = stage;
+      if (++stage == M::kStages) stage = 0, phase ^= 1;
+      // The first half's product is in: promote it while the second half's WGMMAs run.
+#pragma unroll
+      for (int i = 0; i < kHalf / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+      cute::warpgroup_wait<1>();
+#pragma unroll
+      for (int i = 0; i < kHalf / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+      promote_groups(acc, Zero{}, HalfGroups{}, first_block_groups, bs);
+#pragma unroll
+      for (int i = kHalf / 2; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+      cute::warpgroup_wait<0>();
+#pragma unroll
+      for (int i = kHalf / 2; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+      release(block_stage);
+      // past the last block: a question about the next tile's first stage, whose answer goes unused
+      landed = s.full[stage].test_wait(phase);
+      promote_groups(acc, HalfGroups{}, AllGroups{}, first_block_groups, bs);
+    }
+  };
+  // The K loop of kinds whose two accumulators and sum fit the registers (3 x N / 2 floats): each math
+  // warp group keeps its next K block's WGMMAs on the tensor cores while it promotes the previous block's
+  // product (wait<1>). ptxas keeps such a pipeline only in straight-line code (it serializes the WGMMAs
+  // when a group is in flight across a loop's back edge), so the blocks run in chunks of up to kChunk,
+  // unrolled, each ending with wait<0>.
+  constexpr int kChunk = 4;
+  float acc2[2][N / 2];
+  auto promote = [&](const float* a, int st, int kb, auto first_block_groups) {
+    const BlockScales bs = block_scales(st, kb);
+    release(st);  // the stage's scales are in registers
+    promote_groups(a, Zero{}, AllGroups{}, first_block_groups, bs);
   };
   auto pipelined_loop = [&](auto first_block_groups) {
     auto chunk = [&](auto chunk_blocks, int kb0) {
@@ -673,8 +675,8 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
         }
       }
     };
-    for (int kb0 = 0; kb0 < k_blocks; kb0 += kChunk) {
-      const int left = k_blocks - kb0;
+    for (int kb0 = 0; kb0 < p.k_blocks; kb0 += kChunk) {
+      const int left = p.k_blocks - kb0;
       if (left >= kChunk) chunk(std::integral_constant<int, kChunk>{}, kb0);
       else if (left == 3) chunk(std::integral_constant<int, 3>{}, kb0);
       else if (left == 2) chunk(std::integral_constant<int, 2>{}, kb0);
@@ -755,7 +757,7 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
   const int total_tiles = build_schedule<M>(p, s.sched, s.warp_sums);  // ends with __syncthreads
   // Both CTAs' barriers are initialized before either producer multicasts or math arrives remotely.
   if constexpr (M::kCluster > 1) cute::cluster_sync();
-  const int k_blocks = (p.k + kBlockK - 1) / kBlockK;
+  const int k_blocks = p.k_blocks;
   // The cluster's tiles: first, first + step, ... (a cluster tile is one tile per CTA of the cluster).
   const int rank = M::kCluster > 1 ? int(cute::block_rank_in_cluster()) : 0;
   const int first = blockIdx.x / M::kCluster, step = gridDim.x / M::kCluster;
@@ -771,8 +773,8 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
       for (int t = first; t < total_tiles; t += step) {
         const Tile tile = s.sched.template decode<M>(p, t, rank);
         with_kind<M>(tile.kind, [&](auto k) {
-          if (tiles) load_tile<M, decltype(k), Loads::kTiles>(p, s, tile, k_blocks, rank, lane, stage, phase);
-          else load_tile<M, decltype(k), Loads::kScales>(p, s, tile, k_blocks, rank, lane, stage, phase);
+          if (tiles) load_tile<M, decltype(k), Loads::kTiles>(p, s, tile, rank, lane, stage, phase);
+          else load_tile<M, decltype(k), Loads::kScales>(p, s, tile, rank, lane, stage, phase);
         });
       }
       // In a 2-CTA mode the other CTA's math arrives on this CTA's barriers: wait for its last releases
@@ -818,10 +820,6 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
         }
       }
     };
-    // Warp group 1's turn-taking arrivals run one K block ahead of warp group 0's waits: one at the
-    // start (warp group 0 issues first), and warp group 0 takes the last one at the end.
-    const bool wg0 = tid < 128;
-    if (M::kMathWGs == 2 && !wg0) named_barrier_arrive(kIssuedByWG1, M::kMathThreads);
     if (first < total_tiles) load_weight_scales(first);
     for (int t = first, index = 0; t < total_tiles; t += step, ++index) {
       const Tile tile = s.sched.template decode<M>(p, t, rank);
@@ -836,10 +834,9 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
       named_barrier_sync(kMathBarrier, M::kMathThreads);
       if (t + step < total_tiles) load_weight_scales(t + step);
       with_kind<M>(tile.kind, [&](auto k) {
-        compute_tile<M, decltype(k)>(p, s, tile, k_blocks, stage, phase, index);
+        compute_tile<M, decltype(k)>(p, s, tile, stage, phase, index);
       });
     }
-    if (M::kMathWGs == 2 && wg0) named_barrier_sync(kIssuedByWG1, M::kMathThreads);
   }
 #endif
 }
@@ -923,6 +920,7 @@ struct GroupedGemm {
     p.out = static_cast<uint8_t*>(na.out);
     p.expert_rows = na.expert_rows;
     p.total_m = int(na.total_m), p.n = int(na.n), p.k = int(na.k), p.num_experts = la.num_experts;
+    p.k_blocks = (p.k + kBlockK - 1) / kBlockK;
 
     auto kernel = grouped_gemm_kernel<M>;
     cudaLaunchConfig_t config{};

@@ -193,6 +193,14 @@ SMALL_K_MAX = 256  # k at or below which BUCKETS_SMALL_K is used (measured at k 
 
 
 NATIVE_K_MAX = 4096  # k at or below which (and above SMALL_K_MAX) the native mode is used
+# Calls whose experts hold at least this many tokens on average (a whole pair of 128-token chunks each,
+# the large kind's cluster tile in native_mc) are compute-bound, and take native_mc: 128 x 192 tiles, the
+# weight tile multicast to two CTAs (a third fewer shared-memory and L2 bytes per FLOP than 128 x 128).
+# Measured on one H200 (2026-12-02, benchmarks/mode_ab.py, kernel mode), µs: balanced_big (4096 tokens
+# per expert) native_mc 1744-1746 against es 1804-1806; mixtral_gateup_balanced512 (512) 476-498
+# against es 507-513 and native 521-529. (The masked layout passes E x max_m as total_m: its largest
+# expert decides.)
+WIDE_MIN_MEAN_TOKENS = 256
 
 
 def native_fits(total_m: int, n: int, k: int, num_experts: int) -> bool:
@@ -209,13 +217,16 @@ def es_mode(total_m: int, n: int, k: int, num_experts: int) -> str:
     µs): at 256 < k <= 4096 the native mode is faster or level in every visit (qwen_gateup 133.2 / 130.0,
     132.4 / 129.9 with 128 x 192 tiles, qwen_down 106.2 / 104.5, 104.3 / 99.1; qwen_gateup_zipf 132.6 /
     133.0, qwen3_30b_down 84.4 / 84.5, ds_down_tp4_prefill 400.3 / 399.1); at k = 7168 (the decode rows,
-    balanced_big) and at k <= 256 it is slower.
+    balanced_big) and at k <= 256 it is slower. Compute-bound calls (WIDE_MIN_MEAN_TOKENS) take native_mc
+    whatever their k above SMALL_K_MAX.
     """
     if k <= SMALL_K_MAX:
         return "es_small_k"
-    if k <= NATIVE_K_MAX and native_fits(total_m, n, k, num_experts):
-        return "native"
-    return "es"
+    if not native_fits(total_m, n, k, num_experts):
+        return "es"
+    if total_m >= WIDE_MIN_MEAN_TOKENS * num_experts:
+        return "native_mc"
+    return "native" if k <= NATIVE_K_MAX else "es"
 
 
 # --- Single configuration: every expert in one grouped GEMM, the non-specialized baseline --------------
