@@ -136,10 +136,11 @@ def test_es_mode_by_shape():
     assert buckets.es_mode(4096, 4096, 384, 128) == "native"
     assert buckets.es_mode(4096, 768, 4096, 128) == "native"
     assert buckets.es_mode(4096, 4096, 7168, 32) == "es"
-    # compute-bound: experts of 256 tokens or more on average take the wide 2-CTA tiles, whatever k
+    # compute-bound: experts of 512 tokens or more on average take the wide 2-CTA tiles, whatever k
     assert buckets.es_mode(32768, 4096, 7168, 8) == "native_mc"
-    assert buckets.es_mode(256 * 8, 14336, 4096, 8) == "native_mc"
-    assert buckets.es_mode(256 * 8 - 1, 14336, 4096, 8) == "native"
+    assert buckets.es_mode(512 * 8, 14336, 4096, 8) == "native_mc"
+    assert buckets.es_mode(512 * 8 - 1, 14336, 4096, 8) == "native"
+    assert buckets.es_mode(256 * 128, 768, 4096, 128) == "native"  # the Qwen3-235B layer at 4096 tokens
     assert buckets.es_mode(32768, 4096, 256, 8) == "es_small_k"
     assert buckets.es_mode(4096, 4096, 384, buckets.NATIVE_MAX_EXPERTS + 1) == "es"  # schedule in smem
     assert buckets.es_mode(4096, 2**24, 384, 128) == "es"  # (E + 1) * n past 32-bit TMA rows

@@ -193,14 +193,17 @@ SMALL_K_MAX = 256  # k at or below which BUCKETS_SMALL_K is used (measured at k 
 
 
 NATIVE_K_MAX = 4096  # k at or below which (and above SMALL_K_MAX) the native mode is used
-# Calls whose experts hold at least this many tokens on average (a whole pair of 128-token chunks each,
-# the large kind's cluster tile in native_mc) are compute-bound, and take native_mc: 128 x 192 tiles, the
-# weight tile multicast to two CTAs (a third fewer shared-memory and L2 bytes per FLOP than 128 x 128).
-# Measured on one H200 (2026-12-02, benchmarks/mode_ab.py, kernel mode), µs: balanced_big (4096 tokens
-# per expert) native_mc 1744-1746 against es 1804-1806; mixtral_gateup_balanced512 (512) 476-498
-# against es 507-513 and native 521-529. (The masked layout passes E x max_m as total_m: its largest
+# Calls whose experts hold at least this many tokens on average (two pairs of 128-token chunks each,
+# the large kind's cluster tile in native_mc, so that a count off a multiple of 256 leaves at most a
+# quarter of a spare chunk pair) are compute-bound, and take native_mc: 128 x 192 tiles, the weight
+# tile multicast to two CTAs (a third fewer shared-memory and L2 bytes per FLOP than 128 x 128).
+# Measured on one H200 (2026-12-02, kernel mode), µs: balanced_big (4096 tokens per expert) native_mc
+# 1744-1746 against es 1804-1806 (benchmarks/mode_ab.py); mixtral_gateup_balanced512 (512) 476-498
+# against es 507-513 and native 521-529; but the Qwen3-235B TP4 layer at 4096 tokens (256 per expert,
+# counts spread around it, the down GEMM's k = 384) 957.9 with native_mc for both GEMMs against 867 with
+# native (python -m es_dual.bench --layer). (The masked layout passes E x max_m as total_m: its largest
 # expert decides.)
-WIDE_MIN_MEAN_TOKENS = 256
+WIDE_MIN_MEAN_TOKENS = 512
 
 
 def native_fits(total_m: int, n: int, k: int, num_experts: int) -> bool:
