@@ -141,6 +141,9 @@ def test_es_mode_by_shape():
     assert buckets.es_mode(512 * 8, 14336, 4096, 8) == "native_mc"
     assert buckets.es_mode(512 * 8 - 1, 14336, 4096, 8) == "native"
     assert buckets.es_mode(256 * 128, 768, 4096, 128) == "native"  # the Qwen3-235B layer at 4096 tokens
+    # the masked layout's E x max_m rows tell only the largest expert's size: routed by k alone
+    assert buckets.es_mode(32768, 4096, 7168, 8, tokens_known=False) == "es"
+    assert buckets.es_mode(1024 * 256, 512, 4096, 256, tokens_known=False) == "native"
     assert buckets.es_mode(32768, 4096, 256, 8) == "es_small_k"
     assert buckets.es_mode(4096, 4096, 384, buckets.NATIVE_MAX_EXPERTS + 1) == "es"  # schedule in smem
     assert buckets.es_mode(4096, 2**24, 384, 128) == "es"  # (E + 1) * n past 32-bit TMA rows

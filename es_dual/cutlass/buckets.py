@@ -201,8 +201,7 @@ NATIVE_K_MAX = 4096  # k at or below which (and above SMALL_K_MAX) the native mo
 # 1744-1746 against es 1804-1806 (benchmarks/mode_ab.py); mixtral_gateup_balanced512 (512) 476-498
 # against es 507-513 and native 521-529; but the Qwen3-235B TP4 layer at 4096 tokens (256 per expert,
 # counts spread around it, the down GEMM's k = 384) 957.9 with native_mc for both GEMMs against 867 with
-# native (python -m es_dual.bench --layer). (The masked layout passes E x max_m as total_m: its largest
-# expert decides.)
+# native (python -m es_dual.bench --layer). Masked calls do not take it (es_mode: tokens_known).
 WIDE_MIN_MEAN_TOKENS = 512
 
 
@@ -213,7 +212,7 @@ def native_fits(total_m: int, n: int, k: int, num_experts: int) -> bool:
             and (num_experts + 1) * n <= 2**31 - 1 and (total_m + num_experts) * -(-n // 8) <= 2**31 - 1)
 
 
-def es_mode(total_m: int, n: int, k: int, num_experts: int) -> str:
+def es_mode(total_m: int, n: int, k: int, num_experts: int, tokens_known: bool = True) -> str:
     """The expert-specialized mode for a problem's shape (known on the host, unlike the token counts).
 
     Measured on one H200 (docs/perf-notes.md, 2026-12-01, benchmarks/mode_ab.py, kernel mode, es / native,
@@ -221,13 +220,16 @@ def es_mode(total_m: int, n: int, k: int, num_experts: int) -> str:
     132.4 / 129.9 with 128 x 192 tiles, qwen_down 106.2 / 104.5, 104.3 / 99.1; qwen_gateup_zipf 132.6 /
     133.0, qwen3_30b_down 84.4 / 84.5, ds_down_tp4_prefill 400.3 / 399.1); at k = 7168 (the decode rows,
     balanced_big) and at k <= 256 it is slower. Compute-bound calls (WIDE_MIN_MEAN_TOKENS) take native_mc
-    whatever their k above SMALL_K_MAX.
+    whatever their k above SMALL_K_MAX. tokens_known: total_m is the number of tokens (the contiguous
+    layout); the masked layout's total_m, E x max_m, says only how large its largest expert is, which
+    routed skewed calls to native_mc and made them slower (docs/perf-notes.md, 2026-12-02), so those
+    calls are routed by k alone.
     """
     if k <= SMALL_K_MAX:
         return "es_small_k"
     if not native_fits(total_m, n, k, num_experts):
         return "es"
-    if total_m >= WIDE_MIN_MEAN_TOKENS * num_experts:
+    if tokens_known and total_m >= WIDE_MIN_MEAN_TOKENS * num_experts:
         return "native_mc"
     return "native" if k <= NATIVE_K_MAX else "es"
 

@@ -102,7 +102,7 @@ def plan_cutlass(problem, offsets_dtype, mode: str | None = None, overlap: int |
     torch, raw_stream, out_codes = _torch_hooks()
     lib = loader.load_library()
     total_m, n, k, num_experts, max_m = problem.total_m, problem.n, problem.k, problem.num_experts, problem.max_m
-    mode = mode or buckets.es_mode(total_m, n, k, num_experts)
+    mode = mode or buckets.es_mode(total_m, n, k, num_experts, tokens_known=max_m == 0)
     code = mode_code(mode)
     overlap = buckets.DEFAULT_OVERLAP if overlap is None else overlap
     device = problem.device
