@@ -200,8 +200,8 @@ NATIVE_K_MAX = 4096  # k at or below which (and above SMALL_K_MAX) the native mo
 # Measured on one H200 (2026-12-02, kernel mode), µs: balanced_big (4096 tokens per expert) native_mc
 # 1744-1746 against es 1804-1806 (benchmarks/mode_ab.py); mixtral_gateup_balanced512 (512) 476-498
 # against es 507-513 and native 521-529; but the Qwen3-235B TP4 layer at 4096 tokens (256 per expert,
-# counts spread around it, the down GEMM's k = 384) 957.9 with native_mc for both GEMMs against 867 with
-# native (python -m es_dual.bench --layer). Masked calls do not take it (es_mode: tokens_known).
+# counts spread around it, the down GEMM's k = 384) 957.9 with native_mc for both GEMMs against 888.2 with
+# native (python -m es_dual.bench --layer, the 2026-12-01c run). Masked calls do not take it (es_mode: tokens_known).
 WIDE_MIN_MEAN_TOKENS = 512
 
 
