@@ -36,14 +36,11 @@ TC_GATE_UP = dict(gate_up_tensor_cores=True, gate_up_block_n=128, gate_up_warps=
 # the tensor-core down kernel (from 9 pairs by default) at every size, and around its default: stages,
 # rows per program, warps
 _TC_DOWN = dict(down_tensor_cores_from_pairs=0)
-_PREFETCH = dict(prefetch_down_max_bytes=16 << 20)
 LAYER_CONFIGS = [dict(), dict(overlap_max_pairs=0),
-                 dict(down_tensor_cores_from_pairs=layer_module.DECODE_MAX_PAIRS + 1), TC_GATE_UP, _TC_DOWN, dict(_TC_DOWN, overlap_max_pairs=0), dict(_TC_DOWN, down_mma_stages=2),
+                 dict(down_tensor_cores_from_pairs=layer_module.DECODE_MAX_PAIRS + 1), TC_GATE_UP, _TC_DOWN,
+                 dict(_TC_DOWN, overlap_max_pairs=0), dict(_TC_DOWN, down_mma_stages=2),
                  dict(_TC_DOWN, down_mma_stages=4), dict(_TC_DOWN, down_block_n=32),
-                 dict(_TC_DOWN, down_block_n=64, down_mma_warps=2),
-                 # gate_up prefetching down's weights into the L2 (at the sizes whose down weights fit a
-                 # third of it), with and without the overlap, and with gate_up on the tensor cores
-                 _PREFETCH, dict(_PREFETCH, overlap_max_pairs=0), dict(_PREFETCH, **TC_GATE_UP)]
+                 dict(_TC_DOWN, down_block_n=64, down_mma_warps=2)]
 
 
 def _write_csv(path, rows):

@@ -15,8 +15,11 @@
 //     32 lanes copy the tokens' scales of that K block from the caller's a_scale (4 bytes per row:
 //     cp.async).
 //   warp groups 0 .. kMathWGs-1: the math. Each owns 64 rows of the WGMMA M side. Per K block: wait for
-//     the stage, 4 WGMMAs (K = 32 each), wait for them, free the stage, promote with the two scales.
-//     Per tile: stage the rounded result in shared memory and hand it to the store warps.
+//     the stage, 4 WGMMAs (K = 32 each), wait for them, free the stage, promote with the two scales
+//     (compute_tile: kinds up to 128 columns keep two accumulators, the next block's WGMMAs running
+//     while the previous block is promoted; wider kinds split each block's WGMMAs in two halves, the
+//     first promoted while the second runs). Per tile: stage the rounded result in shared memory and
+//     hand it to the store warps.
 //   warps 2-3 of the producer warp group: the stores. They copy each staged tile to `out` with 16-byte
 //     stores of the rows and columns that belong to the expert (a tile may run past the expert's last
 //     row or n; those are never stored), while the math warp groups run the next tile's K loop; the
@@ -445,13 +448,11 @@ __device__ __forceinline__ void arrive_when_copied(void* bar) {
                :: "r"(cute::cast_smem_ptr_to_uint(bar)) : "memory");
 }
 
-// The producer warp's loads of one tile: per K block, wait for a free stage; lane 0 issues the two
-// TMA loads into it (multicast kinds: this CTA's half of the weight tile, into the same stage of both
-// CTAs) and every lane copies the token scales of a few of the tile's rows (rows past the expert's:
-// zeros). The stage is full when the TMA bytes and the 32 lanes' copies have landed.
-// What a producer warp loads into each stage: the TMA loads of the token and weight tiles (warp 0, its
-// lane 0), or the token scales (warp 1, every lane): two warps, so that neither's loop of issues is on the
-// path of the other's.
+// The producer warps' loads of one tile: per K block, wait for a free stage, then load into it. Warp 0's
+// lane 0 issues the two TMA loads (the token tile, and the weight tile or, multicast kinds, this CTA's
+// half of it into the same stage of both CTAs); warp 1's lanes copy the token scales of a few of the
+// tile's rows each (rows past the expert's: zeros), in a warp of their own so that neither loop of issues
+// is on the path of the other's. The stage is full when the TMA bytes and the 32 lanes' copies have landed.
 enum class Loads { kTiles, kScales };
 
 template <class M, class K, Loads kPart>

@@ -294,16 +294,15 @@ def test_close_to_unquantized_layer(device, shape):
 @given(r=routings(max_tokens=layer_module.DECODE_MAX_PAIRS // 8), shape=st.sampled_from(SHAPES),
        splits=st.sampled_from([None, 1, 2, 3]), ids_dtype=st.sampled_from([torch.int32, torch.int64]),
        invalid=st.booleans(), duplicate=st.booleans(), overlap=st.booleans(), i_chunk=st.sampled_from([32, 128]),
-       tensor_cores=st.booleans(), prefetch=st.booleans())
+       tensor_cores=st.booleans())
 @settings(max_examples=min(EXAMPLES, 30))
 def test_decode_path_against_reference(device, r, shape, splits, ids_dtype, invalid, duplicate, overlap, i_chunk,
-                                       tensor_cores, prefetch):
+                                       tensor_cores):
     """The three decode kernels, with the gate_up GEMM split along K into `splits` parts (None: the
     default for the device), the down kernel's I in chunks of i_chunk columns (several chunks: with the
     overlap, the wait sits between a chunk's weights and its y), launched as programmatic dependents or
-    not (overlap; on a GPU that has them), gate_up and down on the CUDA cores or the tensor cores, gate_up
-    prefetching down's weights into the L2 or not (prefetch; skipped by the interpreter), against the
-    reference; ids out of range contribute nothing, a token naming one expert twice is two pairs."""
+    not (overlap; on a GPU that has them), gate_up and down on the CUDA cores or the tensor cores, against
+    the reference; ids out of range contribute nothing, a token naming one expert twice is two pairs."""
     layer = make_layer(r, *shape, device, ids_dtype)
     ids = layer["topk_ids"]
     if invalid and r.tokens:
@@ -314,7 +313,6 @@ def test_decode_path_against_reference(device, r, shape, splits, ids_dtype, inva
     config = layer_module.DecodeConfig(overlap_max_pairs=layer_module.DECODE_MAX_PAIRS if overlap else 0,
                                        down_i_chunk=i_chunk, gate_up_tensor_cores=tensor_cores,
                                        down_tensor_cores_from_pairs=0 if tensor_cores else layer_module.DECODE_MAX_PAIRS + 1,
-                                       prefetch_down_max_bytes=1 << 40 if prefetch else 0,
                                        **(dict(gate_up_warps=4, gate_up_stages=3, down_block_n=64, down_mma_warps=4)
                                           if tensor_cores else {}))
     plan = layer_module._DecodePlan(layer_module.check_moe_inputs(**layer), ids_dtype, splits=splits, config=config)

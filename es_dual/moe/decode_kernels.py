@@ -27,10 +27,10 @@ weight scale is one number, folded with the activation's into the vector before 
 decode_gate_up_mma_kernel and decode_down_mma_kernel compute the same on the tensor cores (DecodeConfig's
 gate_up_tensor_cores, down_tensor_cores_from_pairs): the weights are the M side of the product, the one
 activation vector is broadcast to 16 columns of the other operand, one scale group per loop step (one
-product, then its two scales), so Triton pipelines the weight loads over num_stages and no instruction converts FP8 to
-float32. Their products are exact and summed in the tensor cores' accumulator within a group (Hopper's
-FP8 products accumulate with fewer bits than float32's, as in the grouped GEMMs, which also promote every
-128 of K into float32).
+product, then its two scales), so Triton pipelines the weight loads over num_stages and no instruction
+converts FP8 to float32. Their products are exact and summed in the tensor cores' accumulator within a
+group (Hopper's FP8 products accumulate with fewer bits than float32's, as in the grouped GEMMs, which
+also promote every 128 of K into float32).
 
 With OVERLAP (Hopper and later, the three launched back to back), the SiLU and down kernels are launched
 as programmatic dependents (Triton's launch_pdl): each kernel lets the next one launch from its start, and
@@ -40,12 +40,6 @@ wait, so its weights, which depend on nothing the layer computes, stream while g
 (the tensor-core one waits before its pipelined loop: Triton issues that loop's first loads ahead of the
 loop, so they could read y too early if the wait were inside it). gate_up itself is launched as any
 kernel: it reads what the kernels before the layer wrote.
-
-With PREFETCH_DOWN (DecodeConfig.prefetch_down_max_bytes), each gate_up program also asks the L2 for its
-share of its pair's down weights (prefetch.global.L2, nothing comes back to the program), so that the
-down kernel, which can only multiply once the SiLU step is done, reads them from the L2 rather than from
-DRAM; gate_up's own weight loads are then marked evict-first (each is read once at those sizes), so they
-do not push the prefetched lines out.
 """
 import triton
 import triton.language as tl
@@ -86,34 +80,16 @@ def _gate_up_tile(topk_ids_ptr, w_scale_ptr, topk, num_experts, n, stride_wse, s
 
 
 @triton.jit
-def _prefetch_down_share(down_w_ptr, expert, down_expert_bytes, BLOCK: tl.constexpr):
-    """This gate_up program's share of its pair's down weights (w2[expert]: down_expert_bytes contiguous
-    bytes), prefetched into the L2, BLOCK lines of 128 bytes per instruction; the programs (tile, split)
-    of a pair share the expert's lines evenly."""
-    programs = tl.num_programs(1) * tl.num_programs(2)
-    me = tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)
-    lines = tl.cdiv(down_expert_bytes, 128)
-    share = tl.cdiv(lines, programs)
-    first = me * share
-    last = tl.minimum(first + share, lines)
-    base = down_w_ptr + expert * down_expert_bytes
-    for l0 in range(first, last, BLOCK):
-        line = tl.minimum(l0 + tl.arange(0, BLOCK), last - 1)  # past the share: its last line again
-        tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l",
-                                  [base + line.to(tl.int64) * 128], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def decode_gate_up_kernel(
     # pointers
-    hidden_ptr, topk_ids_ptr, w_ptr, w_scale_ptr, down_w_ptr, partial_ptr,
-    # sizes: n = 2I (the gate rows, then the up rows); down_expert_bytes = H * I
-    pairs, hidden_size, n, topk, num_experts, down_expert_bytes,
+    hidden_ptr, topk_ids_ptr, w_ptr, w_scale_ptr, partial_ptr,
+    # sizes: n = 2I (the gate rows, then the up rows)
+    pairs, hidden_size, n, topk, num_experts,
     # strides, in elements
     stride_hidden, stride_we, stride_wn, stride_wse, stride_wsn, stride_split,
     # meta-parameters: SPLIT_GROUPS scale groups of K per split, KG of them per load
     BLOCK_N: tl.constexpr, GROUP: tl.constexpr, KG: tl.constexpr, SPLIT_GROUPS: tl.constexpr,
-    OVERLAP: tl.constexpr, PREFETCH_DOWN: tl.constexpr, INTERPRETER: tl.constexpr,
+    OVERLAP: tl.constexpr, INTERPRETER: tl.constexpr,
 ):
     """Program (pair, weight tile, split): one K split of the pair's gate_up columns, float32."""
     if OVERLAP:
@@ -121,8 +97,6 @@ def decode_gate_up_kernel(
     pair, in_range, expert, token, cols, col_ok, w_scale_row = _gate_up_tile(
         topk_ids_ptr, w_scale_ptr, topk, num_experts, n, stride_wse, stride_wsn, BLOCK_N, GROUP)
     if in_range:
-        if PREFETCH_DOWN and not INTERPRETER:  # the interpreter has no inline assembly (and no L2)
-            _prefetch_down_share(down_w_ptr, expert, down_expert_bytes, 64)
         cols64 = cols.to(tl.int64)
         kg = tl.arange(0, KG)
         kk = tl.arange(0, GROUP)
@@ -141,8 +115,7 @@ def decode_gate_up_kernel(
             # ---- the expert's weight rows of this tile for these groups, scales folded into a ----
             w_scale = tl.load(w_scale_row + g, mask=g < last, other=0.0)
             a = a * (x_scale * w_scale)[:, None]
-            w = tl.load(w_rows + k[None, :, :], mask=col_ok[:, None, None] & k_ok[None, :, :], other=0.0,
-                        eviction_policy="evict_first" if PREFETCH_DOWN else "")
+            w = tl.load(w_rows + k[None, :, :], mask=col_ok[:, None, None] & k_ok[None, :, :], other=0.0)
             acc += tl.sum(tl.sum(w.to(tl.float32) * a[None, :, :], axis=2), axis=1)
         tl.store(partial_ptr + tl.program_id(2) * stride_split + pair * n + cols64, acc, mask=col_ok)
 
@@ -150,14 +123,14 @@ def decode_gate_up_kernel(
 @triton.jit
 def decode_gate_up_mma_kernel(
     # pointers
-    hidden_ptr, topk_ids_ptr, w_ptr, w_scale_ptr, down_w_ptr, partial_ptr,
-    # sizes: n = 2I (the gate rows, then the up rows); down_expert_bytes = H * I
-    pairs, hidden_size, n, topk, num_experts, down_expert_bytes,
+    hidden_ptr, topk_ids_ptr, w_ptr, w_scale_ptr, partial_ptr,
+    # sizes: n = 2I (the gate rows, then the up rows)
+    pairs, hidden_size, n, topk, num_experts,
     # strides, in elements
     stride_hidden, stride_we, stride_wn, stride_wse, stride_wsn, stride_split,
     # meta-parameters: SPLIT_GROUPS scale groups of K per split, one per loop step
     BLOCK_N: tl.constexpr, GROUP: tl.constexpr, SPLIT_GROUPS: tl.constexpr,
-    OVERLAP: tl.constexpr, PREFETCH_DOWN: tl.constexpr, INTERPRETER: tl.constexpr,
+    OVERLAP: tl.constexpr, INTERPRETER: tl.constexpr,
 ):
     """decode_gate_up_kernel on the tensor cores: per scale group, the tile's (BLOCK_N, GROUP) weights
     (the M side) times the pair's quantized activations broadcast to a (GROUP, 16) operand (every column
@@ -168,8 +141,6 @@ def decode_gate_up_mma_kernel(
     pair, in_range, expert, token, cols, col_ok, w_scale_row = _gate_up_tile(
         topk_ids_ptr, w_scale_ptr, topk, num_experts, n, stride_wse, stride_wsn, BLOCK_N, GROUP)
     if in_range:
-        if PREFETCH_DOWN and not INTERPRETER:
-            _prefetch_down_share(down_w_ptr, expert, down_expert_bytes, 64)
         kk = tl.arange(0, GROUP)
         w_rows = w_ptr + expert * stride_we + cols.to(tl.int64)[:, None] * stride_wn
         acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -191,8 +162,7 @@ def decode_gate_up_mma_kernel(
                 a = y.to(w_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
             a = tl.broadcast_to(tl.trans(a), (GROUP, 16))
             # ---- the expert's weight rows of this tile for this group, on the tensor cores ----
-            w = tl.load(w_ptrs, mask=col_ok[:, None] & k_ok[None, :], other=0.0,
-                        eviction_policy="evict_first" if PREFETCH_DOWN else "")
+            w = tl.load(w_ptrs, mask=col_ok[:, None] & k_ok[None, :], other=0.0)
             product = tl.max(tl.dot(w, a), axis=1)  # the 16 columns are equal
             acc += product * (x_scale * tl.load(w_scale_ptr_g))
             x_ptrs += GROUP

@@ -491,9 +491,7 @@ class DecodeConfig(NamedTuple):
     the tensor cores (decode_gate_up_mma_kernel: one scale group per loop step, gate_up_groups unused; off:
     slower, see below); down_tensor_cores_from_pairs: from this many pairs on, down's products on the
     tensor cores (decode_down_mma_kernel, one scale group per loop step, down_i_chunk unused) with
-    down_mma_warps and down_mma_stages (0: always; more than DECODE_MAX_PAIRS: never);
-    prefetch_down_max_bytes: up to this many bytes of down weights of the pairs (pairs x H x I), gate_up
-    asks the L2 for them (decode_kernels.py, PREFETCH_DOWN; 0: never), not yet measured, hence off."""
+    down_mma_warps and down_mma_stages (0: always; more than DECODE_MAX_PAIRS: never)."""
     gate_up_block_n: int = 64
     gate_up_groups: int = 2
     gate_up_warps: int = 8
@@ -508,7 +506,6 @@ class DecodeConfig(NamedTuple):
     down_tensor_cores_from_pairs: int = 9
     down_mma_warps: int = 1
     down_mma_stages: int = 3
-    prefetch_down_max_bytes: int = 0
     # the SiLU step: units (pair, scale group of I) per program and splits' partial sums per load; its
     # (units, splits, 128) tile stays small with 2 units and up to 16 splits, and a few tokens' units still
     # fill many SMs
@@ -527,7 +524,9 @@ class DecodeConfig(NamedTuple):
 # 2 programs per SM) 27.4-27.9 / 124.7-125.9 and 27.0-27.4 / 92.2-92.7 against 25.7-26.0 / 107.9-108.1
 # and 24.4-24.5 / 91.7-91.8: off. down on them with one warp on 16 rows: at 8 tokens 100.6-101.0 (2-3
 # stages) against 107.9 and 86.2-90.3 against 91.7 (4-8 stages: slower again), at one token 36.9-41.2
-# against 25.7 (31.7 without the overlap, against 28.9): from 9 pairs, 3 stages.
+# against 25.7 (31.7 without the overlap, against 28.9): from 9 pairs, 3 stages. gate_up prefetching its
+# pairs' down weights into the L2 (prefetch.global.L2, its own weight loads evict-first; 2026-12-02, same
+# command) was slower: 29.0 against 25.9 µs at one token (Qwen 27.7 against 24.7), level at eight; removed.
 
 
 DECODE_CONFIG = DecodeConfig()
@@ -572,18 +571,15 @@ class _DecodePlan:
         gate_up_kernel, per_load = ((decode_gate_up_mma_kernel, {}) if config.gate_up_tensor_cores else
                                     (decode_gate_up_kernel,
                                      dict(KG=min(config.gate_up_groups, _next_power_of_2(split_groups)))))
-        prefetch_down = pairs * hidden_size * intermediate <= config.prefetch_down_max_bytes
         self.gate_up = direct_launch(
             gate_up_kernel, (pairs, tiles_gate_up, self.splits),
-            (torch.bfloat16, ids_dtype, FP8, torch.float32, FP8, torch.float32), device,
+            (torch.bfloat16, ids_dtype, FP8, torch.float32, torch.float32), device,
             dict(num_warps=config.gate_up_warps, num_stages=config.gate_up_stages),
             pairs=pairs, hidden_size=hidden_size, n=2 * intermediate, topk=topk, num_experts=num_experts,
-            down_expert_bytes=hidden_size * intermediate,
             stride_hidden=hidden_size, stride_we=2 * intermediate * hidden_size, stride_wn=hidden_size,
             stride_wse=cdiv(2 * intermediate, SCALE_BLOCK) * groups_h, stride_wsn=groups_h,
             stride_split=pairs * 2 * intermediate, BLOCK_N=config.gate_up_block_n, GROUP=SCALE_BLOCK,
-            **per_load, SPLIT_GROUPS=split_groups, OVERLAP=overlap, PREFETCH_DOWN=prefetch_down,
-            INTERPRETER=interpreted)
+            **per_load, SPLIT_GROUPS=split_groups, OVERLAP=overlap, INTERPRETER=interpreted)
         # few units per program, each with all its splits in one load where they fit
         per_program = _units_per_program(pairs, groups_i, device) if interpreted else config.silu_units
         self.silu = direct_launch(
@@ -628,8 +624,8 @@ class _DecodePlan:
         partial, y, y_scale = inter.ptrs
         tensors = inter.tensors
         ids, weights, h = topk_ids.data_ptr(), topk_weights.data_ptr(), hidden.data_ptr()
-        return ((self.gate_up, (h, ids, w13.data_ptr(), w13_scale.data_ptr(), w2.data_ptr(), partial),
-                 tensors(hidden, topk_ids, w13, w13_scale, w2, "partial")),
+        return ((self.gate_up, (h, ids, w13.data_ptr(), w13_scale.data_ptr(), partial),
+                 tensors(hidden, topk_ids, w13, w13_scale, "partial")),
                 (self.silu, (partial, ids, y, y_scale), tensors("partial", topk_ids, "y_bits", "y_scale")),
                 (self.down, (y, y_scale, ids, weights, w2.data_ptr(), w2_scale.data_ptr(), out.data_ptr()),
                  tensors("y", "y_scale", topk_ids, topk_weights, w2, w2_scale, out)))
