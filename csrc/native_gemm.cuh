@@ -14,12 +14,13 @@
 //     token tile (tokens x 128 K bytes) and the weight tile (weight rows x 128 K bytes), and warp 1's
 //     32 lanes copy the tokens' scales of that K block from the caller's a_scale (4 bytes per row:
 //     cp.async).
-//   warp groups 0 .. kMathWGs-1: the math. Each owns 64 rows of the WGMMA M side. Per K block: wait for
-//     the stage, 4 WGMMAs (K = 32 each), wait for them, free the stage, promote with the two scales
-//     (compute_tile: kinds up to 128 columns keep two accumulators, the next block's WGMMAs running
-//     while the previous block is promoted; wider kinds split each block's WGMMAs in two halves, the
-//     first promoted while the second runs). Per tile: stage the rounded result in shared memory and
-//     hand it to the store warps.
+//   warp groups 0 .. kMathWGs-1 (one to three): the math. Each owns 64 rows of the WGMMA M side. Per K
+//     block: wait for the stage, 4 WGMMAs (K = 32 each), wait for them, free the stage, promote with the
+//     two scales (compute_tile: kinds whose two accumulators fit the registers keep the next block's
+//     WGMMAs running while the previous block is promoted; wider kinds of two math warp groups split
+//     each block's WGMMAs in two halves, the first promoted while the second runs; with three math warp
+//     groups the other two cover a group's promotion). Per tile: stage the rounded result in shared
+//     memory and hand it to the store warps.
 //   warps 2-3 of the producer warp group: the stores. They copy each staged tile to `out` with 16-byte
 //     stores of the rows and columns that belong to the expert (a tile may run past the expert's last
 //     row or n; those are never stored), while the math warp groups run the next tile's K loop; the
@@ -158,15 +159,19 @@ constexpr int kMaxKinds = 4;  // tile kinds (buckets) of one mode
 
 constexpr int gcd(int a, int b) { return b == 0 ? a : gcd(b, a % b); }
 
-// One tile shape and orientation (a bucket of es_dual/cutlass/buckets.py, NativeConfig).
-template <bool SwapAB, int TileM, int TileN>
+// One tile shape and orientation (a bucket of es_dual/cutlass/buckets.py, NativeConfig). MulticastTokens
+// (tokens x weights kinds of 2-CTA modes): the pair of a cluster shares the token chunk instead of the
+// weight tile (see Mode).
+template <bool SwapAB, int TileM, int TileN, bool MulticastTokens = false>
 struct Kind {
   static constexpr bool kSwapAB = SwapAB;
+  static constexpr bool kMulticastTokens = MulticastTokens;
+  static_assert(!(SwapAB && MulticastTokens), "swap-AB kinds multicast nothing");
   static constexpr int kTileM = TileM, kTileN = TileN;
   static constexpr int kMathWGs = TileM / 64;
   static constexpr int kTokenRows = SwapAB ? TileN : TileM;   // rows of a per tile
   static constexpr int kWeightRows = SwapAB ? TileM : TileN;  // rows of b per tile
-  static_assert(TileM == 64 || TileM == 128, "one or two math warp groups of 64 WGMMA rows");
+  static_assert(TileM % 64 == 0 && TileM <= 192, "one to three math warp groups of 64 WGMMA rows");
   static_assert(TileN % 8 == 0 && TileN >= 8 && TileN <= 256, "WGMMA N");
   // The weight rows of a tile lie in one 128-row weight scale block, or (tokens x weights kinds wider
   // than 128, e.g. 192) in two: tiles start at multiples of TileN, so at most 128 - gcd(TileN, 128) rows
@@ -194,9 +199,11 @@ constexpr int cmax(int a, int b, T... rest) { return cmax(a > b ? a : b, rest...
 //
 // Cluster 2: the two CTAs of a cluster work on a pair of tiles at a time, and every stage of either
 // CTA is released by the math of both (the producers may write each other's stages), so both walk the
-// same pair list. Tokens x weights kinds pair two token chunks of one weight tile, and each CTA loads
-// half of the weight tile for both (TMA multicast): a third fewer L2-to-SM bytes for a 128 x 192 tile,
-// which is what bounds compute-bound experts without it. Swap-AB kinds pair two weight tiles of one
+// same pair list. Tokens x weights kinds share the larger of their two operand tiles: by default a pair
+// is two token chunks of one weight tile, each CTA loading half of the weight tile for both (TMA
+// multicast): a third fewer L2-to-SM bytes for a 128 x 192 tile, which is what bounds compute-bound
+// experts without it; kinds with kMulticastTokens (192 tokens x 128 weight rows) pair two weight tiles
+// of one token chunk and multicast the token tile instead. Swap-AB kinds pair two weight tiles of one
 // token chunk and load their own operands. A pair whose second tile lies past the expert (an odd
 // count) computes that tile and stores nothing.
 template <class ElementD_, int Cluster, class... Kinds>
@@ -204,7 +211,9 @@ struct Mode {
   using ElementD = ElementD_;
   static constexpr int kCluster = Cluster;
   static_assert(Cluster == 1 || Cluster == 2, "clusters of one or two CTAs");
-  template <class K> static constexpr bool kMulticast = Cluster == 2 && !K::kSwapAB;
+  template <class K> static constexpr bool kMulticastWeights = Cluster == 2 && !K::kSwapAB && !K::kMulticastTokens;
+  template <class K> static constexpr bool kMulticastTokens = Cluster == 2 && K::kMulticastTokens;
+  static_assert(Cluster == 2 || !(Kinds::kMulticastTokens || ...), "multicast needs a 2-CTA cluster");
   static constexpr int kNumKinds = sizeof...(Kinds);
   static_assert(kNumKinds >= 1 && kNumKinds <= kMaxKinds, "1 to kMaxKinds tile kinds");
   template <int I> using KindAt = std::tuple_element_t<I, std::tuple<Kinds...>>;
@@ -213,6 +222,13 @@ struct Mode {
   static constexpr int kMathThreads = 128 * kMathWGs;
   static constexpr int kThreads = kMathThreads + 128;
   static constexpr int kStoreThreads = 64;  // warps 2-3 of the producer warp group
+  // Registers per thread after setmaxnreg: the producer warp group gives all but kProducerRegisters back,
+  // the math warp groups share the rest of the SM's 64 K (multiples of 8, at most 248): 248 for one, 232
+  // for two, 152 for three. With one math warp group there are registers to spare, and the producer
+  // keeps 120 (at 40 its loops spill for three tile kinds of 64 rows).
+  static constexpr int kProducerRegisters = kMathWGs == 1 ? 120 : 40;
+  static constexpr int kMathRegistersFit = (65536 - 128 * kProducerRegisters) / kMathThreads / 8 * 8;
+  static constexpr int kMathRegisters = kMathRegistersFit > 248 ? 248 : kMathRegistersFit;
 
   static constexpr int kMBytes = cmax(Kinds::kMBytes...);
   static constexpr int kNBytes = cmax(Kinds::kNBytes...);
@@ -300,8 +316,8 @@ __device__ __forceinline__ TileShape tile_shape(int kind) {
     using K = decltype(k);
     shape.token_rows = K::kTokenRows;
     shape.weight_rows = K::kWeightRows;
-    shape.chunks_per_pair = M::template kMulticast<K> ? 2 : 1;
-    shape.weight_tiles_per_pair = M::kCluster == 2 && K::kSwapAB ? 2 : 1;
+    shape.chunks_per_pair = M::template kMulticastWeights<K> ? 2 : 1;
+    shape.weight_tiles_per_pair = M::kCluster == 2 && !M::template kMulticastWeights<K> ? 2 : 1;
   });
   return shape;
 }
@@ -455,6 +471,21 @@ __device__ __forceinline__ void arrive_when_copied(void* bar) {
 // is on the path of the other's. The stage is full when the TMA bytes and the 32 lanes' copies have landed.
 enum class Loads { kTiles, kScales };
 
+// One operand tile of kRows rows at K block kb, row `row`, into `dst`: all of it for this CTA, or, when
+// kShared (the operand a 2-CTA pair shares), this CTA's half of it into the same stage of both CTAs.
+template <bool kShared, int kRows>
+__device__ __forceinline__ void load_box(const CUtensorMap* map, uint64_t* bar, uint64_t hint, uint8_t* dst,
+                                         int kb, int row, int rank) {
+  if constexpr (kShared) {
+    constexpr int kHalf = kRows / 2;
+    static_assert(kHalf % 8 == 0, "each half starts on a whole 1024-byte swizzle atom");
+    cute::SM90_TMA_LOAD_MULTICAST_2D::copy(map, bar, uint16_t(0b11), hint, dst + rank * kHalf * kBlockK,
+                                           kb * kBlockK, row + rank * kHalf);
+  } else {
+    cute::SM90_TMA_LOAD_2D::copy(map, bar, hint, dst, kb * kBlockK, row);
+  }
+}
+
 template <class M, class K, Loads kPart>
 __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, const Tile& tile,
                                           int rank, int lane, int& stage, uint32_t& phase) {
@@ -470,7 +501,6 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
   const int kind = tile.kind;
   // Row of b seen as (E * n, k); < 2^31 (host), also for a pair's spare tile (col0 < n + weight rows).
   const int weight_row = tile.expert * p.n + tile.col0;
-  constexpr int kWeightBoxRows = M::template kMulticast<K> ? K::kWeightRows / 2 : K::kWeightRows;
   // This lane's token scale rows r = lane, lane + 32, ...: a_scale[(row0 + r) * p.k_blocks + kb], one pointer
   // per row advanced by one float per K block (the loop is this warp's critical path: no index arithmetic
   // in it), and whether the row belongs to the expert (else the copy reads nothing and writes zeros).
@@ -488,14 +518,10 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
       s.full[stage].arrive_and_expect_tx(K::kTxBytes);
       uint8_t* m_tile = s.m + stage * M::kMBytes;
       uint8_t* n_tile = s.n + stage * M::kNBytes;
-      cute::SM90_TMA_LOAD_2D::copy(&p.tokens[kind], bar, kTokenHint, K::kSwapAB ? n_tile : m_tile, kb * kBlockK, tile.row0);
-      if constexpr (M::template kMulticast<K>) {
-        cute::SM90_TMA_LOAD_MULTICAST_2D::copy(&p.weights[kind], bar, uint16_t(0b11), kWeightHint,
-                                               n_tile + rank * kWeightBoxRows * kBlockK, kb * kBlockK,
-                                               weight_row + rank * kWeightBoxRows);
-      } else {
-        cute::SM90_TMA_LOAD_2D::copy(&p.weights[kind], bar, kWeightHint, K::kSwapAB ? m_tile : n_tile, kb * kBlockK, weight_row);
-      }
+      load_box<M::template kMulticastTokens<K>, K::kTokenRows>(&p.tokens[kind], bar, kTokenHint,
+                                                               K::kSwapAB ? n_tile : m_tile, kb, tile.row0, rank);
+      load_box<M::template kMulticastWeights<K>, K::kWeightRows>(&p.weights[kind], bar, kWeightHint,
+                                                                 K::kSwapAB ? m_tile : n_tile, kb, weight_row, rank);
     }
     if constexpr (kPart == Loads::kScales) {
       float* ts = reinterpret_cast<float*>(s.ts + stage * M::kScaleBytes);
@@ -582,20 +608,23 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   };
   using Zero = std::integral_constant<int, 0>;
   using AllGroups = std::integral_constant<int, N / 8>;
-  // The K loop of the wide kinds (N > 128: one accumulator and its sum, no room for a second). A math
+  // The K loop of kinds without room for a second accumulator (one accumulator and its sum). A math
   // warp group's critical path runs from one block's last WGMMA wait to its next block's WGMMAs; the
-  // tensor cores stay busy only while that path is shorter than the other warp group's WGMMAs. So each
-  // block's product is two WGMMA groups of N / 2 columns (the same accumulator registers, in the same
-  // layout as one N-wide WGMMA's): the first half is promoted while the second half's WGMMAs run
-  // (wait<1>), and only the second half's promotion is on the path. Whether the next stage has landed
-  // is asked (test_wait: it never suspends the warp) right after the last WGMMA wait, its answer coming
-  // back under the promotion.
+  // tensor cores stay busy only while that path is shorter than the other math warp groups' WGMMAs.
+  // With two math warp groups that is one group's WGMMAs (384 cycles for N = 192), so each block's
+  // product is two WGMMA groups of N / 2 columns (the same accumulator registers, in the same layout as
+  // one N-wide WGMMA's): the first half is promoted while the second half's WGMMAs run (wait<1>), and
+  // only the second half's promotion is on the path. With three, the two other groups' WGMMAs cover the
+  // whole promotion, and one N-wide group per block issues half the WGMMAs. Whether the next stage has
+  // landed is asked (test_wait: it never suspends the warp) right after the last WGMMA wait, its answer
+  // coming back under the promotion.
   auto k_loop = [&](auto first_block_groups) {
-    constexpr int kHalf = N / 2;
-    static_assert(kHalf % 8 == 0, "two WGMMA groups of whole 8-column groups");
-    using HalfGroups = std::integral_constant<int, kHalf / 8>;
-    constexpr uint64_t kHalfRows = uint64_t(kHalf) * kBlockK / 16;  // second half's B rows, in descriptor units
-    static_assert(kHalf * kBlockK % 1024 == 0, "the second half starts on a whole swizzle atom");
+    constexpr int kParts = M::kMathWGs >= 3 ? 1 : 2;
+    constexpr int kPart = N / kParts;
+    static_assert(kPart % 8 == 0, "WGMMA groups of whole 8-column groups");
+    using PartGroups = std::integral_constant<int, kPart / 8>;
+    constexpr uint64_t kPartRows = uint64_t(kPart) * kBlockK / 16;  // a part's B rows, in descriptor units
+    static_assert(kPart * kBlockK % 1024 == 0, "each part starts on a whole swizzle atom");
     bool landed = s.full[stage].test_wait(phase);
     for (int kb = 0; kb < p.k_blocks; ++kb) {
       const uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
@@ -605,32 +634,34 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
       for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
       cute::warpgroup_arrive();
 #pragma unroll
-      for (int k = 0; k < kBlockK / 32; ++k)  // +32 bytes along K inside the swizzled row: +2 in 16-byte units
-        wgmma<kHalf>(desc_m + 2 * k, desc_n + 2 * k, acc, k > 0);
-      cute::warpgroup_commit_batch();
+      for (int part = 0; part < kParts; ++part) {
 #pragma unroll
-      for (int k = 0; k < kBlockK / 32; ++k)
-        wgmma<kHalf>(desc_m + 2 * k, desc_n + kHalfRows + 2 * k, acc + kHalf / 2, k > 0);
-      cute::warpgroup_commit_batch();
+        for (int k = 0; k < kBlockK / 32; ++k)  // +32 bytes along K inside the swizzled row: +2 in 16-byte units
+          wgmma<kPart>(desc_m + 2 * k, desc_n + part * kPartRows + 2 * k, acc + part * kPart / 2, k > 0);
+        cute::warpgroup_commit_batch();
+      }
       const BlockScales bs = block_scales(stage, kb);  // under the WGMMAs (the stage is still ours)
       const int block_stage = stage;
       if (++stage == M::kStages) stage = 0, phase ^= 1;
-      // The first half's product is in: promote it while the second half's WGMMAs run.
+      if constexpr (kParts == 2) {
+        // The first half's product is in: promote it while the second half's WGMMAs run.
 #pragma unroll
-      for (int i = 0; i < kHalf / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-      cute::warpgroup_wait<1>();
+        for (int i = 0; i < kPart / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+        cute::warpgroup_wait<1>();
 #pragma unroll
-      for (int i = 0; i < kHalf / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-      promote_groups(acc, Zero{}, HalfGroups{}, first_block_groups, bs);
+        for (int i = 0; i < kPart / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+        promote_groups(acc, Zero{}, PartGroups{}, first_block_groups, bs);
+      }
+      constexpr int kLast = (kParts - 1) * kPart / 2;  // the last part's first accumulator register
 #pragma unroll
-      for (int i = kHalf / 2; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+      for (int i = kLast; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
       cute::warpgroup_wait<0>();
 #pragma unroll
-      for (int i = kHalf / 2; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+      for (int i = kLast; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
       release(block_stage);
       // past the last block: a question about the next tile's first stage, whose answer goes unused
       landed = s.full[stage].test_wait(phase);
-      promote_groups(acc, HalfGroups{}, AllGroups{}, first_block_groups, bs);
+      promote_groups(acc, std::integral_constant<int, kLast / 4>{}, AllGroups{}, first_block_groups, bs);
     }
   };
   // The K loop of kinds whose two accumulators and sum fit the registers (3 x N / 2 floats): each math
@@ -684,7 +715,8 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
       else chunk(std::integral_constant<int, 1>{}, kb0);
     }
   };
-  constexpr bool kPipelined = 3 * (N / 2) <= 192;
+  // two accumulators and the sum, and about 40 registers for addresses, scales and the loop
+  constexpr bool kPipelined = 3 * (N / 2) + 40 <= M::kMathRegisters;
   auto loop = [&](auto first_block_groups) {
     if constexpr (kPipelined) pipelined_loop(first_block_groups);
     else k_loop(first_block_groups);
@@ -767,7 +799,7 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
 
   if (threadIdx.x >= M::kMathThreads) {
     // --- Producer warp group: warps 0 and 1 load every stage (the tiles, the token scales), 2-3 store ---
-    cutlass::arch::warpgroup_reg_dealloc<40>();
+    cutlass::arch::warpgroup_reg_dealloc<M::kProducerRegisters>();
     if (threadIdx.x < M::kMathThreads + 64) {
       const int lane = threadIdx.x % 32;
       const bool tiles = threadIdx.x < M::kMathThreads + 32;
@@ -799,7 +831,7 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
     }
   } else {
     // --- Math warp groups ------------------------------------------------------------------------------
-    cutlass::arch::warpgroup_reg_alloc<M::kMathWGs == 1 ? 248 : 232>();
+    cutlass::arch::warpgroup_reg_alloc<M::kMathRegisters>();
     const int tid = threadIdx.x;
     const int n_blocks = (p.n + kScaleBlock - 1) / kScaleBlock;
     // The weight scales of a tile (one or, for wide kinds, two 128-row scale blocks: a scale per K block
@@ -894,10 +926,11 @@ struct GroupedGemm {
     } else {
       using K = typename M::template KindAt<I>;
       const NativeArgs& na = la.native;
+      // the operand a 2-CTA pair shares: each CTA loads half of its tile (load_box)
+      constexpr int kTokenBoxRows = M::template kMulticastTokens<K> ? K::kTokenRows / 2 : K::kTokenRows;
+      constexpr int kWeightBoxRows = M::template kMulticastWeights<K> ? K::kWeightRows / 2 : K::kWeightRows;
       const char* err = encode_2d(&p.tokens[I], CU_TENSOR_MAP_DATA_TYPE_UINT8, na.a, na.k, na.total_m, na.k,
-                                  kBlockK, K::kTokenRows, CU_TENSOR_MAP_SWIZZLE_128B);
-      // multicast kinds: each CTA of the pair loads half of the weight tile
-      constexpr int kWeightBoxRows = M::template kMulticast<K> ? K::kWeightRows / 2 : K::kWeightRows;
+                                  kBlockK, kTokenBoxRows, CU_TENSOR_MAP_SWIZZLE_128B);
       if (!err)
         err = encode_2d(&p.weights[I], CU_TENSOR_MAP_DATA_TYPE_UINT8, na.b, na.k, uint64_t(la.num_experts) * na.n,
                         na.k, kBlockK, kWeightBoxRows, CU_TENSOR_MAP_SWIZZLE_128B);

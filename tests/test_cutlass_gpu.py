@@ -33,13 +33,14 @@ HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9,
 pytestmark = pytest.mark.skipif(not HOPPER, reason="needs a compute capability 9.0 GPU (the library is sm_90a)")
 
 # "native*": the modes of es_dual's own kernels (csrc/native_gemm.cuh), through the launcher
-NATIVE_MODES = ("native", "native_wide", "native_mc")
+NATIVE_MODES = ("native", "native_wide", "native_mc", "native_m192", "native_m192t", "native_narrow")
 BACKENDS = ("cutlass", "cutlass_single", *NATIVE_MODES)
 MODE_OF = {"cutlass": None, "cutlass_single": "single", **{m: m for m in NATIVE_MODES}}  # None: the production table for k
 OVERLAPS = (None, *buckets.OVERLAPS)  # None: through the public API (production default overlap)
 OUT_DTYPES = (torch.bfloat16, torch.float16)
-# bucket boundaries from the table, plus the 128-token tile edges of the large configuration
-BOUNDARIES = tuple(sorted(set(buckets.boundaries()) | {128, 256}))
+# bucket boundaries from the table, plus the token chunk edges of the large kinds (128 and 192 rows, and
+# their pairs in 2-CTA modes)
+BOUNDARIES = tuple(sorted(set(buckets.boundaries()) | {128, 192, 256, 384}))
 N_CHOICES = (128, 256, 384, 768)  # 384 and 768: a partial cluster of 256-row swap-AB tiles
 K_CHOICES = (128, 256, 384, 1024, 2048)
 

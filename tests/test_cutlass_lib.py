@@ -160,8 +160,18 @@ def test_native_table_rules(monkeypatch):
         buckets.NativeConfig(128, 176, swap_ab=False)  # a tile at column 176 ends in block 2
     with pytest.raises(ValueError, match="<= 192"):
         buckets.NativeConfig(128, 256, swap_ab=False)
-    with pytest.raises(ValueError, match="tile_m must be 64 or 128"):
+    with pytest.raises(ValueError, match="tile_m must be 64, 128 or 192"):
         buckets.NativeConfig(96, 32, swap_ab=True)
+    buckets.NativeConfig(192, 128, swap_ab=False, cluster=2)  # three math warp groups
+    with pytest.raises(ValueError, match="only without swap-AB"):
+        buckets.NativeConfig(192, 32, swap_ab=True)
+    with pytest.raises(ValueError, match="tile_n must be <= 128"):
+        buckets.NativeConfig(192, 192, swap_ab=False)
+    buckets.NativeConfig(192, 128, swap_ab=False, cluster=2, multicast_tokens=True)
+    with pytest.raises(ValueError, match="multicast_tokens needs cluster 2"):
+        buckets.NativeConfig(192, 128, swap_ab=False, multicast_tokens=True)
+    with pytest.raises(ValueError, match="multicast_tokens needs cluster 2"):
+        buckets.NativeConfig(128, 32, swap_ab=True, cluster=2, multicast_tokens=True)
     with pytest.raises(ValueError, match="cluster must be 1 or 2"):
         buckets.NativeConfig(128, 128, swap_ab=False, cluster=4)
     with pytest.raises(ValueError, match="half of tile_n"):

@@ -93,21 +93,32 @@ class NativeConfig(_Checked):
     swap_ab=False: WGMMA M = tokens, N = weight rows; swap_ab=True: M = weight rows, N = tokens. The
     pipeline depth is what fits in shared memory (computed in the kernel's Mode). cluster=2: the mode
     runs 2-CTA clusters on pairs of tiles, multicasting the weight tiles of tokens x weights kinds
-    (every kind of a mode has the same cluster)."""
+    (every kind of a mode has the same cluster); multicast_tokens: such a kind's pair shares its token
+    chunk instead (two weight tiles, the token tile multicast), for kinds whose token tile is the larger."""
 
     tile_m: int
     tile_n: int
     swap_ab: bool
     cluster: int = 1
+    multicast_tokens: bool = False
 
     def invalid_reasons(self) -> list[str]:
         r = []
-        if self.tile_m not in (64, 128):
-            r.append("tile_m must be 64 or 128 (one or two math warp groups of 64 WGMMA rows)")
+        if self.tile_m not in (64, 128, 192):
+            r.append("tile_m must be 64, 128 or 192 (one to three math warp groups of 64 WGMMA rows)")
+        if self.tile_m == 192 and self.swap_ab:
+            r.append("tile_m 192 only without swap-AB (192 weight rows would span two weight scale blocks)")
+        if self.tile_m == 192 and self.tile_n > 128:
+            r.append("tile_m 192: tile_n must be <= 128 (three math warp groups get 152 registers per thread, "
+                     "the accumulator and the promoted sum take tile_n of them)")
         if self.cluster not in (1, 2):
             r.append("cluster must be 1 or 2 CTAs")
-        if self.cluster == 2 and not self.swap_ab and (self.tile_n // 2) % 8:
+        if self.cluster == 2 and not self.swap_ab and not self.multicast_tokens and (self.tile_n // 2) % 8:
             r.append("cluster 2: half of tile_n (each CTA's share of the multicast weight tile) must be a multiple of 8")
+        if self.multicast_tokens and (self.cluster != 2 or self.swap_ab):
+            r.append("multicast_tokens needs cluster 2 and a tokens x weights kind (swap_ab=False)")
+        if self.multicast_tokens and (self.tile_m // 2) % 8:
+            r.append("multicast_tokens: half of tile_m (each CTA's share of the token tile) must be a multiple of 8")
         if self.tile_n % 8 or not 8 <= self.tile_n <= 256:
             r.append("tile_n must be a multiple of 8 in [8, 256] (WGMMA N)")
         if self.swap_ab and SCALE_BLOCK % self.tile_m:
@@ -124,7 +135,8 @@ class NativeConfig(_Checked):
 
     @property
     def name(self) -> str:
-        return f"native_t{self.tile_m}x{self.tile_n}{'_swapab' if self.swap_ab else ''}{'_c2' if self.cluster == 2 else ''}"
+        return (f"native_t{self.tile_m}x{self.tile_n}{'_swapab' if self.swap_ab else ''}"
+                f"{'_mt' if self.multicast_tokens else ''}{'_c2' if self.cluster == 2 else ''}")
 
 
 @dataclass(frozen=True)
@@ -280,10 +292,43 @@ BUCKETS_NATIVE_MC: tuple[Bucket, ...] = table(
     ("large", None, NativeConfig(128, 192, swap_ab=False, cluster=2), _N_MC),
 )
 
+# Compute-bound experts with three math warp groups: 192 tokens x 128 weight rows in 2-CTA clusters (the
+# weight tile multicast to two token chunks), the same operand bytes per FLOP as native_mc's 128 x 192.
+# With two math warp groups the tensor cores idle whenever one group's promotion and stage bookkeeping
+# outlast the other group's WGMMAs (384 cycles a block at 128 x 192; ncu, 2026-12-02: 418 cycles from a
+# block's WGMMA wait to the next block's WGMMAs); with three, the other two groups' 512 cycles cover it.
+# One kind: swap-AB kinds cannot have three math warp groups (192 weight rows span two scale blocks), so
+# every expert of a call in this mode gets 192-token chunks.
+_N_M192 = ("192 tokens x 128 weight rows, three math warp groups; 2-CTA clusters, the weight tile "
+           "multicast to two token chunks")
+BUCKETS_NATIVE_M192: tuple[Bucket, ...] = table(
+    ("large", None, NativeConfig(192, 128, swap_ab=False, cluster=2), _N_M192),
+)
+# The same with the pair sharing the token chunk (two weight tiles, the 192-row token tile multicast): per
+# CTA and K block 12 KB of tokens + 16 KB of weights from L2, against 24 + 8 KB with the weights
+# multicast (native_mc's 128 x 192: 16 + 12 KB), and 192-token granularity instead of 384.
+BUCKETS_NATIVE_M192T: tuple[Bucket, ...] = table(
+    ("large", None, NativeConfig(192, 128, swap_ab=False, cluster=2, multicast_tokens=True),
+     "192 tokens x 128 weight rows, three math warp groups; 2-CTA clusters, the token tile multicast to "
+     "two weight tiles"),
+)
+
+# Decode-sized experts at large k in tiles of 64 weight rows (one math warp group): twice the tiles of
+# the 128-row kinds, so the last wave of a call whose tiles do not fill the SMs in whole waves wastes
+# half as much (ds_decode_ep16: 544 tiles of 128 rows are 4.12 waves of 132 SMs, run as 5; 1088 of 64
+# rows are 8.24, run as 9), at the price of reading each expert's token chunk twice as often.
+_N_NARROW = "64 weight rows (one math warp group): half the tile of the 128-row kinds, finer waves"
+BUCKETS_NATIVE_NARROW: tuple[Bucket, ...] = table(
+    ("decode", 32, NativeConfig(64, 32, swap_ab=True), _N_NARROW + "; 32 tokens"),
+    ("small", 64, NativeConfig(64, 64, swap_ab=True), _N_NARROW + "; 64 tokens"),
+    ("large", None, NativeConfig(64, 128, swap_ab=False), "64 tokens x 128 weight rows, one math warp group"),
+)
+
 # The production modes, in the order of the library's mode argument (0, 1, ...).
 MODES: tuple[tuple[str, tuple[Bucket, ...]], ...] = (
     ("es", BUCKETS), ("single", (SINGLE,)), ("es_small_k", BUCKETS_SMALL_K), ("native", BUCKETS_NATIVE),
-    ("native_wide", BUCKETS_NATIVE_WIDE), ("native_mc", BUCKETS_NATIVE_MC),
+    ("native_wide", BUCKETS_NATIVE_WIDE), ("native_mc", BUCKETS_NATIVE_MC), ("native_m192", BUCKETS_NATIVE_M192),
+    ("native_m192t", BUCKETS_NATIVE_M192T), ("native_narrow", BUCKETS_NATIVE_NARROW),
 )
 
 # How the bucket kernels of one call are enqueued (the C API's overlap argument, csrc/es_dual.h). They

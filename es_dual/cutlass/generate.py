@@ -56,8 +56,8 @@ def _kernel_type(config, element: str) -> tuple[str, str]:
     """(header, C++ type) of one kernel instantiation."""
     swap = "true" if config.swap_ab else "false"
     if isinstance(config, tbl.NativeFused):
-        kinds = ", ".join(f"native::Kind<{'true' if k.swap_ab else 'false'}, {k.tile_m}, {k.tile_n}>"
-                          for k in config.kinds)
+        kinds = ", ".join(f"native::Kind<{'true' if k.swap_ab else 'false'}, {k.tile_m}, {k.tile_n}"
+                          f"{', true' if k.multicast_tokens else ''}>" for k in config.kinds)
         return "native_gemm.cuh", f"native::GroupedGemm<native::Mode<{element}, {config.cluster}, {kinds}>>"
     return "grouped_gemm.cuh", (
         f"GroupedGemm<{config.tile_m}, {config.tile_n}, {config.tile_k}, {config.cluster_m}, "
