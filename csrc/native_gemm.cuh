@@ -19,8 +19,9 @@
 //     two scales (compute_tile: kinds whose two accumulators fit the registers keep the next block's
 //     WGMMAs running while the previous block is promoted; wider kinds of two math warp groups split
 //     each block's WGMMAs in two halves, the first promoted while the second runs; with three math warp
-//     groups the other two cover a group's promotion). Per tile: stage the rounded result in shared
-//     memory and hand it to the store warps.
+//     groups the other two cover a group's promotion: the tuning modes native_m192*, measured slower than
+//     two, docs/perf-notes.md 2026-12-07). Per tile: stage the rounded result in shared memory and hand
+//     it to the store warps.
 //   warps 2-3 of the producer warp group: the stores. They copy each staged tile to `out` with 16-byte
 //     stores of the rows and columns that belong to the expert (a tile may run past the expert's last
 //     row or n; those are never stored), while the math warp groups run the next tile's K loop; the

@@ -33,7 +33,7 @@ HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9,
 pytestmark = pytest.mark.skipif(not HOPPER, reason="needs a compute capability 9.0 GPU (the library is sm_90a)")
 
 # "native*": the modes of es_dual's own kernels (csrc/native_gemm.cuh), through the launcher
-NATIVE_MODES = ("native", "native_wide", "native_mc", "native_m192", "native_m192t", "native_narrow")
+NATIVE_MODES = ("native", "native_wide", "native_mc")
 BACKENDS = ("cutlass", "cutlass_single", *NATIVE_MODES)
 MODE_OF = {"cutlass": None, "cutlass_single": "single", **{m: m for m in NATIVE_MODES}}  # None: the production table for k
 OVERLAPS = (None, *buckets.OVERLAPS)  # None: through the public API (production default overlap)
@@ -244,11 +244,11 @@ def _compiled_modes():
 @pytest.mark.parametrize("overlap", list(buckets.OVERLAPS))
 @pytest.mark.parametrize("mode", [m["mode"] for m in _compiled_modes()] or ["es"])
 def test_every_compiled_mode(mode, overlap):
-    """Experts at each boundary of the mode's own table -1/0/+1 and around the 128-token tiles, bf16
+    """Experts at each boundary of the mode's own table -1/0/+1 and around the 128- and 192-token tiles, bf16
     (every mode has bf16 kernels), bit-equal to Triton on exact inputs."""
     table = next(m for m in _compiled_modes() if m["mode"] == mode)
-    bounds = sorted({b["max_tokens"] for b in table["buckets"] if b["max_tokens"]} | {128})
-    counts = [0, 1] + [c for b in bounds for c in (b - 1, b, b + 1)] + [0, 300]
+    bounds = sorted({b["max_tokens"] for b in table["buckets"] if b["max_tokens"]} | {128, 192})
+    counts = [0, 1] + [c for b in bounds for c in (b - 1, b, b + 1)] + [0, 300, 384]
     inputs = make_inputs(counts, 384, 384, seed=len(counts), exact=True)
     got = run_mode(inputs, torch.bfloat16, mode, overlap)
     assert torch.equal(got, run(inputs, torch.bfloat16, "triton"))

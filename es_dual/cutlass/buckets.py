@@ -292,43 +292,10 @@ BUCKETS_NATIVE_MC: tuple[Bucket, ...] = table(
     ("large", None, NativeConfig(128, 192, swap_ab=False, cluster=2), _N_MC),
 )
 
-# Compute-bound experts with three math warp groups: 192 tokens x 128 weight rows in 2-CTA clusters (the
-# weight tile multicast to two token chunks), the same operand bytes per FLOP as native_mc's 128 x 192.
-# With two math warp groups the tensor cores idle whenever one group's promotion and stage bookkeeping
-# outlast the other group's WGMMAs (384 cycles a block at 128 x 192; ncu, 2026-12-02: 418 cycles from a
-# block's WGMMA wait to the next block's WGMMAs); with three, the other two groups' 512 cycles cover it.
-# One kind: swap-AB kinds cannot have three math warp groups (192 weight rows span two scale blocks), so
-# every expert of a call in this mode gets 192-token chunks.
-_N_M192 = ("192 tokens x 128 weight rows, three math warp groups; 2-CTA clusters, the weight tile "
-           "multicast to two token chunks")
-BUCKETS_NATIVE_M192: tuple[Bucket, ...] = table(
-    ("large", None, NativeConfig(192, 128, swap_ab=False, cluster=2), _N_M192),
-)
-# The same with the pair sharing the token chunk (two weight tiles, the 192-row token tile multicast): per
-# CTA and K block 12 KB of tokens + 16 KB of weights from L2, against 24 + 8 KB with the weights
-# multicast (native_mc's 128 x 192: 16 + 12 KB), and 192-token granularity instead of 384.
-BUCKETS_NATIVE_M192T: tuple[Bucket, ...] = table(
-    ("large", None, NativeConfig(192, 128, swap_ab=False, cluster=2, multicast_tokens=True),
-     "192 tokens x 128 weight rows, three math warp groups; 2-CTA clusters, the token tile multicast to "
-     "two weight tiles"),
-)
-
-# Decode-sized experts at large k in tiles of 64 weight rows (one math warp group): twice the tiles of
-# the 128-row kinds, so the last wave of a call whose tiles do not fill the SMs in whole waves wastes
-# half as much (ds_decode_ep16: 544 tiles of 128 rows are 4.12 waves of 132 SMs, run as 5; 1088 of 64
-# rows are 8.24, run as 9), at the price of reading each expert's token chunk twice as often.
-_N_NARROW = "64 weight rows (one math warp group): half the tile of the 128-row kinds, finer waves"
-BUCKETS_NATIVE_NARROW: tuple[Bucket, ...] = table(
-    ("decode", 32, NativeConfig(64, 32, swap_ab=True), _N_NARROW + "; 32 tokens"),
-    ("small", 64, NativeConfig(64, 64, swap_ab=True), _N_NARROW + "; 64 tokens"),
-    ("large", None, NativeConfig(64, 128, swap_ab=False), "64 tokens x 128 weight rows, one math warp group"),
-)
-
 # The production modes, in the order of the library's mode argument (0, 1, ...).
 MODES: tuple[tuple[str, tuple[Bucket, ...]], ...] = (
     ("es", BUCKETS), ("single", (SINGLE,)), ("es_small_k", BUCKETS_SMALL_K), ("native", BUCKETS_NATIVE),
-    ("native_wide", BUCKETS_NATIVE_WIDE), ("native_mc", BUCKETS_NATIVE_MC), ("native_m192", BUCKETS_NATIVE_M192),
-    ("native_m192t", BUCKETS_NATIVE_M192T), ("native_narrow", BUCKETS_NATIVE_NARROW),
+    ("native_wide", BUCKETS_NATIVE_WIDE), ("native_mc", BUCKETS_NATIVE_MC),
 )
 
 # How the bucket kernels of one call are enqueued (the C API's overlap argument, csrc/es_dual.h). They
@@ -342,6 +309,40 @@ OVERLAPS = {
 # the next bucket's CTAs fill the SMs that the previous bucket's wave tail leaves idle. PDL saves only the
 # launch gap (CUTLASS 4.2's grouped SM90 kernels never trigger their dependents early).
 DEFAULT_OVERLAP = 1
+
+# Native candidates that lost to the production modes, kept for tuning builds (their kernels are es_dual's
+# own, so these rows exercise the kernel's one- and three-math-warp-group paths). Measured on one H100
+# (2026-12-07, benchmarks/mode_ab.py, kernel mode, better of two rounds), µs:
+# - three math warp groups (192 tokens x 128 weight rows, 2-CTA clusters): with two (native_mc) a group's
+#   path from its WGMMA wait to its next WGMMAs must hide under the other group's 384 cycles of WGMMAs;
+#   with three, two groups' 512 cycles cover it. Slower: balanced_big native_mc 1733.7, native_m192
+#   (the weight tile multicast to two token chunks) 1824.4, native_m192t (the token tile multicast to two
+#   weight tiles: 12 + 16 KB from L2 per CTA and K block, fewer than native_mc's 16 + 12) 1944.9;
+#   mixtral_gateup_balanced512 495.8 / 727.4 / 583.2 (192-token chunks pad 512 tokens to 576, pairs of
+#   them to 768). Under ncu (balanced_big) native_m192t keeps the tensor pipe 66 % busy against native_mc's
+#   78 %, its math warps waiting on their own m64n128 WGMMAs (the narrower WGMMA re-reads its A operand
+#   per 128 columns, against 192 for one native_mc half).
+# - one math warp group, 64-row tiles (twice the tiles of the 128-row kinds: ds_decode_ep16's 544 tiles
+#   are 4.12 waves on 132 SMs, run as 5; 1088 are 8.24, run as 9): level with the CUTLASS tables, not the
+#   predicted 9 % faster: ds_decode_ep16 es 190.0, native_narrow 192.9; ds_decode_ep8 370.8 / 366.4;
+#   decode_uniform8 343.9 / 337.3 (ncu, ds_decode_ep16: DRAM 81 % busy, the token chunks read twice as
+#   often, an L2 hit rate of 40 %).
+_N_M192 = ("192 tokens x 128 weight rows, three math warp groups; 2-CTA clusters, the weight tile "
+           "multicast to two token chunks")
+_N_NARROW = "64 weight rows (one math warp group): half the tile of the 128-row kinds, finer waves"
+NATIVE_TUNING_MODES: tuple[tuple[str, tuple[Bucket, ...]], ...] = (
+    ("native_m192", table(("large", None, NativeConfig(192, 128, swap_ab=False, cluster=2), _N_M192))),
+    ("native_m192t", table(
+        ("large", None, NativeConfig(192, 128, swap_ab=False, cluster=2, multicast_tokens=True),
+         "192 tokens x 128 weight rows, three math warp groups; 2-CTA clusters, the token tile multicast "
+         "to two weight tiles"),
+    )),
+    ("native_narrow", table(
+        ("decode", 32, NativeConfig(64, 32, swap_ab=True), _N_NARROW + "; 32 tokens"),
+        ("small", 64, NativeConfig(64, 64, swap_ab=True), _N_NARROW + "; 64 tokens"),
+        ("large", None, NativeConfig(64, 128, swap_ab=False), "64 tokens x 128 weight rows, one math warp group"),
+    )),
+)
 
 # --- Tuning tables: compiled only when ES_DUAL_TUNING=1 at build time (after MODES, in this order) -----
 # Candidates against the measured losses of the seed table on one H200: the persistent bucket kernels
@@ -397,6 +398,7 @@ TUNING_MODES: tuple[tuple[str, tuple[Bucket, ...]], ...] = (
          "256x128 tile (weights x tokens) for the compute-bound case (balanced_big); 128x256 without "
          "swap-AB is rejected by CUTLASS 4.2"),
     )),
+    *NATIVE_TUNING_MODES,
 )
 
 
