@@ -320,8 +320,8 @@ DEFAULT_OVERLAP = 1
 #   weight tiles: 12 + 16 KB from L2 per CTA and K block, fewer than native_mc's 16 + 12) 1944.9;
 #   mixtral_gateup_balanced512 495.8 / 727.4 / 583.2 (192-token chunks pad 512 tokens to 576, pairs of
 #   them to 768). Under ncu (balanced_big) native_m192t keeps the tensor pipe 66 % busy against native_mc's
-#   78 %, its math warps waiting on their own m64n128 WGMMAs (the narrower WGMMA re-reads its A operand
-#   per 128 columns, against 192 for one native_mc half).
+#   78 %, its math warps waiting on their own m64n128 WGMMAs, with fewer shared-memory wavefronts per
+#   cycle than native_mc (docs/perf-notes.md, 2026-12-07).
 # - one math warp group, 64-row tiles (twice the tiles of the 128-row kinds: ds_decode_ep16's 544 tiles
 #   are 4.12 waves on 132 SMs, run as 5; 1088 are 8.24, run as 9): level with the CUTLASS tables, not the
 #   predicted 9 % faster: ds_decode_ep16 es 190.0, native_narrow 192.9; ds_decode_ep8 370.8 / 366.4;
