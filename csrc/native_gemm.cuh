@@ -200,9 +200,8 @@ constexpr int cmax(int a, int b, T... rest) { return cmax(a > b ? a : b, rest...
 //
 // Cluster 2: the two CTAs of a cluster work on a pair of tiles at a time, and every stage of either
 // CTA is released by the math of both (the producers may write each other's stages), so both walk the
-// same pair list. Tokens x weights kinds share the larger of their two operand tiles: by default a pair
-// is two token chunks of one weight tile, each CTA loading half of the weight tile for both (TMA
-// multicast): a third fewer L2-to-SM bytes for a 128 x 192 tile, which is what bounds compute-bound
+// same pair list. Tokens x weights kinds share one operand tile: by default a pair is two token chunks
+// of one weight tile, each CTA loading half of the weight tile for both (TMA multicast): a third fewer L2-to-SM bytes for a 128 x 192 tile, which is what bounds compute-bound
 // experts without it; kinds with kMulticastTokens (192 tokens x 128 weight rows) pair two weight tiles
 // of one token chunk and multicast the token tile instead. Swap-AB kinds pair two weight tiles of one
 // token chunk and load their own operands. A pair whose second tile lies past the expert (an odd

@@ -327,16 +327,13 @@ DEFAULT_OVERLAP = 1
 #   predicted 9 % faster: ds_decode_ep16 es 190.0, native_narrow 192.9; ds_decode_ep8 370.8 / 366.4;
 #   decode_uniform8 343.9 / 337.3 (ncu, ds_decode_ep16: DRAM 81 % busy, the token chunks read twice as
 #   often, an L2 hit rate of 40 %).
-_N_M192 = ("192 tokens x 128 weight rows, three math warp groups; 2-CTA clusters, the weight tile "
-           "multicast to two token chunks")
+_N_M192 = "192 tokens x 128 weight rows, three math warp groups; 2-CTA clusters, "
 _N_NARROW = "64 weight rows (one math warp group): half the tile of the 128-row kinds, finer waves"
 NATIVE_TUNING_MODES: tuple[tuple[str, tuple[Bucket, ...]], ...] = (
-    ("native_m192", table(("large", None, NativeConfig(192, 128, swap_ab=False, cluster=2), _N_M192))),
-    ("native_m192t", table(
-        ("large", None, NativeConfig(192, 128, swap_ab=False, cluster=2, multicast_tokens=True),
-         "192 tokens x 128 weight rows, three math warp groups; 2-CTA clusters, the token tile multicast "
-         "to two weight tiles"),
-    )),
+    ("native_m192", table(("large", None, NativeConfig(192, 128, swap_ab=False, cluster=2),
+                           _N_M192 + "the weight tile multicast to two token chunks"))),
+    ("native_m192t", table(("large", None, NativeConfig(192, 128, swap_ab=False, cluster=2, multicast_tokens=True),
+                            _N_M192 + "the token tile multicast to two weight tiles"))),
     ("native_narrow", table(
         ("decode", 32, NativeConfig(64, 32, swap_ab=True), _N_NARROW + "; 32 tokens"),
         ("small", 64, NativeConfig(64, 64, swap_ab=True), _N_NARROW + "; 64 tokens"),
