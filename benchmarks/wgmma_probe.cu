@@ -9,7 +9,9 @@
 //
 // Questions it answers (docs/perf-notes.md, 2026-12-07): is m64n128 slower per FLOP than m64n96 or
 // m64n192; does a third warp group hide the promotion; what does the promotion cost in each structure
-// (native_mc: N = 192 in two halves, wait<1>; DeepGEMM: N = 192 in one group, wait<0>).
+// (native_mc: N = 192 in two halves, wait<1>; DeepGEMM: N = 192 in one group, wait<0>); whether the
+// two warp groups, started together, promote at the same time (the tensor cores idle meanwhile) and
+// whether a stagger or turns between them keep the tensor cores busy.
 // Build (here, needs the CUTLASS headers): bash benchmarks/wgmma_probe.sh build; run (GPU machine,
 // carry .cache/es_dual): bash benchmarks/wgmma_probe.sh run.
 #include <cstdio>
@@ -30,7 +32,13 @@ constexpr int smem_bytes() {
   return WGs * 64 * kBlockK + N * kBlockK + kScaleSlots * 4 + 1024;  // + alignment slack
 }
 
-template <int N, int WGs, int Parts, bool Promote>
+// How the math warp groups' blocks are ordered against each other: kFree (each issues when it can; they
+// start together), kOffset (the second warp group starts half a block's tensor time late: does a stagger
+// persist?), kTurns (the warp groups issue their blocks in turns, WG0's block b before WG1's, WG1's block
+// b before WG0's block b + 1: named barriers 1 and 2, as a pingpong schedule orders its consumers).
+enum Order { kFree, kOffset, kTurns };
+
+template <int N, int WGs, int Parts, bool Promote, Order kOrder = kFree>
 __global__ void __launch_bounds__(128 * WGs, 1) probe(int blocks, long long* cycles, float* sink) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(CUTE_ARCH_MMA_SM90A_ENABLED)
   extern __shared__ __align__(1024) uint8_t smem_raw[];
@@ -60,8 +68,13 @@ __global__ void __launch_bounds__(128 * WGs, 1) probe(int blocks, long long* cyc
       if (i >= i0 && i < i1) sum[i] += s * acc[i];
   };
 
+  static_assert(kOrder == kFree || WGs == 2, "orders of two warp groups");
   const long long start = clock64();
+  if (kOrder == kOffset && wg == 1)
+    while (clock64() - start < N) {}  // half of one warp group's block (2 * N tensor cycles)
   for (int blk = 0; blk < blocks; ++blk) {
+    if (kOrder == kTurns && (wg == 1 || blk > 0))
+      es_dual::native::named_barrier_sync(1 + wg, 256);  // the other warp group's block is issued
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
     cute::warpgroup_arrive();
@@ -72,6 +85,8 @@ __global__ void __launch_bounds__(128 * WGs, 1) probe(int blocks, long long* cyc
         wgmma<kPart>(desc_a + 2 * k, desc_b + part * kPartRows + 2 * k, acc + part * kPart / 2, k > 0);
       cute::warpgroup_commit_batch();
     }
+    if (kOrder == kTurns && (wg == 0 || blk + 1 < blocks))
+      es_dual::native::named_barrier_arrive(2 - wg, 256);  // the other's turn
     const float s = scales[blk % kScaleSlots];
     if constexpr (Parts == 2) {
 #pragma unroll
@@ -107,9 +122,9 @@ struct Config {
   int smem;
 };
 
-template <int N, int WGs, int Parts, bool Promote>
+template <int N, int WGs, int Parts, bool Promote, Order kOrder = kFree>
 Config config(const char* name) {
-  return {name, N, WGs, Parts, Promote, probe<N, WGs, Parts, Promote>, smem_bytes<N, WGs>()};
+  return {name, N, WGs, Parts, Promote, probe<N, WGs, Parts, Promote, kOrder>, smem_bytes<N, WGs>()};
 }
 
 bool check(cudaError_t e, const char* what) {
@@ -132,6 +147,12 @@ int main() {
       config<192, 2, 1, true>("n192 x2 wg, one group, wait<0> (DeepGEMM)"),
       config<128, 3, 1, true>("n128 x3 wg, one group, wait<0> (native_m192)"),
       config<128, 2, 1, true>("n128 x2 wg, one group, wait<0>"),
+      // the same with the two warp groups staggered or taking turns
+      config<192, 2, 2, true, kOffset>("n192 x2 wg, halves, WG1 starts late"),
+      config<192, 2, 2, true, kTurns>("n192 x2 wg, halves, turns"),
+      config<192, 2, 1, true, kOffset>("n192 x2 wg, one group, WG1 starts late"),
+      config<192, 2, 1, true, kTurns>("n192 x2 wg, one group, turns"),
+      config<128, 2, 1, true, kTurns>("n128 x2 wg, one group, turns"),
   };
   int device = 0, sms = 0;
   if (!check(cudaGetDevice(&device), "cudaGetDevice") ||
