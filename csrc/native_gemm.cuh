@@ -86,9 +86,6 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
 
 // Named barriers of the math warp groups (0 is __syncthreads).
 constexpr int kMathBarrier = 1;     // both math warp groups: tile start
-// Order::kStagger / kTurns: warp group 1 may issue (kIssued1), warp group 0 may issue (kIssued0).
-constexpr int kIssued0 = 2;
-constexpr int kIssued1 = 3;
 // Math and store warps: a tile staged in shared memory / copied out of it. Hardware barriers, so that the
 // store warps, idle most of the time, wait descheduled instead of polling an mbarrier.
 constexpr int kOutFull = 4;
@@ -163,35 +160,16 @@ constexpr int kMaxKinds = 4;  // tile kinds (buckets) of one mode
 
 constexpr int gcd(int a, int b) { return b == 0 ? a : gcd(b, a % b); }
 
-// How the two math warp groups of a wide kind (compute_tile's k_loop) order their K blocks' WGMMAs
-// against each other. The tensor cores run WGMMAs in issue order: two warp groups that issue a block at
-// the same time finish it at the same time and then promote at the same time while the tensor cores
-// idle, and they stay in that lockstep; once one runs half a block ahead, each promotes under the other's
-// WGMMAs (benchmarks/wgmma_probe.cu, docs/perf-notes.md 2026-12-07: m64n192 halves 86 % of the tensor
-// cores in lockstep, 100 % staggered).
-//   kFree:    each warp group issues when its stage has landed (the tile-start barrier puts them in step).
-//   kStagger: at each tile start warp group 1 issues its first block only after warp group 0 has issued
-//             its own (one named barrier per tile); free after that.
-//   kTurns:   every block: warp group 1 issues block b after warp group 0 has, warp group 0 block b + 1
-//             after warp group 1 has issued b (two named barriers per block).
-enum class Order { kFree, kStagger, kTurns };
-
 // One tile shape and orientation (a bucket of es_dual/cutlass/buckets.py, NativeConfig). MulticastTokens
 // (tokens x weights kinds of 2-CTA modes): the pair of a cluster shares the token chunk instead of the
-// weight tile (see Mode). Parts: WGMMA commit groups per K block in k_loop (0: two with two math warp
-// groups, one with three); BlockOrder: see Order.
-template <bool SwapAB, int TileM, int TileN, bool MulticastTokens = false, int Parts = 0,
-          Order BlockOrder = Order::kFree>
+// weight tile (see Mode).
+template <bool SwapAB, int TileM, int TileN, bool MulticastTokens = false>
 struct Kind {
   static constexpr bool kSwapAB = SwapAB;
   static constexpr bool kMulticastTokens = MulticastTokens;
   static_assert(!(SwapAB && MulticastTokens), "swap-AB kinds multicast nothing");
   static constexpr int kTileM = TileM, kTileN = TileN;
   static constexpr int kMathWGs = TileM / 64;
-  static constexpr int kParts = Parts != 0 ? Parts : kMathWGs >= 3 ? 1 : 2;
-  static_assert(kParts == 1 || kParts == 2, "one or two WGMMA groups per K block");
-  static constexpr Order kOrder = BlockOrder;
-  static_assert(BlockOrder == Order::kFree || kMathWGs == 2, "orders between two math warp groups");
   static constexpr int kTokenRows = SwapAB ? TileN : TileM;   // rows of a per tile
   static constexpr int kWeightRows = SwapAB ? TileM : TileN;  // rows of b per tile
   static_assert(TileM % 64 == 0 && TileM <= 192, "one to three math warp groups of 64 WGMMA rows");
@@ -641,7 +619,7 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   // landed is asked (test_wait: it never suspends the warp) right after the last WGMMA wait, its answer
   // coming back under the promotion.
   auto k_loop = [&](auto first_block_groups) {
-    constexpr int kParts = K::kParts;
+    constexpr int kParts = M::kMathWGs >= 3 ? 1 : 2;
     constexpr int kPart = N / kParts;
     static_assert(kPart % 8 == 0, "WGMMA groups of whole 8-column groups");
     using PartGroups = std::integral_constant<int, kPart / 8>;
@@ -652,10 +630,6 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
       const uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
       const uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
       if (!landed) s.full[stage].wait(phase);
-      // warp group 1 waits for warp group 0's block (kStagger: the first block of the tile only)
-      constexpr bool kOrdered = K::kOrder != Order::kFree;
-      const bool ordered = K::kOrder == Order::kTurns || kb == 0;
-      if (kOrdered && ordered && (wg == 1 || kb > 0)) named_barrier_sync(wg == 0 ? kIssued0 : kIssued1, M::kMathThreads);
 #pragma unroll
       for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
       cute::warpgroup_arrive();
@@ -666,9 +640,6 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
           wgmma<kPart>(desc_m + 2 * k, desc_n + part * kPartRows + 2 * k, acc + part * kPart / 2, k > 0);
         cute::warpgroup_commit_batch();
       }
-      // the other warp group's turn (kStagger: warp group 0's only; kTurns: none after the tile's last block)
-      const bool gives_turn = wg == 0 || (K::kOrder == Order::kTurns && kb + 1 < p.k_blocks);
-      if (kOrdered && ordered && gives_turn) named_barrier_arrive(wg == 0 ? kIssued1 : kIssued0, M::kMathThreads);
       const BlockScales bs = block_scales(stage, kb);  // under the WGMMAs (the stage is still ours)
       const int block_stage = stage;
       if (++stage == M::kStages) stage = 0, phase ^= 1;
@@ -746,8 +717,6 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   };
   // two accumulators and the sum, and about 40 registers for addresses, scales and the loop
   constexpr bool kPipelined = 3 * (N / 2) + 40 <= M::kMathRegisters;
-  static_assert(!kPipelined || (K::kOrder == Order::kFree && K::kParts == 2),
-                "parts and orders are k_loop's (kinds without room for a second accumulator)");
   auto loop = [&](auto first_block_groups) {
     if constexpr (kPipelined) pipelined_loop(first_block_groups);
     else k_loop(first_block_groups);

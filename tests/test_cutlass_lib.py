@@ -177,15 +177,6 @@ def test_native_table_rules(monkeypatch):
         buckets.NativeConfig(128, 128, swap_ab=False, cluster=4)
     with pytest.raises(ValueError, match="half of tile_n"):
         buckets.NativeConfig(128, 40, swap_ab=False, cluster=2)
-    # the wide K loop's WGMMA groups and warp-group order: only kinds that run it
-    buckets.NativeConfig(128, 192, swap_ab=False, cluster=2, parts=1, order="turns")
-    with pytest.raises(ValueError, match="order must be one of"):
-        buckets.NativeConfig(128, 192, swap_ab=False, order="pingpong")
-    with pytest.raises(ValueError, match="parts must be"):
-        buckets.NativeConfig(128, 192, swap_ab=False, parts=3)
-    for kwargs in ({"tile_n": 128, "swap_ab": False, "order": "stagger"}, {"tile_n": 64, "swap_ab": True, "parts": 1}):
-        with pytest.raises(ValueError, match="apply to the K loop of wide kinds"):
-            buckets.NativeConfig(128, **kwargs)
     native = dict(buckets.MODES)["native"]
     fused = buckets.fused_kernel(native)
     assert fused is not None and all(buckets.kernel_of(native, b) == fused for b in native)
@@ -208,21 +199,6 @@ def test_native_table_rules(monkeypatch):
 
 
 # --- tuning tables ---------------------------------------------------------------------------------------
-
-def test_native_kind_arguments():
-    """native::Kind's arguments: the defaulted ones (token multicast, WGMMA parts, warp-group order) are
-    written only up to the last one that differs, so the production kinds' text stays as it was."""
-    kind = generate._kind_args
-    assert kind(buckets.NativeConfig(128, 192, swap_ab=False, cluster=2)) == "false, 128, 192"
-    assert kind(buckets.NativeConfig(128, 32, swap_ab=True)) == "true, 128, 32"
-    assert kind(buckets.NativeConfig(192, 128, swap_ab=False, cluster=2, multicast_tokens=True)) == "false, 192, 128, true"
-    assert kind(buckets.NativeConfig(128, 192, swap_ab=False, parts=1)) == "false, 128, 192, false, 1"
-    assert (kind(buckets.NativeConfig(128, 192, swap_ab=False, order="turns"))
-            == "false, 128, 192, false, 0, native::Order::kTurns")
-    text = generate.generate(tuning=True)
-    unit = "kernel_native_t128x32_swapab_t128x64_swapab_t128x192_p1_stagger_c2_bf16.cu"
-    assert "native::Kind<false, 128, 192, false, 1, native::Order::kStagger>" in text[unit]
-
 
 def test_tuning_build_generates_its_own_units_and_key(monkeypatch):
     """ES_DUAL_TUNING=1 adds the tuning modes after the production ones, compiles their extra kernels for

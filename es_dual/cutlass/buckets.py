@@ -79,10 +79,6 @@ class KernelConfig(_Checked):
         )
 
 
-# How the two math warp groups of a wide native kind order their K blocks (csrc/native_gemm.cuh, Order):
-# the tensor cores run WGMMAs in issue order, so two warp groups that issue together promote together.
-ORDERS = {"free": "Order::kFree", "stagger": "Order::kStagger", "turns": "Order::kTurns"}
-
 # Limits of the native kernels (csrc/native_gemm.cuh keeps a tile prefix per expert and the weight
 # scales of one tile for every K block in shared memory); generate.py writes them into es_dual_limits.h.
 NATIVE_MAX_EXPERTS = 1024
@@ -105,17 +101,9 @@ class NativeConfig(_Checked):
     swap_ab: bool
     cluster: int = 1
     multicast_tokens: bool = False
-    parts: int = 0  # WGMMA groups per K block of the wide K loop (0: the kernel's default)
-    order: str = "free"  # how its two math warp groups order their blocks (ORDERS)
 
     def invalid_reasons(self) -> list[str]:
         r = []
-        if self.order not in ORDERS:
-            r.append(f"order must be one of {tuple(ORDERS)}")
-        if (self.parts or self.order != "free") and not (self.tile_m == 128 and self.tile_n > 128 and not self.swap_ab):
-            r.append("parts and order apply to the K loop of wide kinds (tile_m 128, tile_n > 128, no swap-AB)")
-        if self.parts not in (0, 1, 2):
-            r.append("parts must be 0 (default), 1 or 2")
         if self.tile_m not in (64, 128, 192):
             r.append("tile_m must be 64, 128 or 192 (one to three math warp groups of 64 WGMMA rows)")
         if self.tile_m == 192 and self.swap_ab:
@@ -148,8 +136,7 @@ class NativeConfig(_Checked):
     @property
     def name(self) -> str:
         return (f"native_t{self.tile_m}x{self.tile_n}{'_swapab' if self.swap_ab else ''}"
-                f"{'_mt' if self.multicast_tokens else ''}{f'_p{self.parts}' if self.parts else ''}"
-                f"{'' if self.order == 'free' else '_' + self.order}{'_c2' if self.cluster == 2 else ''}")
+                f"{'_mt' if self.multicast_tokens else ''}{'_c2' if self.cluster == 2 else ''}")
 
 
 @dataclass(frozen=True)
@@ -341,22 +328,12 @@ DEFAULT_OVERLAP = 1
 #   decode_uniform8 343.9 / 337.3 (ncu, ds_decode_ep16: DRAM 81 % busy, the token chunks read twice as
 #   often, an L2 hit rate of 40 %).
 _N_M192 = "192 tokens x 128 weight rows, three math warp groups; 2-CTA clusters, "
-
-
-def _mc_variant(parts: int, order: str) -> tuple[Bucket, ...]:
-    """native_mc with another K loop for its large kind: WGMMA groups per block and the warp groups' order."""
-    large = NativeConfig(128, 192, swap_ab=False, cluster=2, parts=parts, order=order)
-    return BUCKETS_NATIVE_MC[:-1] + table(("large", None, large, _N_MC + f"; {parts or 2} WGMMA group(s), {order}"))
-
-
 _N_NARROW = "64 weight rows (one math warp group): half the tile of the 128-row kinds, finer waves"
 NATIVE_TUNING_MODES: tuple[tuple[str, tuple[Bucket, ...]], ...] = (
     ("native_m192", table(("large", None, NativeConfig(192, 128, swap_ab=False, cluster=2),
                            _N_M192 + "the weight tile multicast to two token chunks"))),
     ("native_m192t", table(("large", None, NativeConfig(192, 128, swap_ab=False, cluster=2, multicast_tokens=True),
                             _N_M192 + "the token tile multicast to two weight tiles"))),
-    *((f"native_mc{f'_p{parts}' if parts else ''}_{order}", _mc_variant(parts, order))
-      for parts in (0, 1) for order in ("stagger", "turns")),
     ("native_narrow", table(
         ("decode", 32, NativeConfig(64, 32, swap_ab=True), _N_NARROW + "; 32 tokens"),
         ("small", 64, NativeConfig(64, 64, swap_ab=True), _N_NARROW + "; 64 tokens"),

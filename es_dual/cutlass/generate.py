@@ -52,21 +52,12 @@ def kernel_unit_name(config: tbl.KernelConfig, dtype: str) -> str:
     return f"{entry_symbol(config, dtype)}.cu"
 
 
-def _kind_args(kind: tbl.NativeConfig) -> str:
-    """native::Kind's template arguments, the defaulted ones only where they differ."""
-    args = ["true" if kind.swap_ab else "false", str(kind.tile_m), str(kind.tile_n)]
-    tail = ["true" if kind.multicast_tokens else "false", str(kind.parts), f"native::{tbl.ORDERS[kind.order]}"]
-    defaults = ["false", "0", f"native::{tbl.ORDERS['free']}"]
-    while tail and tail[-1] == defaults[len(tail) - 1]:
-        tail.pop()
-    return ", ".join(args + tail)
-
-
 def _kernel_type(config, element: str) -> tuple[str, str]:
     """(header, C++ type) of one kernel instantiation."""
     swap = "true" if config.swap_ab else "false"
     if isinstance(config, tbl.NativeFused):
-        kinds = ", ".join(f"native::Kind<{_kind_args(k)}>" for k in config.kinds)
+        kinds = ", ".join(f"native::Kind<{'true' if k.swap_ab else 'false'}, {k.tile_m}, {k.tile_n}"
+                          f"{', true' if k.multicast_tokens else ''}>" for k in config.kinds)
         return "native_gemm.cuh", f"native::GroupedGemm<native::Mode<{element}, {config.cluster}, {kinds}>>"
     return "grouped_gemm.cuh", (
         f"GroupedGemm<{config.tile_m}, {config.tile_n}, {config.tile_k}, {config.cluster_m}, "
