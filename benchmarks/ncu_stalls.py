@@ -3,7 +3,8 @@
 python benchmarks/ncu_stalls.py DIR/native_mc_balanced_big.sass.csv [more.sass.csv ...] [--top 12]
 
 Per file: the samples (ncu's "Warp Stall Sampling (All Samples)") summed by instruction class, each as a
-share of the kernel's samples, and the instructions with the most samples. The classes name what a warp
+share of the kernel's samples with its most frequent stall reasons (ncu's stall_* columns: dispatch,
+selected, short_sb, ...), and the instructions with the most samples. The classes name what a warp
 waits for when it sits on that instruction: its own WGMMAs (WARPGROUP.DEPBAR), an mbarrier (SYNCS: a
 stage's data or a free stage), a named barrier (BAR), the WGMMA issue (QGMMA/HGMMA), the promotion's
 arithmetic (FFMA/FMUL), shared-memory loads (LDS), everything else. A warp that waits at a barrier is
@@ -41,7 +42,7 @@ def class_of(op: str) -> str:
 
 def classes(rows) -> list[str]:
     """Each row's class; a control instruction shortly after a wait takes the wait's class."""
-    ops = [opcode(source) for source, _, _ in rows]
+    ops = [opcode(row[0]) for row in rows]
     out, last_wait = [], None  # (index, opcode) of the latest wait
     for i, op in enumerate(ops):
         if op.startswith(WAITS):
@@ -51,15 +52,19 @@ def classes(rows) -> list[str]:
     return out
 
 
-def read(path: str) -> tuple[str, list[tuple[str, int, int]]]:
-    """(kernel name, [(source, samples, executed)]) of one SASS CSV (kernel name line, header, rows)."""
+def read(path: str) -> tuple[str, list[tuple[str, int, int, dict[str, int]]]]:
+    """(kernel name, [(source, samples, executed, {stall reason: samples})]) of one SASS CSV (the kernel
+    name line, the header, one row per instruction)."""
     with open(path) as f:
         rows = list(csv.reader(f))
     header = rows[1]
     src, samples, executed = (header.index(c) for c in ("Source", "Warp Stall Sampling (All Samples)",
                                                         "Instructions Executed"))
+    reasons = {c.removeprefix("stall_"): i for i, c in enumerate(header)
+               if c.startswith("stall_") and not c.endswith("(Not Issued)")}
     as_int = lambda v: int(v) if v.isdigit() else 0  # noqa: E731
-    return rows[0][1], [(r[src].strip(), as_int(r[samples]), as_int(r[executed])) for r in rows[2:]]
+    return rows[0][1], [(r[src].strip(), as_int(r[samples]), as_int(r[executed]),
+                         {name: as_int(r[i]) for name, i in reasons.items()}) for r in rows[2:]]
 
 
 def main():
@@ -69,17 +74,22 @@ def main():
     args = parser.parse_args()
     for path in args.files:
         kernel, rows = read(path)
-        total = sum(s for _, s, _ in rows) or 1
-        print(f"== {path}\n   {kernel[:150]}\n   {total} samples, {sum(e for _, _, e in rows)} warp instructions")
-        by_class: dict[str, int] = {}
-        for (_, samples, _), cls in zip(rows, classes(rows)):
-            by_class[cls] = by_class.get(cls, 0) + samples
-        for cls, samples in sorted(by_class.items(), key=lambda kv: -kv[1]):
-            print(f"   {cls:<16} {100 * samples / total:5.1f} %")
+        total = sum(row[1] for row in rows) or 1
+        print(f"== {path}\n   {kernel[:150]}\n   {total} samples, {sum(row[2] for row in rows)} warp instructions")
+        by_class: dict[str, dict[str, int]] = {}  # class -> stall reason -> samples
+        share: dict[str, int] = {}                # class -> samples
+        for row, cls in zip(rows, classes(rows)):
+            share[cls] = share.get(cls, 0) + row[1]
+            reasons = by_class.setdefault(cls, {})
+            for reason, n in row[3].items():
+                reasons[reason] = reasons.get(reason, 0) + n
+        for cls in sorted(by_class, key=lambda c: -share[c]):
+            top = sorted(by_class[cls].items(), key=lambda kv: -kv[1])[:4]
+            why = ", ".join(f"{reason} {100 * n / (sum(by_class[cls].values()) or 1):.0f} %" for reason, n in top)
+            print(f"   {cls:<16} {100 * share[cls] / total:5.1f} %   ({why})")
         print("   top instructions (samples, executed):")
-        for source, samples, executed in sorted(rows, key=lambda r: -r[1])[:args.top]:
+        for source, samples, executed, _ in sorted(rows, key=lambda r: -r[1])[:args.top]:
             print(f"   {100 * samples / total:5.1f} % {executed:>11}  {source[:80]}")
-
 
 if __name__ == "__main__":
     main()

@@ -15,9 +15,10 @@ def write_csv(path, rows):
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["Kernel Name", "void k()", ""])
-        w.writerow(["Address", "Source", "Warp Stall Sampling (All Samples)", "Instructions Executed"])
+        w.writerow(["Address", "Source", "Warp Stall Sampling (All Samples)", "Instructions Executed",
+                    "stall_barrier", "stall_barrier (Not Issued)"])
         for i, (source, samples, executed) in enumerate(rows):
-            w.writerow([hex(i * 16), source, str(samples), str(executed)])
+            w.writerow([hex(i * 16), source, str(samples), str(executed), str(samples), "0"])
 
 
 def test_classes_and_barrier_attribution(tmp_path):
@@ -36,8 +37,9 @@ def test_classes_and_barrier_attribution(tmp_path):
     write_csv(path, rows)
     kernel, read = ncu_stalls.read(str(path))
     assert kernel == "void k()" and [r[1] for r in read] == [r[1] for r in rows]
+    assert all(r[3] == {"barrier": r[1]} for r in read)  # the reasons, without the not-issued columns
     assert ncu_stalls.opcode("@!P0  BRA 0x100") == "BRA" and ncu_stalls.opcode("FFMA R1, R2") == "FFMA"
     assert ncu_stalls.classes(read) == ["mbarrier", "mbarrier", "WGMMA issue", "WGMMA wait", "promotion math",
                                         "named barrier", "other", "named barrier", "named barrier"]
-    far = [("BAR.SYNC 0x1, 0x100", 0, 1)] + [("IMAD R1, R1, R1, RZ", 0, 1)] * ncu_stalls.WINDOW + [("BSSY B1, 0x0", 9, 1)]
+    far = [("BAR.SYNC 0x1, 0x100",)] + [("IMAD R1, R1, R1, RZ",)] * ncu_stalls.WINDOW + [("BSSY B1, 0x0",)]
     assert ncu_stalls.classes(far)[-1] == "other"  # past the window: not the barrier's
