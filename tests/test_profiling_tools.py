@@ -1,5 +1,5 @@
-"""benchmarks/ncu_stalls.py: stall samples by class, with a barrier's samples taken from the control
-instruction a waiting warp is sampled on."""
+"""The profiling tools in benchmarks/: ncu_stalls.py (stall samples by class, a barrier's samples taken
+from the control instruction a waiting warp is sampled on) and kblock_sass.py (instructions per K block)."""
 import csv
 import importlib.util
 from pathlib import Path
@@ -43,3 +43,36 @@ def test_classes_and_barrier_attribution(tmp_path):
                                         "named barrier", "other", "named barrier", "named barrier"]
     far = [("BAR.SYNC 0x1, 0x100",)] + [("IMAD R1, R1, R1, RZ",)] * ncu_stalls.WINDOW + [("BSSY B1, 0x0",)]
     assert ncu_stalls.classes(far)[-1] == "other"  # past the window: not the barrier's
+
+
+SASS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR8+0x380a0], R24 ;
+        /*0020*/                   QGMMA.64x192x32.F32.E4M3.E4M3 R24, gdesc[UR12], RZ, !UPT ;
+        /*0030*/                   QGMMA.64x192x32.F32.E4M3.E4M3 R24, gdesc[UR16], R24, gsb0 ;
+        /*0040*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;
+        /*0050*/                   FFMA R133, R24, R206, R133 ;
+        /*0060*/                   QGMMA.64x192x32.F32.E4M3.E4M3 R24, gdesc[UR12], RZ, !UPT ;
+        /*0070*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;
+        /*0080*/                   FFMA R133, R24, R206, R133 ;
+        /*0090*/              @!P1 BRA 0x10 ;
+        /*00a0*/                   EXIT ;
+        /*00b0*/                   BRA 0x0 ;
+"""
+
+
+def test_kblock_sass_counts_the_innermost_k_loop(tmp_path):
+    """benchmarks/kblock_sass.py: a backward branch over WGMMA waits is a K loop, its count per block is
+    its body over its waits; the branch back over the whole kernel (a retry path) is not the K loop."""
+    spec = importlib.util.spec_from_file_location("kblock_sass", SCRIPT.with_name("kblock_sass.py"))
+    kblock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kblock)
+    path = tmp_path / "k.sass"
+    path.write_text(SASS)
+    ins = kblock.instructions(str(path), tool="unused")
+    assert ins[0] == (0, "MOV R1, c[0x0][0x28]") and ins[-1] == (0xB0, "BRA 0x0")
+    loops = kblock.k_loops(ins, "64x192x32")
+    assert len(loops) == 1
+    waits, counts = loops[0]
+    assert waits == 2 and sum(counts.values()) == 9 and counts["QGMMA"] == 3 and counts["FFMA"] == 2
+    assert kblock.k_loops(ins, "64x96x32") == []
