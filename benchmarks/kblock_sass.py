@@ -11,26 +11,18 @@ python benchmarks/kblock_sass.py [FILE ...] [--deepgemm SRC]
     --deepgemm SRC     also DeepGEMM's SM90 1D2D kernel, compiled here (nvcc, sm_90a) from its source
                        (SRC: .peers/deepgemm/src) as its JIT instantiates it for balanced_big's masked
                        call on 132 SMs: 128 x 192 tiles, 4 stages, 2-CTA multicast, n and k compiled in
-    --gmma 64x192x32   only intervals that issue a WGMMA of this shape (the kind to compare)
-    --cuobjdump PATH   (default: cuobjdump on PATH, else the one in Triton's wheel)
+    --gmma 64x192x32   only loops that issue a WGMMA of this shape (the kind to compare)
+    --cuobjdump PATH   (default: es_dual.cutlass.build.find_cuobjdump(): Triton's, beside nvcc, on PATH)
 """
 import argparse
 import collections
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
+from es_dual.cutlass import build
+
 WAIT = "WARPGROUP.DEPBAR.LE gsb0, 0x0"
-
-
-def cuobjdump() -> str:
-    found = shutil.which("cuobjdump")
-    if found:
-        return found
-    import triton  # its wheel carries one
-
-    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
 
 
 def instructions(path: str, tool: str) -> list[tuple[int, str]]:
@@ -57,13 +49,11 @@ def compile_deepgemm(src: str, out_dir: str) -> str:
     """DeepGEMM's kernel for balanced_big's masked call as a cubin in out_dir (its template arguments as
     its JIT writes them: major SFB, m n k, groups, block m n k, swizzles, stages, TMA and math threads,
     multicast, multicast on A, SMs, GEMM type, output type, epilogue)."""
-    from es_dual.cutlass.build import cutlass_include_dirs
-
     unit, cubin = Path(out_dir) / "deepgemm_1d2d.cu", Path(out_dir) / "deepgemm_1d2d.cubin"
     unit.write_text(DEEPGEMM_INSTANCE)
-    include = [f"-I{Path(src) / 'deep_gemm' / 'include'}"] + [f"-I{d}" for d in cutlass_include_dirs() or []]
-    subprocess.run(["nvcc", "-gencode", "arch=compute_90a,code=sm_90a", "-O3", "-std=c++20", "--expt-relaxed-constexpr",
-                    "-DNDEBUG", "-w", "-cubin", *include, "-o", str(cubin), str(unit)], check=True)
+    include = [f"-I{Path(src) / 'deep_gemm' / 'include'}"] + [f"-I{d}" for d in build.cutlass_include_dirs() or []]
+    flags = ["-std=c++20" if f == "-std=c++17" else f for f in build.COMPILE_FLAGS]  # the library's, C++20 for DeepGEMM
+    subprocess.run([build.find_nvcc() or "nvcc", *flags, "-w", "-cubin", *include, "-o", str(cubin), str(unit)], check=True)
     return str(cubin)
 
 
@@ -101,7 +91,7 @@ def main():
     parser.add_argument("--gmma")
     parser.add_argument("--cuobjdump", default=None)
     args = parser.parse_args()
-    tool = args.cuobjdump or cuobjdump()
+    tool = args.cuobjdump or build.find_cuobjdump()
     files = list(args.files)
     if args.deepgemm:
         import tempfile
@@ -116,6 +106,7 @@ def main():
             per_block = {op: n / waits for op, n in counts.items()}
             top = ", ".join(f"{op} {n:g}" for op, n in sorted(per_block.items(), key=lambda kv: -kv[1]))
             print(f"   {sum(per_block.values()):6.1f} instructions per K block ({waits} per iteration): {top}")
+
 
 if __name__ == "__main__":
     main()

@@ -91,5 +91,6 @@ def main():
         for source, samples, executed, _ in sorted(rows, key=lambda r: -r[1])[:args.top]:
             print(f"   {100 * samples / total:5.1f} % {executed:>11}  {source[:80]}")
 
+
 if __name__ == "__main__":
     main()

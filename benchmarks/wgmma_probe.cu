@@ -27,7 +27,7 @@ namespace {
 
 using es_dual::native::kBlockK;
 using es_dual::native::smem_desc_k_major_sw128;
-using es_dual::native::wgmma;
+using es_dual::native::issue_block;
 
 constexpr int kScaleSlots = 64;  // promotion scales in shared memory, one per block mod 64
 
@@ -110,7 +110,6 @@ __global__ void __launch_bounds__(threads<WGs, Traffic>(), 1)
   if constexpr (kReconfigure) cutlass::arch::warpgroup_reg_alloc<232>();
 
   constexpr int kPart = N / Parts;
-  constexpr uint64_t kPartRows = uint64_t(kPart) * kBlockK / 16;
   const int wg = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);
   const uint64_t desc_a = smem_desc_k_major_sw128(a + wg * 64 * kBlockK);
   const uint64_t desc_b = smem_desc_k_major_sw128(b);
@@ -130,16 +129,7 @@ __global__ void __launch_bounds__(threads<WGs, Traffic>(), 1)
   for (int blk = 0; blk < blocks; ++blk) {
     if (kOrder == kTurns && (wg == 1 || blk > 0))
       es_dual::native::named_barrier_sync(1 + wg, 256);  // the other warp group's block is issued
-#pragma unroll
-    for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-    cute::warpgroup_arrive();
-#pragma unroll
-    for (int part = 0; part < Parts; ++part) {
-#pragma unroll
-      for (int k = 0; k < kBlockK / 32; ++k)
-        wgmma<kPart>(desc_a + 2 * k, desc_b + part * kPartRows + 2 * k, acc + part * kPart / 2, k > 0);
-      cute::warpgroup_commit_batch();
-    }
+    issue_block<N, Parts>(desc_a, desc_b, acc);  // the kernel's (csrc/native_gemm.cuh)
     if (kOrder == kTurns && (wg == 0 || blk + 1 < blocks))
       es_dual::native::named_barrier_arrive(2 - wg, 256);  // the other's turn
     const float s = scales[blk % kScaleSlots];

@@ -131,6 +131,26 @@ __device__ __forceinline__ void wgmma(uint64_t a, uint64_t b, float* d, bool acc
   wgmma_call<N>(a, b, d, accumulate, std::make_index_sequence<N / 2>{});
 }
 
+// One K block's WGMMAs of a math warp group, committed: N accumulator columns in Parts commit groups of
+// N / Parts columns (the same registers, in one N-wide WGMMA's layout), each 4 WGMMAs of K = 32 (+32 bytes
+// along K inside the swizzled row: +2 in the descriptors' 16-byte units).
+template <int N, int Parts>
+__device__ __forceinline__ void issue_block(uint64_t desc_a, uint64_t desc_b, float* acc) {
+  constexpr int kPart = N / Parts;
+  constexpr uint64_t kPartRows = uint64_t(kPart) * kBlockK / 16;  // a part's B rows, in descriptor units
+  static_assert(kPart * kBlockK % 1024 == 0, "each part starts on a whole swizzle atom");
+#pragma unroll
+  for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+  cute::warpgroup_arrive();
+#pragma unroll
+  for (int part = 0; part < Parts; ++part) {
+#pragma unroll
+    for (int k = 0; k < kBlockK / 32; ++k)
+      wgmma<kPart>(desc_a + 2 * k, desc_b + part * kPartRows + 2 * k, acc + part * kPart / 2, k > 0);
+    cute::warpgroup_commit_batch();
+  }
+}
+
 template <class T> struct Pack2;
 template <> struct Pack2<cutlass::bfloat16_t> {
   static __device__ __forceinline__ uint32_t pack(float x, float y) {
@@ -623,23 +643,12 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
     constexpr int kPart = N / kParts;
     static_assert(kPart % 8 == 0, "WGMMA groups of whole 8-column groups");
     using PartGroups = std::integral_constant<int, kPart / 8>;
-    constexpr uint64_t kPartRows = uint64_t(kPart) * kBlockK / 16;  // a part's B rows, in descriptor units
-    static_assert(kPart * kBlockK % 1024 == 0, "each part starts on a whole swizzle atom");
     bool landed = s.full[stage].test_wait(phase);
     for (int kb = 0; kb < p.k_blocks; ++kb) {
       const uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
       const uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
       if (!landed) s.full[stage].wait(phase);
-#pragma unroll
-      for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-      cute::warpgroup_arrive();
-#pragma unroll
-      for (int part = 0; part < kParts; ++part) {
-#pragma unroll
-        for (int k = 0; k < kBlockK / 32; ++k)  // +32 bytes along K inside the swizzled row: +2 in 16-byte units
-          wgmma<kPart>(desc_m + 2 * k, desc_n + part * kPartRows + 2 * k, acc + part * kPart / 2, k > 0);
-        cute::warpgroup_commit_batch();
-      }
+      issue_block<N, kParts>(desc_m, desc_n, acc);
       const BlockScales bs = block_scales(stage, kb);  // under the WGMMAs (the stage is still ours)
       const int block_stage = stage;
       if (++stage == M::kStages) stage = 0, phase ^= 1;
@@ -688,12 +697,7 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
           s.full[stage].wait(phase);
           const uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
           const uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
-#pragma unroll
-          for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(a[i]);
-          cute::warpgroup_arrive();
-#pragma unroll
-          for (int k = 0; k < kBlockK / 32; ++k) wgmma<N>(desc_m + 2 * k, desc_n + 2 * k, a, k > 0);
-          cute::warpgroup_commit_batch();
+          issue_block<N, 1>(desc_m, desc_n, a);
           if (++stage == M::kStages) stage = 0, phase ^= 1;
         }
         if (c > 0) {

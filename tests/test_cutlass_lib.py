@@ -40,13 +40,6 @@ def lib(library_file) -> ctypes.CDLL:
     return loader.load_library()
 
 
-def _cuobjdump() -> str | None:
-    import triton
-
-    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    return str(bundled) if bundled.is_file() else shutil.which("cuobjdump")
-
-
 # --- the shared object -------------------------------------------------------------------------------
 
 def test_exports_exactly_the_c_api(lib, library_file):
@@ -68,7 +61,7 @@ def test_links_no_torch_python_or_cuda_driver(library_file):
 
 
 def test_holds_sm90a_code_only(library_file):
-    tool = _cuobjdump()
+    tool = build.find_cuobjdump()
     if tool is None:
         pytest.skip("no cuobjdump (neither in triton's wheel nor on PATH)")
     elves = subprocess.run([tool, "--list-elf", str(library_file)], capture_output=True, text=True, check=True).stdout

@@ -101,6 +101,22 @@ def find_nvcc() -> str | None:
     return next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
 
 
+def find_cuobjdump() -> str | None:
+    """cuobjdump for reading the library's SASS: the one in Triton's wheel (its CUDA matches the wheel's
+    ptxas), else the one next to nvcc or on PATH."""
+    try:
+        import triton
+
+        bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+        if bundled.is_file():
+            return str(bundled)
+    except ImportError:
+        pass
+    nvcc = find_nvcc()
+    beside = os.path.join(os.path.dirname(nvcc), "cuobjdump") if nvcc else None
+    return beside if beside and os.path.isfile(beside) else shutil.which("cuobjdump")
+
+
 @functools.lru_cache(maxsize=None)
 def nvcc_version() -> str | None:
     nvcc = find_nvcc()
