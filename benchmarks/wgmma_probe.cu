@@ -14,8 +14,8 @@
 // whether a stagger or turns between them keep the tensor cores busy; whether the kernel's TMA loads
 // (40 KB per K block landing in other shared memory, from the L2, on every SM at once) slow the tensor pipe
 // down, and what rate of TMA loads into shared memory the L2 sustains meanwhile (the last column).
-// Build (here, needs the CUTLASS headers): bash benchmarks/wgmma_probe.sh build; run (GPU machine,
-// carry .cache/es_dual): bash benchmarks/wgmma_probe.sh run.
+// Build (here, needs the CUTLASS headers): bash benchmarks/probe.sh build wgmma_probe; run (GPU machine,
+// carry .cache/es_dual/wgmma_probe): bash benchmarks/probe.sh run wgmma_probe.
 #include <cstdio>
 #include <vector>
 

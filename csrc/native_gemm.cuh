@@ -73,6 +73,26 @@ constexpr int kMaxKBlocks = kNativeMaxKBlocks;  // so do the tile's weight scale
 constexpr int kSmemBudget = 232448;   // bytes of dynamic shared memory a CTA may opt in to on SM90
 constexpr int kBlockK = kScaleBlock;  // one K block = one scale = one 128-byte swizzled smem row
 
+// Ablation switches (benchmarks/native_ablate.cu only, compiled with -DES_DUAL_NATIVE_ABLATE=BITS; the library
+// never defines it, so every `ablated(...)` below is a compile-time false there): each bit leaves one part
+// of the kernel's work out, so that the cycles of the rest show what that part costs. Compile-time, so that
+// the rest is the kernel's own code. The results are wrong under any of them.
+enum Ablate : int {
+  kAblateScaleReads = 2,    // the promotion's scales are constants (no shared-memory reads)
+  kAblateStores = 4,        // the store warps store nothing
+  kAblateScaleCopies = 8,   // the scale warp copies no token scales
+  kAblateTmaLoads = 16,     // the producer loads no operand tiles (the stages' barriers still complete)
+  kAblateMath = 32,         // no promotion, and so no WGMMAs (the compiler drops what nothing reads)
+  kAblateStaging = 64,      // the math stages no output tile (skipped by a run-time test, so that the
+                            // values stay computed: ptxas drops WGMMAs whose results nothing reads)
+  kAblatePromotion = 128,   // the promotion only on a tile's last K block (likewise)
+};
+#ifdef ES_DUAL_NATIVE_ABLATE
+__host__ __device__ constexpr bool ablated(Ablate bit) { return (ES_DUAL_NATIVE_ABLATE) & bit; }
+#else
+__host__ __device__ constexpr bool ablated(Ablate) { return false; }
+#endif
+
 // ---------------------------------------------------------------------------------------------------
 // PTX helpers
 // ---------------------------------------------------------------------------------------------------
@@ -534,7 +554,9 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
   for (int kb = 0; kb < p.k_blocks; ++kb) {
     s.empty[stage].wait(phase ^ 1);
     uint64_t* bar = reinterpret_cast<uint64_t*>(&s.full[stage]);
-    if (kPart == Loads::kTiles && lane == 0) {
+    if (kPart == Loads::kTiles && lane == 0 && ablated(kAblateTmaLoads)) {
+      s.full[stage].arrive();
+    } else if (kPart == Loads::kTiles && lane == 0) {
       s.full[stage].arrive_and_expect_tx(K::kTxBytes);
       uint8_t* m_tile = s.m + stage * M::kMBytes;
       uint8_t* n_tile = s.n + stage * M::kNBytes;
@@ -547,7 +569,8 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
       float* ts = reinterpret_cast<float*>(s.ts + stage * M::kScaleBytes);
 #pragma unroll
       for (int i = 0; i < kScaleRowsPerLane; ++i) {
-        if (lane + 32 * i < K::kTokenRows) copy_float_async(ts + lane + 32 * i, scale_src[i]++, scale_valid[i]);
+        if (lane + 32 * i < K::kTokenRows && !ablated(kAblateScaleCopies))
+          copy_float_async(ts + lane + 32 * i, scale_src[i]++, scale_valid[i]);
       }
       arrive_when_copied(bar);
     }
@@ -581,6 +604,12 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   };
   auto block_scales = [&](int st, int kb) {
     BlockScales bs;
+    if (ablated(kAblateScaleReads)) {
+      bs.weight = 1.f;
+      bs.row[0] = bs.row[1] = bs.row_hi[0] = bs.row_hi[1] = 1.f;
+      for (auto& c : bs.col) c = make_float2(1.f, 1.f);
+      return bs;
+    }
     bs.weight = ws[kb];
     const float weight_hi = K::kTwoWeightScales ? ws[kMaxKBlocks + kb] : 0.f;
     const float* ts = reinterpret_cast<const float*>(s.ts + st * M::kScaleBytes);
@@ -605,9 +634,11 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   // Promotion of the product `a`'s column groups [J0, J1): sum += (token scale * weight scale) * product;
   // groups j < kFirst lie in the tile's first weight scale block, the rest in the second (kinds whose
   // weight rows may span two blocks).
+  bool promote_now = true;  // false only under kAblatePromotion, before a tile's last K block
   auto promote_groups = [&](const float* a, auto j0, auto j1, auto first_block_groups, const BlockScales& bs) {
     constexpr int J0 = decltype(j0)::value, J1 = decltype(j1)::value;
     constexpr int kFirst = decltype(first_block_groups)::value;
+    if (ablated(kAblateMath) || !promote_now) return;
 #pragma unroll
     for (int j = J0; j < J1; ++j) {
       if constexpr (K::kSwapAB) {
@@ -645,6 +676,7 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
     using PartGroups = std::integral_constant<int, kPart / 8>;
     bool landed = s.full[stage].test_wait(phase);
     for (int kb = 0; kb < p.k_blocks; ++kb) {
+      if (ablated(kAblatePromotion)) promote_now = kb + 1 == p.k_blocks;
       const uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
       const uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
       if (!landed) s.full[stage].wait(phase);
@@ -739,7 +771,8 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   constexpr int kPitch = K::kOutPitch;
   const int r0 = wg * 64 + row_in_wg;
 #pragma unroll
-  for (int j = 0; j < N / 8; ++j) {
+#pragma unroll
+  for (int j = 0; j < N / 8 && (!ablated(kAblateStaging) || p.total_m < 0); ++j) {
     const int c = 8 * j + col_in_8;
     if constexpr (K::kSwapAB) {  // rows are weight rows, columns tokens: transpose while staging
       s.out[c * kPitch + r0] = Pack::one(sum[4 * j + 0]);
@@ -765,6 +798,7 @@ __device__ __forceinline__ void store_tile(const Params& p, const Smem<M>& s, co
   constexpr int kRowsPerPass = kRowsPerWarp * (M::kStoreThreads / 32);
   const int lane = thread % 32, chunk = lane % kChunks;
   const int col = tile.col0 + chunk * 8;
+  if (ablated(kAblateStores)) return;
   if (lane >= kRowsPerWarp * kChunks || col >= p.n) return;
   for (int r = thread / 32 * kRowsPerWarp + lane / kChunks; r < tile.rows; r += kRowsPerPass) {
     const uint4 v = *reinterpret_cast<const uint4*>(s.out + r * kPitch + chunk * 8);

@@ -76,3 +76,30 @@ def test_kblock_sass_counts_the_innermost_k_loop(tmp_path):
     waits, counts = loops[0]
     assert waits == 2 and sum(counts.values()) == 9 and counts["QGMMA"] == 3 and counts["FFMA"] == 2
     assert kblock.k_loops(ins, "64x96x32") == []
+
+
+def test_native_ablate_builds_and_its_switches_remove_their_part(tmp_path):
+    """benchmarks/native_ablate.sh builds native_mc's kernel once per set of Ablate bits: bits 0 is the
+    library's kernel (its WGMMAs and promotion FFMAs), bit 32 leaves the math out (neither)."""
+    import os
+    import subprocess
+
+    import pytest
+
+    from es_dual.cutlass import build
+
+    if build.can_build() or build.find_cuobjdump() is None:
+        pytest.skip("needs nvcc, the CUTLASS headers and cuobjdump")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, ES_DUAL_CACHE_DIR=str(tmp_path), ABLATE_SETS="0 32")
+    subprocess.run(["bash", "benchmarks/native_ablate.sh", "build"], cwd=root, env=env, check=True,
+                   capture_output=True)
+
+    def counts(bits):
+        sass = subprocess.run([build.find_cuobjdump(), "-sass", str(tmp_path / "native_ablate" / f"bits-{bits}")],
+                              capture_output=True, text=True, check=True).stdout
+        return sass.count("FFMA"), sass.count("QGMMA")
+
+    (ffma_all, qgmma_all), (ffma_none, qgmma_none) = counts(0), counts(32)
+    assert qgmma_all > 0 and ffma_all >= 96, (qgmma_all, ffma_all)  # 96 FFMA per K block of the 128 x 192 kind
+    assert qgmma_none == 0 and ffma_none < ffma_all // 4, (qgmma_none, ffma_none)
