@@ -24,7 +24,9 @@ from es_dual.accuracy import relative_errors
 from es_dual.dispatch import available_backends
 from es_dual.moe import fused_moe_fp8, fused_moe_fp8_reference, moe_float_reference
 from es_dual.moe import layer as layer_module
-from es_dual.moe.layer import ROUTE_ONE_PROGRAM_PAIRS, permute_quantize, route, route_by_sort, route_in_one_program, silu_mul_quantize
+from es_dual.moe.layer import (
+    ROUTE_ONE_PROGRAM_PAIRS, quantize_scatter, route, route_by_sort, route_in_one_program, silu_mul_quantize,
+)
 from es_dual.moe.reference import layer_tolerance
 from es_dual.quant import dequantize_per_block
 from support import needs_gpu
@@ -122,20 +124,23 @@ def assert_layer_close(out: torch.Tensor, ref: torch.Tensor) -> None:
 @settings(max_examples=EXAMPLES)
 def test_route_offsets_and_stable_order(device, route_fn, r, invalid):
     """Both ways of routing (one Triton program at decode sizes, torch's sort above) give the offsets and
-    the stable order; route() takes the first up to ROUTE_ONE_PROGRAM_PAIRS pairs."""
+    each pair's row in the stable order; route() takes the first up to ROUTE_ONE_PROGRAM_PAIRS pairs."""
     ids = topk_ids_of(r, device, torch.int64)
     if invalid:  # every third pair gets an id out of range; those sort after every expert
         every_third = ids.view(-1)[::3]
         bad = torch.tensor([-1, r.num_experts, 2**40], device=device)
         every_third.copy_(bad.repeat(every_third.numel())[: every_third.numel()])
-    offsets, order = route_fn(ids, r.num_experts)
+    offsets, pair_rows = route_fn(ids, r.num_experts)
     flat = ids.flatten().tolist()
     valid = [0 <= e < r.num_experts for e in flat]
     expected_offsets = [sum(v and e < x for e, v in zip(flat, valid)) for x in range(r.num_experts + 1)]
     assert offsets.dtype == torch.int32 and offsets.tolist() == expected_offsets
     # stable: pairs of one expert in (token, k) order, then the pairs of no expert, also in order
     expected_order = sorted(range(len(flat)), key=lambda p: (flat[p] if valid[p] else r.num_experts, p))
-    assert order.tolist() == expected_order
+    expected_rows = [0] * len(flat)
+    for row, pair in enumerate(expected_order):
+        expected_rows[pair] = row
+    assert pair_rows.dtype == torch.int32 and pair_rows.tolist() == expected_rows
 
 
 def test_route_takes_one_program_up_to_its_limit(monkeypatch):
@@ -153,11 +158,26 @@ def _bits(q: torch.Tensor) -> torch.Tensor:
     return q.view(torch.uint8).cpu()
 
 
-@given(r=routings(), hidden_size=st.sampled_from([16, 128, 144, 400]), extremes=st.booleans())
+def _order_of(pair_rows: torch.Tensor) -> torch.Tensor:
+    """The pair of each grouped row (the inverse of pair_rows), int64 on the CPU."""
+    order = torch.empty(pair_rows.numel(), dtype=torch.int64)
+    order[pair_rows.long().cpu()] = torch.arange(pair_rows.numel())
+    return order
+
+
+SENTINEL_BITS, SENTINEL_SCALE = 0x5A, -7.0  # what rows of no expert must keep
+
+
+@pytest.mark.parametrize("steps", ["kernel", "torch"])
+@given(r=routings(), hidden_size=st.sampled_from([16, 128, 144, 400]), extremes=st.booleans(), invalid=st.booleans())
 @settings(max_examples=EXAMPLES)
-def test_permute_quantize_bit_equal_to_quantizer(device, r, hidden_size, extremes):
-    """The gathered, quantized rows are quantize_fp8_per_token_group(hidden[token of each row]) bit for bit;
-    pair_rows inverts the order."""
+def test_quantize_scatter_bit_equal_to_quantizer(device, steps, r, hidden_size, extremes, invalid):
+    """Each token quantized once and stored to its pairs' rows (the Triton kernel; the torch step of CPU
+    tensors without the interpreter): row i < offsets[E] is quantize_fp8_per_token_group(hidden[token of
+    row i]) bit for bit, and the rows from offsets[E] on (pairs with ids out of range; with `invalid`, -1
+    and E and every pair of token 1) keep what was there."""
+    if steps == "torch" and device.type != "cpu":
+        pytest.skip("the torch steps serve CPU tensors")
     hidden = make_hidden(r.tokens, hidden_size, r.seed, device)
     if extremes and r.tokens:  # an all-zero row (amax floor), huge and tiny groups, one spike (FP8 subnormals)
         hidden[0] = 0
@@ -165,12 +185,31 @@ def test_permute_quantize_bit_equal_to_quantizer(device, r, hidden_size, extreme
         hidden[r.tokens // 2] *= 2.0**-100
         hidden[r.tokens // 2, 1] = 1e4
     ids = topk_ids_of(r, device)
-    offsets, order = route(ids, r.num_experts)
-    a, a_scale, pair_rows = permute_quantize(hidden, order, offsets, r.topk)
-    expected_a, expected_scale = es_dual.quantize_fp8_per_token_group(hidden[order // r.topk])
-    assert torch.equal(_bits(a), _bits(expected_a))
-    assert torch.equal(a_scale.cpu(), expected_scale.cpu())
-    assert torch.equal(pair_rows.long()[order].cpu(), torch.arange(order.numel()))
+    if invalid:
+        ids.view(-1)[::3] = -1
+        ids.view(-1)[1::5] = r.num_experts
+        ids[1:2] = -1  # a token routed to no expert at all
+    offsets, pair_rows = route(ids, r.num_experts)
+    rows, groups = ids.numel(), -(-hidden_size // 128)
+    a = torch.full((rows, hidden_size), SENTINEL_BITS, dtype=torch.uint8, device=device).view(FP8)
+    a_scale = torch.full((rows, groups), SENTINEL_SCALE, device=device)
+    if steps == "kernel" and rows:
+        step = layer_module._quantize_scatter_step(r.tokens, hidden_size, r.topk, r.num_experts, hidden.device)
+        layer_module._run(step, hidden, pair_rows, offsets, layer_module._fp8_target(a), a_scale)
+    elif rows:
+        layer_module._quantize_scatter_torch(None, lambda: (hidden, pair_rows, offsets, a.view(torch.uint8), a_scale),
+                                             topk=r.topk)
+
+    routed = int(offsets[-1])
+    tokens_of_rows = (_order_of(pair_rows)[:routed] // r.topk).to(device)
+    expected_a, expected_scale = es_dual.quantize_fp8_per_token_group(hidden[tokens_of_rows])
+    assert torch.equal(_bits(a[:routed]), _bits(expected_a))
+    assert torch.equal(a_scale[:routed].cpu(), expected_scale.cpu())
+    assert bool((_bits(a[routed:]) == SENTINEL_BITS).all()) and bool((a_scale[routed:] == SENTINEL_SCALE).all())
+    if steps == "kernel":  # the layer's public helper: the same values in new tensors
+        got_a, got_scale = quantize_scatter(hidden, pair_rows, offsets, r.topk)
+        assert torch.equal(_bits(got_a[:routed]), _bits(a[:routed]))
+        assert torch.equal(got_scale[:routed], a_scale[:routed])
 
 
 @given(rows=st.integers(1, 300), intermediate=st.sampled_from([16, 80, 128, 384]), log2_scale=st.integers(-20, 12),
@@ -240,7 +279,7 @@ def test_cpu_without_the_interpreter_runs_torch_steps(monkeypatch, routing):
     monkeypatch.setattr(layer_module, "_PLANS", {})
     in_torch = fused_moe_fp8(**layer)
     (plan,) = layer_module._PLANS.values()
-    assert plan.route is None and isinstance(plan.permute, functools.partial)  # the torch steps ran
+    assert plan.route is None and isinstance(plan.quantize_scatter, functools.partial)  # the torch steps ran
     max_rel, rms_rel = relative_errors(in_torch, interpreted)
     max_tol, rms_tol = layer_tolerance("cpu")
     assert max_rel <= max_tol and rms_rel <= rms_tol

@@ -1,12 +1,12 @@
 """The Triton kernels of the fused MoE layer: everything between and around the two grouped GEMMs.
 
 The layer works on (token, k) pairs: pair p = token * topk + k routes hidden[token] to expert
-topk_ids[token, k]. The pairs are laid out grouped by expert: grouped row r holds pair order[r], and
-rows offs[e]:offs[e+1] belong to expert e. Rows from offs[E] on hold the pairs whose expert id is out of
-range; no kernel reads or writes them.
+topk_ids[token, k]. The pairs are laid out grouped by expert, stably: grouped row pair_rows[p] holds pair
+p, and rows offs[e]:offs[e+1] belong to expert e. Rows from offs[E] on hold the pairs whose expert id is
+out of range; no kernel reads or writes them.
 
-    route:              offs, order       (decode sizes: one program; see layer.route)
-    permute_quantize:   a[r], a_scale[r]  = quantize(hidden[order[r] // topk]);  pair_rows[order[r]] = r
+    route:              offs, pair_rows   (decode sizes: one program; see layer.route)
+    quantize_scatter:   a[r], a_scale[r]  = quantize(hidden[t])  for r = pair_rows[t * topk + k] < offs[E]
     silu_mul_quantize:  y[r], y_scale[r]  = quantize(silu(gate_up[r, :I]) * gate_up[r, I:])
     unpermute_sum:      out[t] = sum over k with 0 <= topk_ids[t, k] < E of
                                  topk_weights[t, k] * down[pair_rows[t * topk + k]]
@@ -21,9 +21,11 @@ the float32 reciprocal, as es_dual.quant computes it, so the FP8 values and the 
 those of es_dual.quantize_fp8_per_token_group on the same float32 inputs, and
 SiLU is x / (1 + exp(-x)), torch's formula, with the same IEEE division.
 
-Work split: a quantizing program takes BLOCK_UNITS units, unit u = (grouped row u // groups, scale
-group u % groups), one unit per line of a (BLOCK_UNITS, 128) tile, so the amax of a group is a row
-reduction; a summing program takes BLOCK_T tokens by BLOCK_H columns.
+Work split: a quantizing program takes BLOCK_UNITS units, unit u = (line u // groups, scale group
+u % groups), one unit per line of a (BLOCK_UNITS, 128) tile, so the amax of a group is a row reduction;
+the lines are tokens for quantize_scatter (each token's row is loaded and quantized once, then stored to
+its topk grouped rows) and grouped rows for silu_mul_quantize. A summing program takes BLOCK_T tokens by
+BLOCK_H columns.
 
 INTERPRETER (a compile-time flag, set for CPU tensors) replaces what the Triton interpreter gets wrong
 or lacks by software: the fp32 -> fp8 and fp32 -> bf16 roundings, libdevice's exp.
@@ -58,7 +60,8 @@ def _fp8e4m3_bits(y):
 @triton.jit
 def _unit_tile(rows, num_routed, cols_total, GROUP: tl.constexpr, BLOCK_UNITS: tl.constexpr):
     """This program's BLOCK_UNITS units, unit u = (row u // groups, scale group u % groups), as a tile of
-    one unit per line: (row, group, cols (BLOCK_UNITS, GROUP), row_ok, col_ok)."""
+    one unit per line: (row, group, cols (BLOCK_UNITS, GROUP), row_ok, col_ok). The rows are grouped rows
+    (those from num_routed on are skipped), or pairs or tokens (num_routed = rows)."""
     groups = tl.cdiv(cols_total, GROUP)
     units = tl.program_id(0) * BLOCK_UNITS + tl.arange(0, BLOCK_UNITS)
     row = units // groups
@@ -88,42 +91,61 @@ def _silu_mul(gate, up, INTERPRETER: tl.constexpr):
 
 
 @triton.jit
-def _quantize_store(x, row, group, cols, row_ok, col_ok, q_ptr, stride_q, scale_ptr, stride_scale,
-                    INTERPRETER: tl.constexpr):
-    """Quantize x (BLOCK_UNITS, GROUP) float32, one scale group per line, and store values and scales."""
-    y, scale = _quantize_groups(x)
-    row64 = row.to(tl.int64)
-    q_ptrs = q_ptr + row64[:, None] * stride_q + cols
-    if INTERPRETER:  # its fp32 -> fp8 conversion is wrong: q_ptr is a uint8 view, the bits come from software
-        tl.store(q_ptrs, _fp8e4m3_bits(y), mask=col_ok)
+def _fp8_values(y, q_ptr, INTERPRETER: tl.constexpr):
+    """y (clamped to +-448) as q_ptr holds it: FP8, or in the interpreter, whose fp32 -> fp8 conversion is
+    wrong, the bits computed in software (q_ptr is then a uint8 view)."""
+    if INTERPRETER:
+        q = _fp8e4m3_bits(y)
     else:
-        tl.store(q_ptrs, y.to(q_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=col_ok)
+        q = y.to(q_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+    return q
+
+
+@triton.jit
+def _store_groups(q, scale, row, group, cols, row_ok, col_ok, q_ptr, stride_q, scale_ptr, stride_scale):
+    """Store each unit's values q (BLOCK_UNITS, GROUP), from _fp8_values, and scale into line `row`."""
+    row64 = row.to(tl.int64)
+    tl.store(q_ptr + row64[:, None] * stride_q + cols, q, mask=col_ok)
     tl.store(scale_ptr + row64 * stride_scale + group, scale, mask=row_ok)
 
 
 @triton.jit
-def permute_quantize_kernel(
+def _quantize_store(x, row, group, cols, row_ok, col_ok, q_ptr, stride_q, scale_ptr, stride_scale,
+                    INTERPRETER: tl.constexpr):
+    """Quantize x (BLOCK_UNITS, GROUP) float32, one scale group per line, and store values and scales."""
+    y, scale = _quantize_groups(x)
+    _store_groups(_fp8_values(y, q_ptr, INTERPRETER), scale, row, group, cols, row_ok, col_ok, q_ptr, stride_q,
+                  scale_ptr, stride_scale)
+
+
+@triton.jit
+def quantize_scatter_kernel(
     # pointers
-    hidden_ptr, order_ptr, offsets_ptr, q_ptr, scale_ptr, pair_rows_ptr,
+    hidden_ptr, pair_rows_ptr, offsets_ptr, q_ptr, scale_ptr,
     # sizes
-    rows, hidden_size, topk, num_experts,
+    tokens, hidden_size, topk, num_experts,
     # strides, in elements
     stride_hidden, stride_q, stride_scale,
     # meta-parameters
     GROUP: tl.constexpr, BLOCK_UNITS: tl.constexpr, INTERPRETER: tl.constexpr,
 ):
-    row, group, cols, row_ok, col_ok = _unit_tile(
-        rows, tl.load(offsets_ptr + num_experts), hidden_size, GROUP, BLOCK_UNITS)
+    """Units (token, scale group): each group of hidden is loaded and quantized once and stored to the
+    grouped rows of the token's topk pairs: one load per token instead of one per pair (topk times fewer
+    bytes read and quantizations). A pair of no expert has its row from offs[E] on: not written."""
+    token, group, cols, token_ok, col_ok = _unit_tile(tokens, tokens, hidden_size, GROUP, BLOCK_UNITS)
+    num_routed = tl.load(offsets_ptr + num_experts)
 
-    # ---- which token each grouped row holds; the first group of a row records where the pair went ----
-    pair = tl.load(order_ptr + row, mask=row_ok, other=0)
-    tl.store(pair_rows_ptr + pair, row.to(pair_rows_ptr.dtype.element_ty), mask=row_ok & (group == 0))
-    token = (pair // topk).to(tl.int64)
+    # ---- load and quantize each group once ----
+    x = tl.load(hidden_ptr + token.to(tl.int64)[:, None] * stride_hidden + cols, mask=col_ok, other=0.0)
+    y, scale = _quantize_groups(x.to(tl.float32))
+    q = _fp8_values(y, q_ptr, INTERPRETER)
 
-    # ---- gather, quantize, store in grouped order ----
-    x = tl.load(hidden_ptr + token[:, None] * stride_hidden + cols, mask=col_ok, other=0.0).to(tl.float32)
-    _quantize_store(x, row, group, cols, row_ok, col_ok, q_ptr, stride_q, scale_ptr, stride_scale,
-                    INTERPRETER)
+    # ---- store it to the grouped row of each of the token's pairs ----
+    for k in range(topk):
+        row = tl.load(pair_rows_ptr + token * topk + k, mask=token_ok, other=0)
+        row_ok = token_ok & (row < num_routed)
+        _store_groups(q, scale, row, group, cols, row_ok, col_ok & row_ok[:, None], q_ptr, stride_q, scale_ptr,
+                      stride_scale)
 
 
 @triton.jit
@@ -186,22 +208,23 @@ def unpermute_sum_kernel(
 @triton.jit
 def route_kernel(
     # pointers
-    ids_ptr, offsets_ptr, order_ptr,
+    ids_ptr, offsets_ptr, pair_rows_ptr,
     # sizes
     pairs, num_experts,
     # meta-parameters: BLOCK >= pairs, BINS >= num_experts + 2 (powers of 2)
     BLOCK: tl.constexpr, BINS: tl.constexpr,
 ):
-    """One program: order = the pairs sorted stably by expert (ids out of range as expert E), offsets[e] =
-    the pairs of experts below e, for e <= E. The key expert * BLOCK + pair is unique, so a plain sort of
-    the keys is the stable sort; padding lanes take bin BINS - 1 (> E), after every real bin."""
+    """One program: the pairs sorted stably by expert (ids out of range as expert E), pair_rows[p] = the
+    place of pair p in that order, offsets[e] = the pairs of experts below e, for e <= E. The key
+    expert * BLOCK + pair is unique, so a plain sort of the keys is the stable sort; padding lanes take bin
+    BINS - 1 (> E), after every real bin, so lane r < pairs of the sorted keys holds grouped row r."""
     p = tl.arange(0, BLOCK)
     ok = p < pairs
     e = tl.load(ids_ptr + p, mask=ok, other=0)
     b = tl.where((e >= 0) & (e < num_experts), e, num_experts).to(tl.int32)
     b = tl.where(ok, b, BINS - 1)
     key = tl.sort(b.to(tl.int64) * BLOCK + p)
-    tl.store(order_ptr + p, key % BLOCK, mask=ok)
+    tl.store(pair_rows_ptr + key % BLOCK, p, mask=ok)  # the inverse of the order, scattered from the sort
     counts = tl.histogram(b, BINS)
     bins = tl.arange(0, BINS)
     tl.store(offsets_ptr + bins, tl.cumsum(counts, axis=0) - counts, mask=bins <= num_experts)

@@ -1,11 +1,13 @@
 """fused_moe_fp8: the expert block of an MoE layer on es_dual's grouped GEMM, on the device, sync-free.
 
-    route               expert_offsets, order  <- a stable sort of the (token, k) pairs by expert id
-    permute_quantize    a, a_scale             <- hidden rows in grouped order, FP8 per token and 128 columns
+    route               expert_offsets,        <- a stable sort of the (token, k) pairs by expert id;
+                        pair_rows                 pair_rows[t * topk + k] = the grouped row of pair (t, k)
+    quantize_scatter    a, a_scale             <- each hidden row quantized once, FP8 per token and 128
+                                                  columns, and stored to the grouped rows of its topk pairs
     grouped GEMM        gate_up = a @ w13[e].T                               (T*topk, 2I) bf16
     silu_mul_quantize   y, y_scale             <- SiLU(gate) * up, FP8 per token and 128 columns
     grouped GEMM        down = y @ w2[e].T                                   (T*topk, H) bf16
-    unpermute_sum       out[t] = sum_k topk_weights[t, k] * down[row of (t, k)]
+    unpermute_sum       out[t] = sum_k topk_weights[t, k] * down[pair_rows[t * topk + k]]
 
 At decode sizes (backend "auto", at most DECODE_MAX_PAIRS pairs, and E / 2 of them or small experts) the layer
 takes the decode path instead (decode_kernels.py, _DecodePlan): three kernels on the pairs as they come, the
@@ -153,12 +155,14 @@ def check_moe_contents(w13_scale, w2_scale, topk_ids, num_experts: int | None) -
 
 # Pairs (T * topk) that route_in_one_program sorts in one Triton program's registers: every decode step
 # and small prefills. Above that, route_by_sort (torch's sort and searchsorted: five kernels and about
-# 90 µs of host time on the H200 machine, which larger batches hide behind their GEMMs).
+# 90 µs of host time on the H200 machine, measured before it also made pair_rows (an arange and a scatter
+# more), which larger batches hide behind their GEMMs).
 ROUTE_ONE_PROGRAM_PAIRS = 4096
 
 
 def route(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(expert_offsets (E+1,) int32, order (T*topk,) int64): grouped row r holds pair order[r].
+    """(expert_offsets (E+1,) int32, pair_rows (T*topk,) int32): grouped row pair_rows[p] holds pair p
+    (pair p = token * topk + k); pair_rows is a permutation of the rows.
 
     A stable sort keeps the pairs of one expert in (token, k) order. Ids out of range sort as expert E,
     after every expert: offs[E] counts only the pairs of real experts, and the rows past it belong to none.
@@ -170,23 +174,26 @@ def route(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch
 
 
 def route_in_one_program(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """route() in one Triton program: a sort of (expert, pair) keys and a histogram of the experts."""
+    """route() in one Triton program: a sort of (expert, pair) keys, each pair's place in it stored as its
+    row, and a histogram of the experts."""
     flat = topk_ids.reshape(-1)
     offsets = torch.empty(num_experts + 1, dtype=torch.int32, device=flat.device)
-    order = torch.empty(flat.shape[0], dtype=torch.int64, device=flat.device)
-    _run(_route_step(flat.shape[0], num_experts, flat.dtype, flat.device), flat, offsets, order)
-    return offsets, order
+    pair_rows = torch.empty(flat.shape[0], dtype=torch.int32, device=flat.device)
+    _run(_route_step(flat.shape[0], num_experts, flat.dtype, flat.device), flat, offsets, pair_rows)
+    return offsets, pair_rows
 
 
 def route_by_sort(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """route() with torch: a stable sort of the expert ids and a binary search of each expert's start."""
+    """route() with torch: a stable sort of the expert ids, its inverse by one scatter, and a binary search
+    of each expert's start."""
     flat = topk_ids.reshape(-1)
     bucket = torch.where((flat >= 0) & (flat < num_experts), flat, num_experts)
     sorted_bucket, order = torch.sort(bucket, stable=True)
     # offs[e] = pairs whose bucket is below e: a binary search in the sorted buckets, no count on the host
     thresholds = torch.arange(num_experts + 1, dtype=bucket.dtype, device=bucket.device)
     offsets = torch.searchsorted(sorted_bucket, thresholds, out_int32=True)
-    return offsets, order
+    rows = torch.arange(flat.shape[0], dtype=torch.int32, device=flat.device)
+    return offsets, torch.empty_like(rows).scatter_(0, order, rows)  # pair_rows[order[r]] = r
 
 
 def _interpreted(device: torch.device) -> bool:
@@ -221,20 +228,21 @@ def _route_step(pairs, num_experts, ids_dtype, device):
     from .kernels import route_kernel
 
     block = _next_power_of_2(pairs)
-    return direct_launch(route_kernel, (1,), (ids_dtype, torch.int32, torch.int64), device,
+    return direct_launch(route_kernel, (1,), (ids_dtype, torch.int32, torch.int32), device,
                          dict(num_warps=4 if block <= 1024 else 8), pairs=pairs, num_experts=num_experts,
                          BLOCK=block, BINS=_next_power_of_2(num_experts + 2))
 
 
-def _permute_quantize_step(rows, hidden_size, topk, num_experts, device):
+def _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device):
     from ..triton_ref.direct import direct_launch
-    from .kernels import permute_quantize_kernel
+    from .kernels import quantize_scatter_kernel
 
+    # units (token, scale group): a token's row is read and quantized once, however many pairs it has
     groups = cdiv(hidden_size, SCALE_BLOCK)
-    per_program = _units_per_program(rows, groups, device)
-    dtypes = (torch.bfloat16, torch.int64, torch.int32, _fp8_target_dtype(device), torch.float32, torch.int32)
-    return direct_launch(permute_quantize_kernel, (cdiv(rows * groups, per_program),), dtypes, device,
-                         rows=rows, hidden_size=hidden_size, topk=topk, num_experts=num_experts,
+    per_program = _units_per_program(tokens, groups, device)
+    dtypes = (torch.bfloat16, torch.int32, torch.int32, _fp8_target_dtype(device), torch.float32)
+    return direct_launch(quantize_scatter_kernel, (cdiv(tokens * groups, per_program),), dtypes, device,
+                         tokens=tokens, hidden_size=hidden_size, topk=topk, num_experts=num_experts,
                          stride_hidden=hidden_size, stride_q=hidden_size, stride_scale=groups,
                          GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=_interpreted(device))
 
@@ -280,14 +288,14 @@ def _valid_rows(offsets: torch.Tensor) -> int:
     return int(offsets[-1])  # a host read: these steps serve CPU tensors only
 
 
-def _permute_quantize_torch(ptrs, tensors, topk: int) -> None:
-    hidden, order, offsets, a_bits, a_scale, pair_rows = tensors()
-    rows = _valid_rows(offsets)
-    pairs = order[:rows]
-    pair_rows[pairs] = torch.arange(rows, dtype=pair_rows.dtype)
-    q, scale = quantize_fp8_per_token_group(hidden[pairs // topk])
-    a_bits[:rows] = q.view(a_bits.dtype)
-    a_scale[:rows] = scale
+def _quantize_scatter_torch(ptrs, tensors, topk: int) -> None:
+    hidden, pair_rows, offsets, a_bits, a_scale = tensors()
+    q, scale = quantize_fp8_per_token_group(hidden)
+    rows = pair_rows.long()
+    routed = rows < _valid_rows(offsets)  # the pairs of real experts
+    token = torch.arange(rows.numel()) // topk
+    a_bits[rows[routed]] = q.view(a_bits.dtype)[token[routed]]
+    a_scale[rows[routed]] = scale[token[routed]]
 
 
 def _silu_mul_quantize_torch(ptrs, tensors) -> None:
@@ -316,17 +324,16 @@ def _torch_steps(device: torch.device) -> bool:
     return device.type == "cpu" and bool(BACKENDS["triton"].device_reasons(device))
 
 
-def permute_quantize(hidden, order, expert_offsets, topk):
-    """(a, a_scale, pair_rows): the hidden rows in grouped order, quantized per token and 128 columns;
-    pair_rows[p] is the grouped row of pair p. Rows from expert_offsets[-1] on are not written."""
-    rows, hidden_size = order.shape[0], hidden.shape[1]
+def quantize_scatter(hidden, pair_rows, expert_offsets, topk):
+    """(a, a_scale): the hidden rows in grouped order, quantized per token and 128 columns, each token once:
+    row pair_rows[p] holds token p // topk. Rows from expert_offsets[-1] on are not written."""
+    rows, (tokens, hidden_size) = pair_rows.shape[0], hidden.shape
     a = torch.empty(rows, hidden_size, dtype=FP8, device=hidden.device)
     a_scale = torch.empty(rows, cdiv(hidden_size, SCALE_BLOCK), dtype=torch.float32, device=hidden.device)
-    pair_rows = torch.empty(rows, dtype=torch.int32, device=hidden.device)
     if a_scale.numel():
-        step = _permute_quantize_step(rows, hidden_size, topk, expert_offsets.shape[0] - 1, hidden.device)
-        _run(step, hidden, order, expert_offsets, _fp8_target(a), a_scale, pair_rows)
-    return a, a_scale, pair_rows
+        step = _quantize_scatter_step(tokens, hidden_size, topk, expert_offsets.shape[0] - 1, hidden.device)
+        _run(step, hidden, pair_rows, expert_offsets, _fp8_target(a), a_scale)
+    return a, a_scale
 
 
 def silu_mul_quantize(gate_up, expert_offsets):
@@ -645,9 +652,9 @@ class _LayerPlan:
         self.shape, self.rows = shape, rows
         groups_h, groups_i = cdiv(hidden_size, SCALE_BLOCK), cdiv(intermediate, SCALE_BLOCK)
         self.regions, self.nbytes = _buffer_layout({
-            "offsets": (torch.int32, (num_experts + 1,)), "order": (torch.int64, (rows,)),
+            "offsets": (torch.int32, (num_experts + 1,)), "pair_rows": (torch.int32, (rows,)),
             "a": (FP8, (rows, hidden_size)), "a_scale": (torch.float32, (rows, groups_h)),
-            "pair_rows": (torch.int32, (rows,)), "gate_up": (torch.bfloat16, (rows, 2 * intermediate)),
+            "gate_up": (torch.bfloat16, (rows, 2 * intermediate)),
             "y": (FP8, (rows, intermediate)), "y_scale": (torch.float32, (rows, groups_i)),
             "down": (torch.bfloat16, (rows, hidden_size)),
         })
@@ -655,11 +662,11 @@ class _LayerPlan:
         self.route = (_route_step(rows, num_experts, ids_dtype, device)
                       if 0 < rows <= ROUTE_ONE_PROGRAM_PAIRS and not in_torch else None)
         if rows and in_torch:
-            self.permute = functools.partial(_permute_quantize_torch, topk=topk)
+            self.quantize_scatter = functools.partial(_quantize_scatter_torch, topk=topk)
             self.silu = _silu_mul_quantize_torch
             self.unpermute = functools.partial(_unpermute_sum_torch, num_experts=num_experts)
         elif rows:
-            self.permute = _permute_quantize_step(rows, hidden_size, topk, num_experts, device)
+            self.quantize_scatter = _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device)
             self.silu = _silu_mul_quantize_step(rows, intermediate, num_experts, device)
             self.unpermute = _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, device)
         if rows:
@@ -674,18 +681,18 @@ class _LayerPlan:
         if not self.rows:
             return out
         inter = _Intermediates(self.regions, self.nbytes, device)
-        offs, order, a, a_scale, pair_rows, gate_up, y, y_scale, down = inter.ptrs
+        offs, pair_rows, a, a_scale, gate_up, y, y_scale, down = inter.ptrs
         tensors, replaced = inter.tensors, inter.replaced
         flat_ids = topk_ids.reshape(-1)
         if self.route is not None:
-            self.route((flat_ids.data_ptr(), offs, order), tensors(flat_ids, "offsets", "order"))
+            self.route((flat_ids.data_ptr(), offs, pair_rows), tensors(flat_ids, "offsets", "pair_rows"))
         else:  # large batches: torch's sort, into tensors of its own
-            replaced["offsets"], replaced["order"] = route_by_sort(topk_ids, num_experts)
-            offs, order = replaced["offsets"].data_ptr(), replaced["order"].data_ptr()
+            replaced["offsets"], replaced["pair_rows"] = route_by_sort(topk_ids, num_experts)
+            offs, pair_rows = replaced["offsets"].data_ptr(), replaced["pair_rows"].data_ptr()
         h, w13p, w13s, w2p, w2s, ids, weights = (
             t.data_ptr() for t in (hidden, w13, w13_scale, w2, w2_scale, topk_ids, topk_weights))
-        self.permute((h, order, offs, a, a_scale, pair_rows),
-                     tensors(hidden, "order", "offsets", "a_bits", "a_scale", "pair_rows"))
+        self.quantize_scatter((h, pair_rows, offs, a, a_scale),
+                              tensors(hidden, "pair_rows", "offsets", "a_bits", "a_scale"))
         self.gemm1((a, a_scale, w13p, w13s, offs, gate_up), tensors("a", "a_scale", w13, w13_scale, "offsets", "gate_up"))
         self.silu((gate_up, offs, y, y_scale), tensors("gate_up", "offsets", "y_bits", "y_scale"))
         self.gemm2((y, y_scale, w2p, w2s, offs, down), tensors("y", "y_scale", w2, w2_scale, "offsets", "down"))
