@@ -1,9 +1,10 @@
 // What each part of the native kernel's work costs: native_mc's kernel (csrc/native_gemm.cuh, the mode's
 // exact tile kinds) compiled with -DES_DUAL_NATIVE_ABLATE=BITS (native_gemm.cuh's Ablate: leave out the scale
-// reads, the stores, the scale copies, the TMA loads, the math, the staging, the promotion; 0: the kernel as the
-// library compiles it), launched on one problem. The results are wrong under any bit but 0; only the times
-// mean something, and compare best in cycles (ncu's gpc__cycles_elapsed.max of the second launch under
-// ABLATE_ONCE=1): the card's clocks follow its power draw, which the ablations change.
+// reads, the stores, the scale copies, the TMA loads, the math, the staging, the promotion, the math warp
+// groups' meetings at tile boundaries; 0: the kernel as the library compiles it), launched on one problem.
+// The results are wrong under any bit but 0; only the times mean something, and compare best in cycles
+// (ncu's gpc__cycles_elapsed.max of the second launch under ABLATE_ONCE=1): the card's clocks follow its
+// power draw, which the ablations change.
 // Timed: back-to-back launches (no L2 flush: balanced_big's operands are 10x the L2), 100 ms of warm-up,
 // two rounds, the better kept.
 // Build (here), one binary per set of bits: bash benchmarks/native_ablate.sh build; run (GPU machine, carry
@@ -120,8 +121,9 @@ int main(int argc, char** argv) {
     best = us < best ? us : best;
   }
   std::string what;
-  const char* names[] = {"", "scale reads", "stores", "scale copies", "TMA loads", "math", "staging", "promotion"};
-  for (int bit = 1; bit < 8; ++bit)
+  const char* names[] = {"", "scale reads", "stores", "scale copies", "TMA loads", "math", "staging", "promotion",
+                         "meetings"};
+  for (int bit = 1; bit < 9; ++bit)
     if (ES_DUAL_NATIVE_ABLATE >> bit & 1) what += (what.empty() ? "" : ", ") + std::string(names[bit]);
   const double flops = 2.0 * total_m * n * k;
   std::printf("native_mc E=%d m=%d n=%d k=%d  bits %3d  %-56s %9.1f us %7.1f TFLOP/s\n", E, m, n, k,

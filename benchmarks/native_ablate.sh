@@ -2,9 +2,11 @@
 # benchmarks/native_ablate.cu, one binary per set of ablation bits (csrc/native_gemm.cuh's Ablate):
 #   bash benchmarks/native_ablate.sh build               (here)  -> .cache/es_dual/native_ablate/bits-N
 #   bash benchmarks/native_ablate.sh run [E m n k]       (GPU machine, carry .cache/es_dual/native_ablate):
-#     each binary's time (clocks as the card sets them), then each one's cycles under ncu
+#     each binary's time (clocks as the card sets them; ABLATE_TIMES=0: skipped), then its cycles under ncu.
+# Cycles on two k (or two m) of one shape separate the cost per K block from the cost per tile (perf notes,
+# 2026-12-07 third session): cycles = tiles per CTA x (per tile + K blocks x per block).
 set -e -o pipefail
-SETS=${ABLATE_SETS:-"0 24 26 28 88 94 152 222"}
+SETS=${ABLATE_SETS:-"0 24 222 256 478"}
 dir=${ES_DUAL_CACHE_DIR:-$PWD/.cache/es_dual}/native_ablate
 case "$1" in
   build)
@@ -14,7 +16,7 @@ case "$1" in
     done ;;
   run)
     shift
-    for bin in "$dir"/bits-*; do "$bin" "$@"; done
+    [ "${ABLATE_TIMES:-1}" = 0 ] || for bin in "$dir"/bits-*; do "$bin" "$@"; done
     for bin in "$dir"/bits-*; do
       cycles=$(ABLATE_ONCE=1 ncu --clock-control none -k regex:grouped_gemm --launch-skip 1 --launch-count 1 \
                --metrics gpc__cycles_elapsed.max --csv "$bin" "$@" 2>/dev/null | awk -F'","' 'END{gsub(/[",]/, "", $NF); print $NF}')

@@ -86,6 +86,8 @@ enum Ablate : int {
   kAblateStaging = 64,      // the math stages no output tile (skipped by a run-time test, so that the
                             // values stay computed: ptxas drops WGMMAs whose results nothing reads)
   kAblatePromotion = 128,   // the promotion only on a tile's last K block (likewise)
+  kAblateMeetings = 256,    // the math warp groups do not meet at a tile's start (kMathBarrier) or its end
+                            // (kOutEmpty, with the store warps): races on the weight scales and the staging
 };
 #ifdef ES_DUAL_NATIVE_ABLATE
 __host__ __device__ constexpr bool ablated(Ablate bit) { return (ES_DUAL_NATIVE_ABLATE) & bit; }
@@ -766,7 +768,7 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
 
   // --- Epilogue: round, stage as [token][weight row] in smem for the store warps --------------------
   // s.out is free once the store warps have copied the previous tile out (its completion number index).
-  if (index > 0) named_barrier_sync(kOutEmpty, M::kMathThreads + M::kStoreThreads);
+  if (index > 0 && !ablated(kAblateMeetings)) named_barrier_sync(kOutEmpty, M::kMathThreads + M::kStoreThreads);
   using Pack = Pack2<typename M::ElementD>;
   constexpr int kPitch = K::kOutPitch;
   const int r0 = wg * 64 + row_in_wg;
@@ -864,7 +866,8 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
         named_barrier_sync(kOutFull, M::kMathThreads + M::kStoreThreads);
         with_kind<M>(tile.kind, [&](auto k) { store_tile<M, decltype(k)>(p, s, tile, thread); });
         // the math waits for this only before it stages a next tile
-        if (t + step < total_tiles) named_barrier_arrive(kOutEmpty, M::kMathThreads + M::kStoreThreads);
+        if (t + step < total_tiles && !ablated(kAblateMeetings))
+          named_barrier_arrive(kOutEmpty, M::kMathThreads + M::kStoreThreads);
       }
     }
   } else {
@@ -902,7 +905,7 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
           if (kb < k_blocks) s.ws[(index & 1) * M::kWeightScaleFloats + set * kMaxKBlocks + kb] = next_scales[set][i];
         }
       }
-      named_barrier_sync(kMathBarrier, M::kMathThreads);
+      if (!ablated(kAblateMeetings)) named_barrier_sync(kMathBarrier, M::kMathThreads);
       if (t + step < total_tiles) load_weight_scales(t + step);
       with_kind<M>(tile.kind, [&](auto k) {
         compute_tile<M, decltype(k)>(p, s, tile, stage, phase, index);
