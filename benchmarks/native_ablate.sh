@@ -3,8 +3,8 @@
 #   bash benchmarks/native_ablate.sh build               (here)  -> .cache/es_dual/native_ablate/bits-N
 #   bash benchmarks/native_ablate.sh run [E m n k]       (GPU machine, carry .cache/es_dual/native_ablate):
 #     each binary's time (clocks as the card sets them; ABLATE_TIMES=0: skipped), then its cycles under ncu.
-# Cycles on two k (or two m) of one shape separate the cost per K block from the cost per tile (perf notes,
-# 2026-12-07 third session): cycles = tiles per CTA x (per tile + K blocks x per block).
+# Cycles on two k (or two m) of one shape separate the cost per K block from the cost per tile (docs/perf-notes.md,
+# 2026-12-07): cycles = tiles per CTA x (per tile + K blocks x per block).
 set -e -o pipefail
 SETS=${ABLATE_SETS:-"0 24 222 256 478"}
 dir=${ES_DUAL_CACHE_DIR:-$PWD/.cache/es_dual}/native_ablate

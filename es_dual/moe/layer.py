@@ -527,7 +527,7 @@ class DecodeConfig(NamedTuple):
 # path in kernel mode (benchmarks/decode_sweep.py --layer, same card): at 1 token (8 pairs) DeepSeek 26.0 µs
 # against 29.2 without, Qwen 24.8 against 26.2; at 8 tokens (64 pairs) 110.5 against 107.9 and 94.6 against
 # 92.1, so it stops at 8 pairs (no sizes in between were measured). The tensor-core kernels (same command,
-# next session, µs at 1 / 8 tokens, DeepSeek then Qwen): gate_up on them (128 rows, 4 warps, 3-4 stages,
+# a later run, µs at 1 / 8 tokens, DeepSeek then Qwen): gate_up on them (128 rows, 4 warps, 3-4 stages,
 # 2 programs per SM) 27.4-27.9 / 124.7-125.9 and 27.0-27.4 / 92.2-92.7 against 25.7-26.0 / 107.9-108.1
 # and 24.4-24.5 / 91.7-91.8: off. down on them with one warp on 16 rows: at 8 tokens 100.6-101.0 (2-3
 # stages) against 107.9 and 86.2-90.3 against 91.7 (4-8 stages: slower again), at one token 36.9-41.2
