@@ -1,10 +1,10 @@
 // What each part of the native kernel's work costs: native_mc's kernel (csrc/native_gemm.cuh, the mode's
 // exact tile kinds) compiled with -DES_DUAL_NATIVE_ABLATE=BITS (native_gemm.cuh's Ablate: leave out the scale
 // reads, the stores, the scale copies, the TMA loads, the math, the staging, the promotion, the math warp
-// groups' meetings at tile boundaries; 0: the kernel as the library compiles it), launched on one problem.
-// The results are wrong under any bit but 0; only the times mean something, and compare best in cycles
-// (ncu's gpc__cycles_elapsed.max of the second launch under ABLATE_ONCE=1): the card's clocks follow its
-// power draw, which the ablations change.
+// groups' meetings at tile boundaries; or, bit 512, a variant of the kernel; 0: the kernel as the library
+// compiles it), launched on one problem. The results are wrong under any ablation bit; only the times mean
+// something, and compare best in cycles (ncu's gpc__cycles_elapsed.max of the second launch under
+// ABLATE_ONCE=1): the card's clocks follow its power draw, which the ablations change.
 // Timed: back-to-back launches (no L2 flush: balanced_big's operands are 10x the L2), 100 ms of warm-up,
 // two rounds, the better kept.
 // Build (here), one binary per set of bits: bash benchmarks/native_ablate.sh build; run (GPU machine, carry
@@ -45,6 +45,15 @@ __global__ void fill_fp8(uint8_t* p, size_t n) {
 
 __global__ void fill_float(float* p, size_t n, float v) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) p[i] = v;
+}
+
+// A checksum of the output's 16-bit words: equal for the kernel (bits 0) and a variant (bit 512), whose results
+// must not change.
+__global__ void checksum(const uint16_t* p, size_t n, unsigned long long* sum) {
+  unsigned long long local = 0;
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    local += p[i] * (1 + i % 7);
+  atomicAdd(sum, local);
 }
 
 }  // namespace
@@ -120,13 +129,19 @@ int main(int argc, char** argv) {
     if (us < 0) return 1;
     best = us < best ? us : best;
   }
+  unsigned long long* sum = nullptr;
+  unsigned long long host_sum = 0;
+  if (!check(cudaMalloc(&sum, sizeof(*sum)), "sum") || !check(cudaMemset(sum, 0, sizeof(*sum)), "sum")) return 1;
+  checksum<<<1024, 256>>>(static_cast<const uint16_t*>(out), size_t(total_m) * n, sum);
+  if (!check(cudaMemcpy(&host_sum, sum, sizeof(host_sum), cudaMemcpyDeviceToHost), "checksum")) return 1;
   std::string what;
   const char* names[] = {"", "scale reads", "stores", "scale copies", "TMA loads", "math", "staging", "promotion",
-                         "meetings"};
-  for (int bit = 1; bit < 9; ++bit)
+                         "meetings", "(variant) decode once"};
+  for (int bit = 1; bit < 10; ++bit)
     if (ES_DUAL_NATIVE_ABLATE >> bit & 1) what += (what.empty() ? "" : ", ") + std::string(names[bit]);
   const double flops = 2.0 * total_m * n * k;
-  std::printf("native_mc E=%d m=%d n=%d k=%d  bits %3d  %-56s %9.1f us %7.1f TFLOP/s\n", E, m, n, k,
-              ES_DUAL_NATIVE_ABLATE, what.empty() ? "(nothing: the kernel)" : what.c_str(), best, flops / best * 1e-6);
+  std::printf("native_mc E=%d m=%d n=%d k=%d  bits %3d  %-56s %9.1f us %7.1f TFLOP/s  checksum %016llx\n", E, m,
+              n, k, ES_DUAL_NATIVE_ABLATE, what.empty() ? "(nothing: the kernel)" : what.c_str(), best,
+              flops / best * 1e-6, host_sum);
   return 0;
 }

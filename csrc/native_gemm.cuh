@@ -88,6 +88,8 @@ enum Ablate : int {
   kAblatePromotion = 128,   // the promotion only on a tile's last K block (likewise)
   kAblateMeetings = 256,    // the math warp groups do not meet at a tile's start (kMathBarrier) or its end
                             // (kOutEmpty, with the store warps): races on the weight scales and the staging
+  kVariantDecodeOnce = 512, // not an ablation (results correct): the math warps decode each tile once, one
+                            // tile ahead, and keep it for its turn, instead of decoding it again then
 };
 #ifdef ES_DUAL_NATIVE_ABLATE
 __host__ __device__ constexpr bool ablated(Ablate bit) { return (ES_DUAL_NATIVE_ABLATE) & bit; }
@@ -881,8 +883,10 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
     constexpr int kSets = M::kWeightScaleSets;
     constexpr int kScalesPerThread = (kMaxKBlocks + M::kMathThreads - 1) / M::kMathThreads;
     float next_scales[kSets][kScalesPerThread];
+    Tile ahead{};  // kVariantDecodeOnce: the tile whose weight scales were loaded last
     auto load_weight_scales = [&](int t) {
       const Tile tile = s.sched.template decode<M>(p, t, rank);
+      if (ablated(kVariantDecodeOnce)) ahead = tile;
 #pragma unroll
       for (int set = 0; set < kSets; ++set) {
         const int block = tile.col0 / kScaleBlock + set;  // past n: never used, read as zeros
@@ -896,7 +900,7 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
     };
     if (first < total_tiles) load_weight_scales(first);
     for (int t = first, index = 0; t < total_tiles; t += step, ++index) {
-      const Tile tile = s.sched.template decode<M>(p, t, rank);
+      const Tile tile = ablated(kVariantDecodeOnce) ? ahead : s.sched.template decode<M>(p, t, rank);
 #pragma unroll
       for (int set = 0; set < kSets; ++set) {
 #pragma unroll
