@@ -559,7 +559,7 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
     s.empty[stage].wait(phase ^ 1);
     uint64_t* bar = reinterpret_cast<uint64_t*>(&s.full[stage]);
     if (kPart == Loads::kTiles && lane == 0 && ablated(kAblateTmaLoads)) {
-      s.full[stage].arrive();
+      s.full[stage].arrive();  // the stage completes without its bytes
     } else if (kPart == Loads::kTiles && lane == 0) {
       s.full[stage].arrive_and_expect_tx(K::kTxBytes);
       uint8_t* m_tile = s.m + stage * M::kMBytes;
@@ -774,7 +774,6 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   using Pack = Pack2<typename M::ElementD>;
   constexpr int kPitch = K::kOutPitch;
   const int r0 = wg * 64 + row_in_wg;
-#pragma unroll
 #pragma unroll
   for (int j = 0; j < N / 8 && (!ablated(kAblateStaging) || p.total_m < 0); ++j) {
     const int c = 8 * j + col_in_8;
