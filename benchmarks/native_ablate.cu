@@ -1,8 +1,7 @@
 // What each part of the native kernel's work costs: native_mc's kernel (csrc/native_gemm.cuh, the mode's
 // exact tile kinds) compiled with -DES_DUAL_NATIVE_ABLATE=BITS (native_gemm.cuh's Ablate: leave out the scale
-// reads, the stores, the scale copies, the TMA loads, the math, the staging, the promotion, the math warp
-// groups' meetings at tile boundaries; or, bit 512, a variant of the kernel; 0: the kernel as the library
-// compiles it), launched on one problem. The results are wrong under any ablation bit; only the times mean
+// reads, the stores, the scale copies, the TMA loads, the math, the staging, the promotion, the math's wait
+// for the store warps; 0: the kernel as the library compiles it), launched on one problem. The results are wrong under any ablation bit; only the times mean
 // something, and compare best in cycles (ncu's gpc__cycles_elapsed.max of the second launch under
 // ABLATE_ONCE=1): the card's clocks follow its power draw, which the ablations change.
 // Timed: back-to-back launches (no L2 flush: balanced_big's operands are 10x the L2), 100 ms of warm-up,
@@ -43,12 +42,15 @@ __global__ void fill_fp8(uint8_t* p, size_t n) {
   }
 }
 
+// v times one of 1, 1.125, ..., 1.875, from a hash of the index.
 __global__ void fill_float(float* p, size_t n, float v) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) p[i] = v;
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    p[i] = v * (1.f + float((uint32_t(i) * 2654435761u) >> 29) / 8.f);
 }
 
-// A checksum of the output's 16-bit words: equal for the kernel (bits 0) and a variant (bit 512), whose results
-// must not change.
+// A checksum of the output's 16-bit words: equal for two builds of the kernel whose arithmetic is the same (e.g.
+// bits 0 before and after a change that moves only where the scales come from; the scales differ per row and
+// K block, so a scale read from the wrong place changes it).
 __global__ void checksum(const uint16_t* p, size_t n, unsigned long long* sum) {
   unsigned long long local = 0;
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
@@ -136,8 +138,8 @@ int main(int argc, char** argv) {
   if (!check(cudaMemcpy(&host_sum, sum, sizeof(host_sum), cudaMemcpyDeviceToHost), "checksum")) return 1;
   std::string what;
   const char* names[] = {"", "scale reads", "stores", "scale copies", "TMA loads", "math", "staging", "promotion",
-                         "meetings", "(variant) decode once"};
-  for (int bit = 1; bit < 10; ++bit)
+                         "store wait"};
+  for (int bit = 1; bit < 9; ++bit)
     if (ES_DUAL_NATIVE_ABLATE >> bit & 1) what += (what.empty() ? "" : ", ") + std::string(names[bit]);
   const double flops = 2.0 * total_m * n * k;
   std::printf("native_mc E=%d m=%d n=%d k=%d  bits %3d  %-56s %9.1f us %7.1f TFLOP/s  checksum %016llx\n", E, m,

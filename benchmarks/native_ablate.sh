@@ -6,7 +6,7 @@
 # Cycles on two k (or two m) of one shape separate the cost per K block from the cost per tile (docs/perf-notes.md,
 # 2026-12-07): cycles = tiles per CTA x (per tile + K blocks x per block).
 set -e -o pipefail
-SETS=${ABLATE_SETS:-"0 24 222 256 478 512"}
+SETS=${ABLATE_SETS:-"0 24 222 256 478"}
 dir=${ES_DUAL_CACHE_DIR:-$PWD/.cache/es_dual}/native_ablate
 case "$1" in
   build)

@@ -260,13 +260,12 @@ int es_dual_grouped_gemm(const void* a, const float* a_scale, const void* b, con
   if (const KernelEntry* fused = table.fused[out_dtype]) {
     // A native mode: every bucket's tiles in one persistent launch on the caller's stream, straight from
     // the caller's tensors (no preparation, no workspace; overlap does not apply: nothing to overlap).
-    const int64_t k_blocks = (k + kScaleBlock - 1) / kScaleBlock;
-    if (num_experts > kNativeMaxExperts || k_blocks > kNativeMaxKBlocks || (int64_t(num_experts) + 1) * n > INT_MAX ||
+    if (num_experts > kNativeMaxExperts || (int64_t(num_experts) + 1) * n > INT_MAX ||
         (total_m + num_experts) * ((n + 7) / 8) > INT_MAX)  // shared-memory schedule, 32-bit TMA coordinates
       return fail(ES_DUAL_ERROR_INVALID_ARGUMENT,
-                  "mode %d (%s): native kernels take at most %d experts, k <= %d, (E + 1) * n <= %d and fewer than "
-                  "2^31 tiles, got E = %d, n = %lld, k = %lld, total_m = %lld", mode, table.name, kNativeMaxExperts,
-                  kNativeMaxKBlocks * kScaleBlock, INT_MAX, num_experts, (long long)n, (long long)k, (long long)total_m);
+                  "mode %d (%s): native kernels take at most %d experts, (E + 1) * n <= %d and fewer than "
+                  "2^31 tiles, got E = %d, n = %lld, total_m = %lld", mode, table.name, kNativeMaxExperts,
+                  INT_MAX, num_experts, (long long)n, (long long)total_m);
     NativeArgs native{a, a_scale, b, b_scale, rows, out, total_m, n, k, table.num_buckets, {}};
     for (int i = 0; i < table.num_buckets; ++i) native.max_tokens[i] = table.buckets[i].max_tokens;
     LaunchArgs launch{num_experts, nullptr, {}, {}, nullptr, device, sm_count, cuda_stream, false, native};

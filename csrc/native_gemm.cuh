@@ -12,16 +12,19 @@
 //   warp group kMathWGs (the last one): the producer. Its warps 0 and 1 walk the CTA's tiles and, for
 //     every K block, wait for a free pipeline stage; warp 0's lane 0 issues two TMA loads into it, the
 //     token tile (tokens x 128 K bytes) and the weight tile (weight rows x 128 K bytes), and warp 1's
-//     32 lanes copy the tokens' scales of that K block from the caller's a_scale (4 bytes per row:
-//     cp.async).
+//     32 lanes copy the scales of that K block into the stage (4 bytes each: cp.async): the tokens'
+//     from the caller's a_scale, one per row, and the tile's weight scale (two for tiles that span two
+//     128-row weight scale blocks). Into a tile's first stage warp 0's lane 0 also writes the tile's kind
+//     and column split (StageHeader), so that the math warps never decode a tile.
 //   warp groups 0 .. kMathWGs-1 (one to three): the math. Each owns 64 rows of the WGMMA M side. Per K
 //     block: wait for the stage, 4 WGMMAs (K = 32 each), wait for them, free the stage, promote with the
 //     two scales (compute_tile: kinds whose two accumulators fit the registers keep the next block's
 //     WGMMAs running while the previous block is promoted; wider kinds of two math warp groups split
 //     each block's WGMMAs in two halves, the first promoted while the second runs; with three math warp
 //     groups the other two cover a group's promotion: the tuning modes native_m192*, measured slower than
-//     two, docs/perf-notes.md 2026-12-07). Per tile: stage the rounded result in shared memory and hand
-//     it to the store warps.
+//     two, docs/perf-notes.md 2026-12-07). Per tile: read the tile's kind from its first stage, run its
+//     K loop, stage the rounded result in shared memory and hand it to the store warps. The math warp
+//     groups never meet each other: everything a tile needs comes with its stages.
 //   warps 2-3 of the producer warp group: the stores. They copy each staged tile to `out` with 16-byte
 //     stores of the rows and columns that belong to the expert (a tile may run past the expert's last
 //     row or n; those are never stored), while the math warp groups run the next tile's K loop; the
@@ -69,7 +72,6 @@
 namespace es_dual::native {
 
 constexpr int kMaxExperts = kNativeMaxExperts;  // the tile prefix per expert lives in shared memory
-constexpr int kMaxKBlocks = kNativeMaxKBlocks;  // so do the tile's weight scales of every K block
 constexpr int kSmemBudget = 232448;   // bytes of dynamic shared memory a CTA may opt in to on SM90
 constexpr int kBlockK = kScaleBlock;  // one K block = one scale = one 128-byte swizzled smem row
 
@@ -86,10 +88,8 @@ enum Ablate : int {
   kAblateStaging = 64,      // the math stages no output tile (skipped by a run-time test, so that the
                             // values stay computed: ptxas drops WGMMAs whose results nothing reads)
   kAblatePromotion = 128,   // the promotion only on a tile's last K block (likewise)
-  kAblateMeetings = 256,    // the math warp groups do not meet at a tile's start (kMathBarrier) or its end
-                            // (kOutEmpty, with the store warps): races on the weight scales and the staging
-  kVariantDecodeOnce = 512, // not an ablation (results correct): the math warps decode each tile once, one
-                            // tile ahead, and keep it for its turn, instead of decoding it again then
+  kAblateStoreWait = 256,   // the math does not wait for the store warps before it stages a tile (kOutEmpty):
+                            // races on the staging buffer
 };
 #ifdef ES_DUAL_NATIVE_ABLATE
 __host__ __device__ constexpr bool ablated(Ablate bit) { return (ES_DUAL_NATIVE_ABLATE) & bit; }
@@ -108,10 +108,9 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
-// Named barriers of the math warp groups (0 is __syncthreads).
-constexpr int kMathBarrier = 1;     // both math warp groups: tile start
-// Math and store warps: a tile staged in shared memory / copied out of it. Hardware barriers, so that the
-// store warps, idle most of the time, wait descheduled instead of polling an mbarrier.
+// Named barriers (0 is __syncthreads) of the math and store warps: a tile staged in shared memory /
+// copied out of it. Hardware barriers, so that the store warps, idle most of the time, wait descheduled
+// instead of polling an mbarrier.
 constexpr int kOutFull = 4;
 constexpr int kOutEmpty = 5;
 
@@ -202,6 +201,18 @@ template <> struct Pack2<cutlass::half_t> {
 // ---------------------------------------------------------------------------------------------------
 constexpr int kMaxKinds = 4;  // tile kinds (buckets) of one mode
 
+// The head of a stage's scales. The weight scales of its K block come with every stage (the scale warp's
+// lanes 0 and 1); the tile's kind and the column groups of its first weight scale block
+// (first_block_groups: (128 - col0 % 128) / 8, tokens x weights kinds wider than 128 only) come with
+// the tile's first stage, written by the TMA lane before its arrival on the stage's barrier (an
+// mbarrier arrival releases, the math's wait on the barrier acquires).
+struct StageHeader {
+  float weight_scale[2];  // the tile's first and second 128-row weight scale block (zero when none)
+  int kind;                // these two 8-byte aligned (stored and loaded as a pair)
+  int first_block_groups;
+};
+static_assert(offsetof(StageHeader, kind) % 8 == 0, "StageHeader's ints are one 8-byte access");
+
 constexpr int gcd(int a, int b) { return b == 0 ? a : gcd(b, a % b); }
 
 // One tile shape and orientation (a bucket of es_dual/cutlass/buckets.py, NativeConfig). MulticastTokens
@@ -226,10 +237,10 @@ struct Kind {
                 "the weight rows of a tile span at most two 128-row weight scale blocks");
   static constexpr int kMBytes = TileM * kBlockK;  // WGMMA A operand tile (a multiple of 1024 bytes)
   static constexpr int kNBytes = TileN * kBlockK;  // WGMMA B operand tile (a multiple of 1024 bytes)
-  // The tokens' scales of one K block, one float per token row (copied by the producer warp's lanes
-  // from the caller's K-major a_scale: a 4-byte copy per row, which TMA cannot do for rows of k / 128
-  // floats that are not 16-byte multiples).
-  static constexpr int kScaleBytes = (kTokenRows * 4 + 127) / 128 * 128;
+  // A stage's scales: the header (StageHeader), then the tokens' scales of the K block, one float per
+  // token row (copied by the producer warp's lanes from the caller's K-major a_scale: a 4-byte copy per
+  // row, which TMA cannot do for rows of k / 128 floats that are not 16-byte multiples).
+  static constexpr int kScaleBytes = (int(sizeof(StageHeader)) + kTokenRows * 4 + 127) / 128 * 128;
   static constexpr int kOutPitch = kWeightRows + 8;  // staged output row, elements; +16 bytes against bank conflicts
   static constexpr int kOutBytes = (kTokenRows * kOutPitch * 2 + 1023) / 1024 * 1024;
   static constexpr uint32_t kTxBytes = kMBytes + kNBytes;  // the TMA bytes of a stage (not the scales)
@@ -279,14 +290,9 @@ struct Mode {
   static constexpr int kScaleBytes = cmax(Kinds::kScaleBytes...);
   static constexpr int kOutBytes = cmax(Kinds::kOutBytes...);
   static constexpr int kStageBytes = kMBytes + kNBytes + kScaleBytes;
-  static constexpr int kWeightScaleSets = (Kinds::kTwoWeightScales || ...) ? 2 : 1;  // scale blocks per tile
-  // Two tiles' weight scales: a math warp group writes the next tile's while the other may still read
-  // the current tile's (nothing orders the end of one warp group's K loop with the other's).
-  static constexpr int kWeightScaleFloats = kWeightScaleSets * kMaxKBlocks;  // one tile
-  static constexpr int kWeightScaleBytes = 2 * kWeightScaleFloats * 4;
   static constexpr int kScheduleBytes = (2 * (kMaxExperts + 4) + 32) * 4;  // tile prefix, row starts, warp sums
   static constexpr int kBarrierBytes = 2 * 16 * 8;  // full + empty per stage (<= 16)
-  static constexpr int kFixedBytes = kOutBytes + kWeightScaleBytes + kScheduleBytes + kBarrierBytes
+  static constexpr int kFixedBytes = kOutBytes + kScheduleBytes + kBarrierBytes
                                      + 1024;  // the base rounded up to 1024 bytes
   static constexpr int kStagesFit = (kSmemBudget - kFixedBytes) / kStageBytes;
   static constexpr int kStages = kStagesFit > 16 ? 16 : kStagesFit;
@@ -473,20 +479,23 @@ struct Smem {
   uint8_t* m;        // [kStages][kMBytes]  WGMMA A operand tiles
   uint8_t* n;        // [kStages][kNBytes]  WGMMA B operand tiles
   uint16_t* out;     // staged output tile
-  uint8_t* ts;       // [kStages][kScaleBytes] token scales
-  float* ws;         // [2 tiles][kWeightScaleSets][kMaxKBlocks]: tile `index` uses ws + (index & 1) * kWeightScaleFloats
+  uint8_t* scales;   // [kStages][kScaleBytes]: StageHeader, then the token scales
   Schedule sched;
   int* warp_sums;    // [32]
   cutlass::arch::ClusterTransactionBarrier* full;   // [kStages]: data landed
   cutlass::arch::ClusterTransactionBarrier* empty;  // [kStages]: stage free again
 
+  __device__ StageHeader* header(int stage) const {
+    return reinterpret_cast<StageHeader*>(scales + stage * M::kScaleBytes);
+  }
+  __device__ float* token_scales(int stage) const { return reinterpret_cast<float*>(header(stage) + 1); }
+
   __device__ explicit Smem(uint8_t* base) {
     m = base;
     n = m + M::kStages * M::kMBytes;
     out = reinterpret_cast<uint16_t*>(n + M::kStages * M::kNBytes);
-    ts = reinterpret_cast<uint8_t*>(out) + M::kOutBytes;
-    ws = reinterpret_cast<float*>(ts + M::kStages * M::kScaleBytes);
-    int* s = reinterpret_cast<int*>(ws + 2 * M::kWeightScaleFloats);
+    scales = reinterpret_cast<uint8_t*>(out) + M::kOutBytes;
+    int* s = reinterpret_cast<int*>(scales + M::kStages * M::kScaleBytes);
     // kMaxExperts + 4 entries each, so that every array (and the barriers) stays 16-byte aligned.
     sched = Schedule{s, s + kMaxExperts + 4};
     warp_sums = s + 2 * (kMaxExperts + 4);
@@ -501,6 +510,17 @@ __device__ __forceinline__ void copy_float_async(float* dst, const float* src, b
                :: "r"(cute::cast_smem_ptr_to_uint(dst)), "l"(src), "r"(valid ? 4 : 0) : "memory");
 }
 
+// A StageHeader's two ints, stored and loaded by volatile asm: the barrier operations around them are
+// volatile asm without memory clobbers, and volatile asm statements keep their order.
+__device__ __forceinline__ void store_shared_int2(int* dst, int x, int y) {
+  asm volatile("st.shared.v2.s32 [%0], {%1, %2};\n" :: "r"(cute::cast_smem_ptr_to_uint(dst)), "r"(x), "r"(y) : "memory");
+}
+__device__ __forceinline__ int2 load_shared_int2(const int* src) {
+  int2 v;
+  asm volatile("ld.shared.v2.s32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(cute::cast_smem_ptr_to_uint(src)) : "memory");
+  return v;
+}
+
 // One arrival on `bar` once every cp.async this thread issued before has landed (counted in the
 // barrier's arrival count: .noinc).
 __device__ __forceinline__ void arrive_when_copied(void* bar) {
@@ -510,9 +530,10 @@ __device__ __forceinline__ void arrive_when_copied(void* bar) {
 
 // The producer warps' loads of one tile: per K block, wait for a free stage, then load into it. Warp 0's
 // lane 0 issues the two TMA loads (the token tile, and the weight tile or, multicast kinds, this CTA's
-// half of it into the same stage of both CTAs); warp 1's lanes copy the token scales of a few of the
-// tile's rows each (rows past the expert's: zeros), in a warp of their own so that neither loop of issues
-// is on the path of the other's. The stage is full when the TMA bytes and the 32 lanes' copies have landed.
+// half of it into the same stage of both CTAs), and into the tile's first stage writes its StageHeader
+// fields; warp 1's lanes copy the token scales of a few of the tile's rows each (rows past the expert's:
+// zeros) and lanes 0 and 1 the weight scales, in a warp of their own so that neither loop of issues is on
+// the path of the other's. The stage is full when the TMA bytes and the 32 lanes' copies have landed.
 enum class Loads { kTiles, kScales };
 
 // One operand tile of kRows rows at K block kb, row `row`, into `dst`: all of it for this CTA, or, when
@@ -542,6 +563,7 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
   constexpr uint64_t kWeightHint = uint64_t(K::kSwapAB ? cute::TMA::CacheHintSm90::EVICT_FIRST
                                                        : cute::TMA::CacheHintSm90::EVICT_NORMAL);
   constexpr int kScaleRowsPerLane = (K::kTokenRows + 31) / 32;
+  constexpr int kWeightScales = K::kTwoWeightScales ? 2 : 1;
   const int kind = tile.kind;
   // Row of b seen as (E * n, k); < 2^31 (host), also for a pair's spare tile (col0 < n + weight rows).
   const int weight_row = tile.expert * p.n + tile.col0;
@@ -555,9 +577,17 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
     scale_src[i] = p.a_scale + int64_t(tile.row0 + lane + 32 * i) * p.k_blocks;
     scale_valid[i] = lane + 32 * i < tile.rows;
   }
+  // Lanes 0 and 1: the weight scales of the tile's first and second 128-row block, likewise (blocks
+  // past n, of a second block that the kind does not have or of a pair's spare tile: zeros).
+  const int n_blocks = (p.n + kScaleBlock - 1) / kScaleBlock;
+  const int weight_block = tile.col0 / kScaleBlock + lane;
+  const float* weight_scale_src = p.b_scale + (int64_t(tile.expert) * n_blocks + weight_block) * p.k_blocks;
+  const bool weight_scale_valid = weight_block < n_blocks;
   for (int kb = 0; kb < p.k_blocks; ++kb) {
     s.empty[stage].wait(phase ^ 1);
     uint64_t* bar = reinterpret_cast<uint64_t*>(&s.full[stage]);
+    if (kPart == Loads::kTiles && lane == 0 && kb == 0)  // before the arrival that releases it
+      store_shared_int2(&s.header(stage)->kind, kind, (kScaleBlock - tile.col0 % kScaleBlock) / 8);
     if (kPart == Loads::kTiles && lane == 0 && ablated(kAblateTmaLoads)) {
       s.full[stage].arrive();  // the stage completes without its bytes
     } else if (kPart == Loads::kTiles && lane == 0) {
@@ -570,12 +600,14 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
                                                                  K::kSwapAB ? m_tile : n_tile, kb, weight_row, rank);
     }
     if constexpr (kPart == Loads::kScales) {
-      float* ts = reinterpret_cast<float*>(s.ts + stage * M::kScaleBytes);
+      float* ts = s.token_scales(stage);
 #pragma unroll
       for (int i = 0; i < kScaleRowsPerLane; ++i) {
         if (lane + 32 * i < K::kTokenRows && !ablated(kAblateScaleCopies))
           copy_float_async(ts + lane + 32 * i, scale_src[i]++, scale_valid[i]);
       }
+      if (lane < kWeightScales && !ablated(kAblateScaleCopies))
+        copy_float_async(s.header(stage)->weight_scale + lane, weight_scale_src++, weight_scale_valid);
       arrive_when_copied(bar);
     }
     if (++stage == M::kStages) stage = 0, phase ^= 1;
@@ -583,9 +615,10 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
 }
 
 // The math warp groups' work on one tile: the K loop (WGMMA, promotion), then the staging of the
-// result for the store warps. `index`: the tile's number among this CTA's tiles (0, 1, ...).
+// result for the store warps. `first_block_groups`: the tile's StageHeader field; `index`: the tile's
+// number among this CTA's tiles (0, 1, ...).
 template <class M, class K>
-__device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, const Tile& tile,
+__device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, int first_block_groups,
                                              int& stage, uint32_t& phase, int index) {
   constexpr int N = K::kTileN;
   const int tid = threadIdx.x;
@@ -593,20 +626,19 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   const int lane = tid % 32;
   const int row_in_wg = (tid / 32) % 4 * 16 + lane / 4;  // accumulator rows row_in_wg and row_in_wg + 8
   const int col_in_8 = 2 * (lane % 4);                    // accumulator columns 8j + col_in_8 (+1)
-  const float* ws = s.ws + (index & 1) * M::kWeightScaleFloats;  // this tile's weight scales
   float acc[N / 2], sum[N / 2];
 #pragma unroll
   for (int i = 0; i < N / 2; ++i) sum[i] = 0.f;
 
-  // The scales of one K block as the promotion uses them: per accumulator row the token scale times the
-  // weight scale of the tile's first (and second) weight scale block, or, swap-AB, per column the
-  // token scales (read from the block's stage).
+  // The scales of one K block as the promotion uses them (read from the block's stage): per accumulator
+  // row the token scale times the weight scale of the tile's first (and second) weight scale block, or,
+  // swap-AB, per column the token scales.
   struct BlockScales {
     float row[2], row_hi[2];
     float2 col[K::kSwapAB ? N / 8 : 1];
     float weight;
   };
-  auto block_scales = [&](int st, int kb) {
+  auto block_scales = [&](int st) {
     BlockScales bs;
     if (ablated(kAblateScaleReads)) {
       bs.weight = 1.f;
@@ -614,9 +646,9 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
       for (auto& c : bs.col) c = make_float2(1.f, 1.f);
       return bs;
     }
-    bs.weight = ws[kb];
-    const float weight_hi = K::kTwoWeightScales ? ws[kMaxKBlocks + kb] : 0.f;
-    const float* ts = reinterpret_cast<const float*>(s.ts + st * M::kScaleBytes);
+    bs.weight = s.header(st)->weight_scale[0];
+    const float weight_hi = K::kTwoWeightScales ? s.header(st)->weight_scale[1] : 0.f;
+    const float* ts = s.token_scales(st);
     if constexpr (K::kSwapAB) {
 #pragma unroll
       for (int j = 0; j < N / 8; ++j) bs.col[j] = make_float2(ts[8 * j + col_in_8], ts[8 * j + col_in_8 + 1]);
@@ -685,7 +717,7 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
       const uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
       if (!landed) s.full[stage].wait(phase);
       issue_block<N, kParts>(desc_m, desc_n, acc);
-      const BlockScales bs = block_scales(stage, kb);  // under the WGMMAs (the stage is still ours)
+      const BlockScales bs = block_scales(stage);  // under the WGMMAs (the stage is still ours)
       const int block_stage = stage;
       if (++stage == M::kStages) stage = 0, phase ^= 1;
       if constexpr (kParts == 2) {
@@ -716,13 +748,13 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   // unrolled, each ending with wait<0>.
   constexpr int kChunk = 4;
   float acc2[2][N / 2];
-  auto promote = [&](const float* a, int st, int kb, auto first_block_groups) {
-    const BlockScales bs = block_scales(st, kb);
+  auto promote = [&](const float* a, int st, auto first_block_groups) {
+    const BlockScales bs = block_scales(st);
     release(st);  // the stage's scales are in registers
     promote_groups(a, Zero{}, AllGroups{}, first_block_groups, bs);
   };
   auto pipelined_loop = [&](auto first_block_groups) {
-    auto chunk = [&](auto chunk_blocks, int kb0) {
+    auto chunk = [&](auto chunk_blocks) {
       constexpr int C = decltype(chunk_blocks)::value;
       int st[C];
 #pragma unroll
@@ -743,16 +775,16 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
           if (c < C) cute::warpgroup_wait<1>(); else cute::warpgroup_wait<0>();
 #pragma unroll
           for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(a[i]);
-          promote(a, st[c - 1], kb0 + c - 1, first_block_groups);
+          promote(a, st[c - 1], first_block_groups);
         }
       }
     };
     for (int kb0 = 0; kb0 < p.k_blocks; kb0 += kChunk) {
       const int left = p.k_blocks - kb0;
-      if (left >= kChunk) chunk(std::integral_constant<int, kChunk>{}, kb0);
-      else if (left == 3) chunk(std::integral_constant<int, 3>{}, kb0);
-      else if (left == 2) chunk(std::integral_constant<int, 2>{}, kb0);
-      else chunk(std::integral_constant<int, 1>{}, kb0);
+      if (left >= kChunk) chunk(std::integral_constant<int, kChunk>{});
+      else if (left == 3) chunk(std::integral_constant<int, 3>{});
+      else if (left == 2) chunk(std::integral_constant<int, 2>{});
+      else chunk(std::integral_constant<int, 1>{});
     }
   };
   // two accumulators and the sum, and about 40 registers for addresses, scales and the loop
@@ -762,15 +794,15 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
     else k_loop(first_block_groups);
   };
   if constexpr (K::kTwoWeightScales) {
-    // column groups of 8 in the first block: (128 - col0 % 128) / 8, a multiple of gcd(TileN, 128) / 8
-    with_split<gcd(N, kScaleBlock) / 8>((kScaleBlock - tile.col0 % kScaleBlock) / 8, loop);
+    // column groups of 8 in the first block: a multiple of gcd(TileN, 128) / 8 (tiles start at multiples of TileN)
+    with_split<gcd(N, kScaleBlock) / 8>(first_block_groups, loop);
   } else {
     loop(std::integral_constant<int, N / 8>{});
   }
 
   // --- Epilogue: round, stage as [token][weight row] in smem for the store warps --------------------
   // s.out is free once the store warps have copied the previous tile out (its completion number index).
-  if (index > 0 && !ablated(kAblateMeetings)) named_barrier_sync(kOutEmpty, M::kMathThreads + M::kStoreThreads);
+  if (index > 0 && !ablated(kAblateStoreWait)) named_barrier_sync(kOutEmpty, M::kMathThreads + M::kStoreThreads);
   using Pack = Pack2<typename M::ElementD>;
   constexpr int kPitch = K::kOutPitch;
   const int r0 = wg * 64 + row_in_wg;
@@ -831,7 +863,6 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
   const int total_tiles = build_schedule<M>(p, s.sched, s.warp_sums);  // ends with __syncthreads
   // Both CTAs' barriers are initialized before either producer multicasts or math arrives remotely.
   if constexpr (M::kCluster > 1) cute::cluster_sync();
-  const int k_blocks = p.k_blocks;
   // The cluster's tiles: first, first + step, ... (a cluster tile is one tile per CTA of the cluster).
   const int rank = M::kCluster > 1 ? int(cute::block_rank_in_cluster()) : 0;
   const int first = blockIdx.x / M::kCluster, step = gridDim.x / M::kCluster;
@@ -867,52 +898,19 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
         named_barrier_sync(kOutFull, M::kMathThreads + M::kStoreThreads);
         with_kind<M>(tile.kind, [&](auto k) { store_tile<M, decltype(k)>(p, s, tile, thread); });
         // the math waits for this only before it stages a next tile
-        if (t + step < total_tiles && !ablated(kAblateMeetings))
+        if (t + step < total_tiles && !ablated(kAblateStoreWait))
           named_barrier_arrive(kOutEmpty, M::kMathThreads + M::kStoreThreads);
       }
     }
   } else {
     // --- Math warp groups ------------------------------------------------------------------------------
     cutlass::arch::warpgroup_reg_alloc<M::kMathRegisters>();
-    const int tid = threadIdx.x;
-    const int n_blocks = (p.n + kScaleBlock - 1) / kScaleBlock;
-    // The weight scales of a tile (one or, for wide kinds, two 128-row scale blocks: a scale per K block
-    // each) are loaded from global memory one tile ahead, into registers, so that their latency hides
-    // behind the previous tile's mainloop instead of stalling every tile's start (short-K tiles last ~1 us).
-    constexpr int kSets = M::kWeightScaleSets;
-    constexpr int kScalesPerThread = (kMaxKBlocks + M::kMathThreads - 1) / M::kMathThreads;
-    float next_scales[kSets][kScalesPerThread];
-    Tile ahead{};  // kVariantDecodeOnce: the tile whose weight scales were loaded last
-    auto load_weight_scales = [&](int t) {
-      const Tile tile = s.sched.template decode<M>(p, t, rank);
-      if (ablated(kVariantDecodeOnce)) ahead = tile;
-#pragma unroll
-      for (int set = 0; set < kSets; ++set) {
-        const int block = tile.col0 / kScaleBlock + set;  // past n: never used, read as zeros
-        const float* src = p.b_scale + (int64_t(tile.expert) * n_blocks + block) * k_blocks;
-#pragma unroll
-        for (int i = 0; i < kScalesPerThread; ++i) {
-          const int kb = tid + i * M::kMathThreads;
-          next_scales[set][i] = kb < k_blocks && block < n_blocks ? src[kb] : 0.f;
-        }
-      }
-    };
-    if (first < total_tiles) load_weight_scales(first);
-    for (int t = first, index = 0; t < total_tiles; t += step, ++index) {
-      const Tile tile = ablated(kVariantDecodeOnce) ? ahead : s.sched.template decode<M>(p, t, rank);
-#pragma unroll
-      for (int set = 0; set < kSets; ++set) {
-#pragma unroll
-        for (int i = 0; i < kScalesPerThread; ++i) {
-          const int kb = tid + i * M::kMathThreads;
-          if (kb < k_blocks) s.ws[(index & 1) * M::kWeightScaleFloats + set * kMaxKBlocks + kb] = next_scales[set][i];
-        }
-      }
-      if (!ablated(kAblateMeetings)) named_barrier_sync(kMathBarrier, M::kMathThreads);
-      if (t + step < total_tiles) load_weight_scales(t + step);
-      with_kind<M>(tile.kind, [&](auto k) {
-        compute_tile<M, decltype(k)>(p, s, tile, stage, phase, index);
-      });
+    // Everything a tile needs comes with its stages (StageHeader): the math decodes no tile.
+    const int tiles = first < total_tiles ? (total_tiles - first + step - 1) / step : 0;
+    for (int index = 0; index < tiles; ++index) {
+      s.full[stage].wait(phase);  // the tile's first stage
+      const int2 header = load_shared_int2(&s.header(stage)->kind);
+      with_kind<M>(header.x, [&](auto k) { compute_tile<M, decltype(k)>(p, s, header.y, stage, phase, index); });
     }
   }
 #endif

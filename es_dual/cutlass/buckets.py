@@ -79,10 +79,9 @@ class KernelConfig(_Checked):
         )
 
 
-# Limits of the native kernels (csrc/native_gemm.cuh keeps a tile prefix per expert and the weight
-# scales of one tile for every K block in shared memory); generate.py writes them into es_dual_limits.h.
+# Limit of the native kernels (csrc/native_gemm.cuh keeps a tile prefix per expert in shared memory);
+# generate.py writes it into es_dual_limits.h.
 NATIVE_MAX_EXPERTS = 1024
-NATIVE_MAX_K_BLOCKS = 256  # k <= 32768
 
 
 @dataclass(frozen=True)
@@ -218,9 +217,9 @@ WIDE_MIN_MEAN_TOKENS = 512
 
 
 def native_fits(total_m: int, n: int, k: int, num_experts: int) -> bool:
-    """Whether the native kernels take a problem (csrc/api.cu checks the same): the tile prefix and one
-    tile's weight scales in shared memory, 32-bit TMA row coordinates and tile numbers."""
-    return (num_experts <= NATIVE_MAX_EXPERTS and -(-k // SCALE_BLOCK) <= NATIVE_MAX_K_BLOCKS
+    """Whether the native kernels take a problem (csrc/api.cu checks the same): the tile prefix in
+    shared memory, 32-bit TMA row coordinates and tile numbers."""
+    return (num_experts <= NATIVE_MAX_EXPERTS
             and (num_experts + 1) * n <= 2**31 - 1 and (total_m + num_experts) * -(-n // 8) <= 2**31 - 1)
 
 

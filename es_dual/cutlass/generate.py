@@ -139,7 +139,6 @@ def _limits_header() -> str:
     return (
         _BANNER + "#pragma once\n\nnamespace es_dual {\n"
         + f"constexpr int kNativeMaxExperts = {tbl.NATIVE_MAX_EXPERTS};  // experts of a call with native buckets\n"
-        + f"constexpr int kNativeMaxKBlocks = {tbl.NATIVE_MAX_K_BLOCKS};  // 128-wide K blocks, likewise\n"
         + "}  // namespace es_dual\n"
     )
 
