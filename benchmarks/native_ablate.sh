@@ -16,8 +16,8 @@ case "$1" in
     done ;;
   run)
     shift
-    [ "${ABLATE_TIMES:-1}" = 0 ] || for bin in "$dir"/bits-*; do "$bin" "$@"; done
-    for bin in "$dir"/bits-*; do
+    [ "${ABLATE_TIMES:-1}" = 0 ] || for bin in "$dir"/*; do "$bin" "$@"; done
+    for bin in "$dir"/*; do
       cycles=$(ABLATE_ONCE=1 ncu --clock-control none -k regex:grouped_gemm --launch-skip 1 --launch-count 1 \
                --metrics gpc__cycles_elapsed.max --csv "$bin" "$@" 2>/dev/null | awk -F'","' 'END{gsub(/[",]/, "", $NF); print $NF}')
       echo "${bin##*/} cycles $cycles"

@@ -23,8 +23,9 @@
 //     each block's WGMMAs in two halves, the first promoted while the second runs; with three math warp
 //     groups the other two cover a group's promotion: the tuning modes native_m192*, measured slower than
 //     two, docs/perf-notes.md 2026-12-07). Per tile: read the tile's kind from its first stage, run its
-//     K loop, stage the rounded result in shared memory and hand it to the store warps. The math warp
-//     groups never meet each other: everything a tile needs comes with its stages.
+//     K loop, stage the rounded result in shared memory and hand it to the store warps (one-accumulator
+//     kinds: under the next tile's first WGMMAs). The math warp groups never meet each other: everything
+//     a tile needs comes with its stages.
 //   warps 2-3 of the producer warp group: the stores. They copy each staged tile to `out` with 16-byte
 //     stores of the rows and columns that belong to the expert (a tile may run past the expert's last
 //     row or n; those are never stored), while the math warp groups run the next tile's K loop; the
@@ -114,15 +115,6 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
 constexpr int kOutFull = 4;
 constexpr int kOutEmpty = 5;
 
-// Calls f(std::integral_constant<int, V>{}) for V == cols, V in {G, 2G, ..., 16} (a run-time column
-// split of a wide tile as a compile-time constant, so the promotion has no selects).
-template <int G, int V = G, class F>
-__device__ __forceinline__ void with_split(int cols, F&& f) {
-  if constexpr (V >= kScaleBlock / 8) f(std::integral_constant<int, V>{});
-  else if (cols == V) f(std::integral_constant<int, V>{});
-  else with_split<G, V + G>(cols, f);
-}
-
 // Shared-memory matrix descriptor of a K-major tile written by TMA with the 128-byte swizzle: rows of
 // 128 bytes, 8-row groups 1024 bytes apart (stride byte offset), swizzle mode 1 (128B).
 __device__ __forceinline__ uint64_t smem_desc_k_major_sw128(const void* smem) {
@@ -174,11 +166,15 @@ __device__ __forceinline__ void issue_block(uint64_t desc_a, uint64_t desc_b, fl
   }
 }
 
+// Rounding to the output type. store2: x and y, rounded, as one 4-byte shared-memory store (x at the lower
+// address), in one volatile asm statement, so that the rounded pair lives in a register only between its
+// conversion and its store (ptxas would otherwise convert a whole tile ahead of its stores, and a chained
+// tile's accumulators in flight beside them do not leave room for that).
 template <class T> struct Pack2;
 template <> struct Pack2<cutlass::bfloat16_t> {
-  static __device__ __forceinline__ uint32_t pack(float x, float y) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
-    return reinterpret_cast<uint32_t&>(v);
+  static __device__ __forceinline__ void store2(uint16_t* dst, float x, float y) {
+    asm volatile("{\n.reg .b32 p;\ncvt.rn.bf16x2.f32 p, %1, %2;\nst.shared.b32 [%0], p;\n}\n"
+                 :: "r"(cute::cast_smem_ptr_to_uint(dst)), "f"(y), "f"(x) : "memory");
   }
   static __device__ __forceinline__ uint16_t one(float x) {
     __nv_bfloat16 v = __float2bfloat16_rn(x);
@@ -186,9 +182,9 @@ template <> struct Pack2<cutlass::bfloat16_t> {
   }
 };
 template <> struct Pack2<cutlass::half_t> {
-  static __device__ __forceinline__ uint32_t pack(float x, float y) {
-    __half2 v = __floats2half2_rn(x, y);
-    return reinterpret_cast<uint32_t&>(v);
+  static __device__ __forceinline__ void store2(uint16_t* dst, float x, float y) {
+    asm volatile("{\n.reg .b32 p;\ncvt.rn.f16x2.f32 p, %1, %2;\nst.shared.b32 [%0], p;\n}\n"
+                 :: "r"(cute::cast_smem_ptr_to_uint(dst)), "f"(y), "f"(x) : "memory");
   }
   static __device__ __forceinline__ uint16_t one(float x) {
     __half v = __float2half_rn(x);
@@ -614,12 +610,23 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
   }
 }
 
-// The math warp groups' work on one tile: the K loop (WGMMA, promotion), then the staging of the
-// result for the store warps. `first_block_groups`: the tile's StageHeader field; `index`: the tile's
-// number among this CTA's tiles (0, 1, ...).
+// The tile's StageHeader fields, from its first stage (the math's wait acquires them).
+template <class M>
+__device__ __forceinline__ void read_header(const Smem<M>& s, int stage, uint32_t phase, int& kind,
+                                            int& first_block_groups) {
+  s.full[stage].wait(phase);
+  const int2 header = load_shared_int2(&s.header(stage)->kind);
+  kind = header.x, first_block_groups = header.y;
+}
+
+// The math warp groups' work on the CTA's tiles from number `index` on, while they are of kind K (`kind`):
+// per tile the K loop (WGMMA, promotion), then the staging of the result for the store warps. On return
+// `index` is the next tile's number, and `kind` and `first_block_groups` its header fields (read when it
+// exists). Kinds with one accumulator (k_stream) stage a finished tile under the WGMMAs of the next
+// tile's first K block when the next tile is of the same kind.
 template <class M, class K>
-__device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, int first_block_groups,
-                                             int& stage, uint32_t& phase, int index) {
+__device__ __forceinline__ void compute_tiles(const Params& p, const Smem<M>& s, int& kind, int& first_block_groups,
+                                              int& stage, uint32_t& phase, int& index, int tiles) {
   constexpr int N = K::kTileN;
   const int tid = threadIdx.x;
   const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
@@ -627,14 +634,17 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   const int row_in_wg = (tid / 32) % 4 * 16 + lane / 4;  // accumulator rows row_in_wg and row_in_wg + 8
   const int col_in_8 = 2 * (lane % 4);                    // accumulator columns 8j + col_in_8 (+1)
   float acc[N / 2], sum[N / 2];
-#pragma unroll
-  for (int i = 0; i < N / 2; ++i) sum[i] = 0.f;
 
   // The scales of one K block as the promotion uses them (read from the block's stage): per accumulator
   // row the token scale times the weight scale of the tile's first (and second) weight scale block, or,
   // swap-AB, per column the token scales.
+  // Tokens x weights kinds whose tiles may span two weight scale blocks: the tile's columns in units of
+  // gcd(TileN, 128) (tiles start at multiples of TileN, so no unit straddles two blocks), each unit in the
+  // tile's first block or its second (first_block_groups: the columns in the first, in groups of 8).
+  constexpr int kUnitCols = K::kTwoWeightScales ? gcd(N, kScaleBlock) : N;
+  constexpr int kUnits = N / kUnitCols;
   struct BlockScales {
-    float row[2], row_hi[2];
+    float row[kUnits][2];  // per unit of columns: the scales of the thread's two accumulator rows
     float2 col[K::kSwapAB ? N / 8 : 1];
     float weight;
   };
@@ -642,7 +652,7 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
     BlockScales bs;
     if (ablated(kAblateScaleReads)) {
       bs.weight = 1.f;
-      bs.row[0] = bs.row[1] = bs.row_hi[0] = bs.row_hi[1] = 1.f;
+      for (auto& r : bs.row) r[0] = r[1] = 1.f;
       for (auto& c : bs.col) c = make_float2(1.f, 1.f);
       return bs;
     }
@@ -654,8 +664,11 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
       for (int j = 0; j < N / 8; ++j) bs.col[j] = make_float2(ts[8 * j + col_in_8], ts[8 * j + col_in_8 + 1]);
     } else {
       const float t0 = ts[wg * 64 + row_in_wg], t1 = ts[wg * 64 + row_in_wg + 8];
-      bs.row[0] = t0 * bs.weight, bs.row[1] = t1 * bs.weight;
-      bs.row_hi[0] = t0 * weight_hi, bs.row_hi[1] = t1 * weight_hi;
+#pragma unroll
+      for (int u = 0; u < kUnits; ++u) {  // one select per unit and K block
+        const float w = K::kTwoWeightScales && u * kUnitCols >= 8 * first_block_groups ? weight_hi : bs.weight;
+        bs.row[u][0] = t0 * w, bs.row[u][1] = t1 * w;
+      }
     }
     return bs;
   };
@@ -667,13 +680,10 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
       if (lane < M::kCluster) s.empty[st].arrive(uint32_t(lane));
     }
   };
-  // Promotion of the product `a`'s column groups [J0, J1): sum += (token scale * weight scale) * product;
-  // groups j < kFirst lie in the tile's first weight scale block, the rest in the second (kinds whose
-  // weight rows may span two blocks).
+  // Promotion of the product `a`'s column groups [J0, J1): sum += (token scale * weight scale) * product.
   bool promote_now = true;  // false only under kAblatePromotion, before a tile's last K block
-  auto promote_groups = [&](const float* a, auto j0, auto j1, auto first_block_groups, const BlockScales& bs) {
+  auto promote_groups = [&](const float* a, auto j0, auto j1, const BlockScales& bs) {
     constexpr int J0 = decltype(j0)::value, J1 = decltype(j1)::value;
-    constexpr int kFirst = decltype(first_block_groups)::value;
     if (ablated(kAblateMath) || !promote_now) return;
 #pragma unroll
     for (int j = J0; j < J1; ++j) {
@@ -684,8 +694,7 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
         sum[4 * j + 2] += s0 * a[4 * j + 2];
         sum[4 * j + 3] += s1 * a[4 * j + 3];
       } else {
-        const float s0 = j < kFirst ? bs.row[0] : bs.row_hi[0];  // compile-time choices
-        const float s1 = j < kFirst ? bs.row[1] : bs.row_hi[1];
+        const float s0 = bs.row[j * 8 / kUnitCols][0], s1 = bs.row[j * 8 / kUnitCols][1];
         sum[4 * j + 0] += s0 * a[4 * j + 0];
         sum[4 * j + 1] += s0 * a[4 * j + 1];
         sum[4 * j + 2] += s1 * a[4 * j + 2];
@@ -695,6 +704,32 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   };
   using Zero = std::integral_constant<int, 0>;
   using AllGroups = std::integral_constant<int, N / 8>;
+  // --- Epilogue: round the sum, stage it as [token][weight row] in smem for the store warps ----------
+  // s.out is free once the store warps have copied the previous tile out (wait_store: there was one).
+  auto stage_out = [&](bool wait_store) {
+    if (wait_store && !ablated(kAblateStoreWait)) named_barrier_sync(kOutEmpty, M::kMathThreads + M::kStoreThreads);
+    using Pack = Pack2<typename M::ElementD>;
+    constexpr int kPitch = K::kOutPitch;
+    const int r0 = wg * 64 + row_in_wg;
+#pragma unroll
+    for (int j = 0; j < N / 8 && (!ablated(kAblateStaging) || p.total_m < 0); ++j) {
+      const int c = 8 * j + col_in_8;
+      if constexpr (K::kSwapAB) {  // rows are weight rows, columns tokens: transpose while staging
+        s.out[c * kPitch + r0] = Pack::one(sum[4 * j + 0]);
+        s.out[(c + 1) * kPitch + r0] = Pack::one(sum[4 * j + 1]);
+        s.out[c * kPitch + r0 + 8] = Pack::one(sum[4 * j + 2]);
+        s.out[(c + 1) * kPitch + r0 + 8] = Pack::one(sum[4 * j + 3]);
+      } else {
+        Pack::store2(s.out + r0 * kPitch + c, sum[4 * j + 0], sum[4 * j + 1]);
+        Pack::store2(s.out + (r0 + 8) * kPitch + c, sum[4 * j + 2], sum[4 * j + 3]);
+      }
+    }
+    named_barrier_arrive(kOutFull, M::kMathThreads + M::kStoreThreads);  // its staged values are written
+  };
+  auto zero_sum = [&]() {
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) sum[i] = 0.f;
+  };
   // The K loop of kinds without room for a second accumulator (one accumulator and its sum). A math
   // warp group's critical path runs from one block's last WGMMA wait to its next block's WGMMAs; the
   // tensor cores stay busy only while that path is shorter than the other math warp groups' WGMMAs.
@@ -705,40 +740,81 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   // whole promotion, and one N-wide group per block issues half the WGMMAs. Whether the next stage has
   // landed is asked (test_wait: it never suspends the warp) right after the last WGMMA wait, its answer
   // coming back under the promotion.
-  auto k_loop = [&](auto first_block_groups) {
-    constexpr int kParts = M::kMathWGs >= 3 ? 1 : 2;
-    constexpr int kPart = N / kParts;
-    static_assert(kPart % 8 == 0, "WGMMA groups of whole 8-column groups");
-    using PartGroups = std::integral_constant<int, kPart / 8>;
+  // k_stream runs consecutive tiles of kind K: a finished tile is staged right after the next tile's first
+  // WGMMAs are issued, under them (the tile transition otherwise leaves the tensor cores idle: both warp
+  // groups reach it together). Each block's WGMMAs are waited for before the loop's back edge: ptxas
+  // serializes WGMMAs in flight across one.
+  constexpr int kParts = M::kMathWGs >= 3 ? 1 : 2;
+  constexpr int kPart = N / kParts;
+  static_assert(kPart % 8 == 0, "WGMMA groups of whole 8-column groups");
+  // One K block's WGMMAs on the stage `st`, into acc (k_stream: kParts commit groups).
+  auto issue_stage = [&](int st) {
+    const uint64_t desc_m = smem_desc_k_major_sw128(s.m + st * M::kMBytes + wg * 64 * kBlockK);
+    const uint64_t desc_n = smem_desc_k_major_sw128(s.n + st * M::kNBytes);
+    issue_block<N, kParts>(desc_m, desc_n, acc);
+  };
+  // The rest of a K block after its WGMMAs were issued on stage block_stage: the waits and the promotion.
+  // kSplit: the first half promoted while the second half's WGMMAs run (two WGMMA groups per block).
+  auto finish_block = [&](int block_stage, const BlockScales& bs, bool& landed, auto split) {
+    constexpr bool kSplit = decltype(split)::value && kParts == 2;
+    constexpr int kFrom = kSplit ? kPart / 2 : 0;  // the first accumulator register promoted after wait<0>
+    if constexpr (kSplit) {
+#pragma unroll
+      for (int i = 0; i < kFrom; ++i) cute::warpgroup_fence_operand(acc[i]);
+      cute::warpgroup_wait<1>();
+#pragma unroll
+      for (int i = 0; i < kFrom; ++i) cute::warpgroup_fence_operand(acc[i]);
+      promote_groups(acc, Zero{}, std::integral_constant<int, kFrom / 4>{}, bs);
+      // (done before the second half's wait: the compiler would otherwise sink it there)
+#pragma unroll
+      for (int i = 0; i < kFrom; ++i) cute::warpgroup_fence_operand(sum[i]);
+    }
+#pragma unroll
+    for (int i = kFrom; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+    cute::warpgroup_wait<0>();
+#pragma unroll
+    for (int i = kFrom; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+    release(block_stage);
+    // past a tile's last block: a question about the next tile's first stage
+    landed = s.full[stage].test_wait(phase);
+    promote_groups(acc, std::integral_constant<int, kFrom / 4>{}, AllGroups{}, bs);
+  };
+  auto k_stream = [&]() {
+    const int this_kind = kind;
     bool landed = s.full[stage].test_wait(phase);
-    for (int kb = 0; kb < p.k_blocks; ++kb) {
-      if (ablated(kAblatePromotion)) promote_now = kb + 1 == p.k_blocks;
-      const uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
-      const uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
+    bool staging = false;  // the previous tile's sum waits to be staged
+    zero_sum();
+    for (;;) {
+      // The tile's first block: the previous tile is staged under its WGMMAs (and the one before that
+      // was copied out by the store warps unless the previous tile was the first); one wait (beside the
+      // staging the split's registers do not fit).
+      if (ablated(kAblatePromotion)) promote_now = p.k_blocks == 1;
       if (!landed) s.full[stage].wait(phase);
-      issue_block<N, kParts>(desc_m, desc_n, acc);
-      const BlockScales bs = block_scales(stage);  // under the WGMMAs (the stage is still ours)
-      const int block_stage = stage;
+      issue_stage(stage);
+      int block_stage = stage;
       if (++stage == M::kStages) stage = 0, phase ^= 1;
-      if constexpr (kParts == 2) {
-        // The first half's product is in: promote it while the second half's WGMMAs run.
-#pragma unroll
-        for (int i = 0; i < kPart / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-        cute::warpgroup_wait<1>();
-#pragma unroll
-        for (int i = 0; i < kPart / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-        promote_groups(acc, Zero{}, PartGroups{}, first_block_groups, bs);
+      if (staging) {
+        stage_out(index > 1);
+        zero_sum();
       }
-      constexpr int kLast = (kParts - 1) * kPart / 2;  // the last part's first accumulator register
-#pragma unroll
-      for (int i = kLast; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-      cute::warpgroup_wait<0>();
-#pragma unroll
-      for (int i = kLast; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-      release(block_stage);
-      // past the last block: a question about the next tile's first stage, whose answer goes unused
-      landed = s.full[stage].test_wait(phase);
-      promote_groups(acc, std::integral_constant<int, kLast / 4>{}, AllGroups{}, first_block_groups, bs);
+      finish_block(block_stage, block_scales(block_stage), landed, std::false_type{});
+      for (int kb = 1; kb < p.k_blocks; ++kb) {
+        if (ablated(kAblatePromotion)) promote_now = kb + 1 == p.k_blocks;
+        if (!landed) s.full[stage].wait(phase);
+        issue_stage(stage);
+        block_stage = stage;
+        if (++stage == M::kStages) stage = 0, phase ^= 1;
+        finish_block(block_stage, block_scales(block_stage), landed, std::true_type{});
+      }
+      // The tile is done: stage it now if no tile of this kind follows, else under the next one's first block.
+      const bool next = ++index < tiles;
+      if (next) read_header(s, stage, phase, kind, first_block_groups);
+      if (!next || kind != this_kind) {
+        stage_out(index > 1);
+        return;
+      }
+      landed = true;
+      staging = true;
     }
   };
   // The K loop of kinds whose two accumulators and sum fit the registers (3 x N / 2 floats): each math
@@ -748,12 +824,12 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   // unrolled, each ending with wait<0>.
   constexpr int kChunk = 4;
   float acc2[2][N / 2];
-  auto promote = [&](const float* a, int st, auto first_block_groups) {
+  auto promote = [&](const float* a, int st) {
     const BlockScales bs = block_scales(st);
     release(st);  // the stage's scales are in registers
-    promote_groups(a, Zero{}, AllGroups{}, first_block_groups, bs);
+    promote_groups(a, Zero{}, AllGroups{}, bs);
   };
-  auto pipelined_loop = [&](auto first_block_groups) {
+  auto pipelined_loop = [&]() {
     auto chunk = [&](auto chunk_blocks) {
       constexpr int C = decltype(chunk_blocks)::value;
       int st[C];
@@ -775,7 +851,7 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
           if (c < C) cute::warpgroup_wait<1>(); else cute::warpgroup_wait<0>();
 #pragma unroll
           for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(a[i]);
-          promote(a, st[c - 1], first_block_groups);
+          promote(a, st[c - 1]);
         }
       }
     };
@@ -789,37 +865,14 @@ __device__ __forceinline__ void compute_tile(const Params& p, const Smem<M>& s, 
   };
   // two accumulators and the sum, and about 40 registers for addresses, scales and the loop
   constexpr bool kPipelined = 3 * (N / 2) + 40 <= M::kMathRegisters;
-  auto loop = [&](auto first_block_groups) {
-    if constexpr (kPipelined) pipelined_loop(first_block_groups);
-    else k_loop(first_block_groups);
-  };
-  if constexpr (K::kTwoWeightScales) {
-    // column groups of 8 in the first block: a multiple of gcd(TileN, 128) / 8 (tiles start at multiples of TileN)
-    with_split<gcd(N, kScaleBlock) / 8>(first_block_groups, loop);
+  if constexpr (kPipelined) {
+    zero_sum();
+    pipelined_loop();
+    stage_out(index > 0);
+    if (++index < tiles) read_header(s, stage, phase, kind, first_block_groups);
   } else {
-    loop(std::integral_constant<int, N / 8>{});
+    k_stream();
   }
-
-  // --- Epilogue: round, stage as [token][weight row] in smem for the store warps --------------------
-  // s.out is free once the store warps have copied the previous tile out (its completion number index).
-  if (index > 0 && !ablated(kAblateStoreWait)) named_barrier_sync(kOutEmpty, M::kMathThreads + M::kStoreThreads);
-  using Pack = Pack2<typename M::ElementD>;
-  constexpr int kPitch = K::kOutPitch;
-  const int r0 = wg * 64 + row_in_wg;
-#pragma unroll
-  for (int j = 0; j < N / 8 && (!ablated(kAblateStaging) || p.total_m < 0); ++j) {
-    const int c = 8 * j + col_in_8;
-    if constexpr (K::kSwapAB) {  // rows are weight rows, columns tokens: transpose while staging
-      s.out[c * kPitch + r0] = Pack::one(sum[4 * j + 0]);
-      s.out[(c + 1) * kPitch + r0] = Pack::one(sum[4 * j + 1]);
-      s.out[c * kPitch + r0 + 8] = Pack::one(sum[4 * j + 2]);
-      s.out[(c + 1) * kPitch + r0 + 8] = Pack::one(sum[4 * j + 3]);
-    } else {
-      *reinterpret_cast<uint32_t*>(s.out + r0 * kPitch + c) = Pack::pack(sum[4 * j + 0], sum[4 * j + 1]);
-      *reinterpret_cast<uint32_t*>(s.out + (r0 + 8) * kPitch + c) = Pack::pack(sum[4 * j + 2], sum[4 * j + 3]);
-    }
-  }
-  named_barrier_arrive(kOutFull, M::kMathThreads + M::kStoreThreads);  // its staged values are written
 }
 
 // The store warps' work on one staged tile: 16-byte stores of the expert's rows and the columns below n.
@@ -907,10 +960,12 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
     cutlass::arch::warpgroup_reg_alloc<M::kMathRegisters>();
     // Everything a tile needs comes with its stages (StageHeader): the math decodes no tile.
     const int tiles = first < total_tiles ? (total_tiles - first + step - 1) / step : 0;
-    for (int index = 0; index < tiles; ++index) {
-      s.full[stage].wait(phase);  // the tile's first stage
-      const int2 header = load_shared_int2(&s.header(stage)->kind);
-      with_kind<M>(header.x, [&](auto k) { compute_tile<M, decltype(k)>(p, s, header.y, stage, phase, index); });
+    int kind = 0, first_block_groups = 0;
+    if (tiles > 0) read_header(s, stage, phase, kind, first_block_groups);
+    for (int index = 0; index < tiles;) {
+      with_kind<M>(kind, [&](auto k) {
+        compute_tiles<M, decltype(k)>(p, s, kind, first_block_groups, stage, phase, index, tiles);
+      });
     }
   }
 #endif
