@@ -10,7 +10,7 @@ SETS=${ABLATE_SETS:-"0 24 222 256 478"}
 dir=${ES_DUAL_CACHE_DIR:-$PWD/.cache/es_dual}/native_ablate
 case "$1" in
   build)
-    rm -rf "$dir"; mkdir -p "$dir"
+    mkdir -p "$dir"; rm -f "$dir"/bits-*  # (other binaries there, e.g. an earlier revision's, stay)
     for bits in $SETS; do
       PROBE_FLAGS="-DES_DUAL_NATIVE_ABLATE=$bits" PROBE_SUFFIX="/bits-$bits" bash benchmarks/probe.sh build native_ablate
     done ;;

@@ -26,10 +26,11 @@
 //     K loop, stage the rounded result in shared memory and hand it to the store warps (one-accumulator
 //     kinds: under the next tile's first WGMMAs). The math warp groups never meet each other: everything
 //     a tile needs comes with its stages.
-//   warps 2-3 of the producer warp group: the stores. They copy each staged tile to `out` with 16-byte
-//     stores of the rows and columns that belong to the expert (a tile may run past the expert's last
-//     row or n; those are never stored), while the math warp groups run the next tile's K loop; the
-//     math waits for them only before it stages the next tile.
+//   warps 2-3 of the producer warp group: the stores. They copy each staged tile to `out`, only the rows
+//     and columns that belong to the expert (a tile may run past the expert's last row or n; those are
+//     never stored): a full tile of a tokens x weights kind by TMA stores, others with 16-byte stores;
+//     while the math warp groups run the next tile's K loop; the math waits for them only before it
+//     stages the next tile.
 //
 // Orientation (SwapAB):
 //   false: WGMMA M = tokens (TileM = 64 * kMathWGs), N = weight rows. Row scale = token scale, column
@@ -166,15 +167,15 @@ __device__ __forceinline__ void issue_block(uint64_t desc_a, uint64_t desc_b, fl
   }
 }
 
-// Rounding to the output type. store2: x and y, rounded, as one 4-byte shared-memory store (x at the lower
-// address), in one volatile asm statement, so that the rounded pair lives in a register only between its
+// Rounding to the output type. store2: x and y, rounded, as one 4-byte shared-memory store at shared
+// address dst (x at the lower address), in one volatile asm statement, so that the rounded pair lives in a register only between its
 // conversion and its store (ptxas would otherwise convert a whole tile ahead of its stores, and a chained
 // tile's accumulators in flight beside them do not leave room for that).
 template <class T> struct Pack2;
 template <> struct Pack2<cutlass::bfloat16_t> {
-  static __device__ __forceinline__ void store2(uint16_t* dst, float x, float y) {
+  static __device__ __forceinline__ void store2(uint32_t dst, float x, float y) {
     asm volatile("{\n.reg .b32 p;\ncvt.rn.bf16x2.f32 p, %1, %2;\nst.shared.b32 [%0], p;\n}\n"
-                 :: "r"(cute::cast_smem_ptr_to_uint(dst)), "f"(y), "f"(x) : "memory");
+                 :: "r"(dst), "f"(y), "f"(x) : "memory");
   }
   static __device__ __forceinline__ uint16_t one(float x) {
     __nv_bfloat16 v = __float2bfloat16_rn(x);
@@ -182,9 +183,9 @@ template <> struct Pack2<cutlass::bfloat16_t> {
   }
 };
 template <> struct Pack2<cutlass::half_t> {
-  static __device__ __forceinline__ void store2(uint16_t* dst, float x, float y) {
+  static __device__ __forceinline__ void store2(uint32_t dst, float x, float y) {
     asm volatile("{\n.reg .b32 p;\ncvt.rn.f16x2.f32 p, %1, %2;\nst.shared.b32 [%0], p;\n}\n"
-                 :: "r"(cute::cast_smem_ptr_to_uint(dst)), "f"(y), "f"(x) : "memory");
+                 :: "r"(dst), "f"(y), "f"(x) : "memory");
   }
   static __device__ __forceinline__ uint16_t one(float x) {
     __half v = __float2half_rn(x);
@@ -237,8 +238,23 @@ struct Kind {
   // token row (copied by the producer warp's lanes from the caller's K-major a_scale: a 4-byte copy per
   // row, which TMA cannot do for rows of k / 128 floats that are not 16-byte multiples).
   static constexpr int kScaleBytes = (int(sizeof(StageHeader)) + kTokenRows * 4 + 127) / 128 * 128;
-  static constexpr int kOutPitch = kWeightRows + 8;  // staged output row, elements; +16 bytes against bank conflicts
-  static constexpr int kOutBytes = (kTokenRows * kOutPitch * 2 + 1023) / 1024 * 1024;
+  // The staged output tile. Tokens x weights kinds (weight rows a multiple of 64): atoms of 64 columns
+  // (128 bytes) x all token rows, each in TMA's 128-byte swizzle, so that a full tile leaves by TMA
+  // stores (one per atom) and the stores into it have no bank conflicts. Swap-AB kinds: [token][weight
+  // row] rows, padded by 16 bytes against bank conflicts, for the store warps' 16-byte copies.
+  static constexpr bool kTmaStore = !SwapAB && kWeightRows % 64 == 0;
+  static constexpr int kOutPitch = kWeightRows + 8;  // swap-AB kinds: a staged row, elements
+  static constexpr int kOutRowPitch = kTmaStore ? 64 : kOutPitch;  // elements from one token row to the next
+  static constexpr int kOutBytes = kTmaStore ? kTokenRows * kWeightRows * 2
+                                             : (kTokenRows * kOutPitch * 2 + 1023) / 1024 * 1024;
+  // Element offset of token row r, weight row (column) c in the staged tile (kTmaStore: the 16-byte
+  // chunks of a 128-byte row permuted by the row's index mod 8, as the 128-byte swizzle places them).
+  static __device__ __forceinline__ int out_offset(int r, int c) {
+    if constexpr (kTmaStore)
+      return (c / 64) * (kTokenRows * 64) + r * kOutRowPitch + ((((c % 64) >> 3) ^ (r & 7)) << 3) + (c & 7);
+    else
+      return r * kOutPitch + c;
+  }
   static constexpr uint32_t kTxBytes = kMBytes + kNBytes;  // the TMA bytes of a stage (not the scales)
 };
 
@@ -312,6 +328,7 @@ __device__ __forceinline__ void with_kind(int kind, F&& f) {
 struct Params {
   CUtensorMap tokens[kMaxKinds];        // a       : dims {k, total_m}, FP8, box {128, token rows}, 128B swizzle
   CUtensorMap weights[kMaxKinds];       // b       : dims {k, E * n},   FP8, box {128, weight rows}, 128B swizzle
+  CUtensorMap outs[kMaxKinds];          // out     : dims {n, total_m}, 2 bytes, box {64, token rows}, 128B swizzle (kTmaStore kinds)
   const float* a_scale;                 // (total_m, k blocks) row-major, as the caller gives it
   const float* b_scale;                 // (E, n blocks, k blocks) row-major
   uint8_t* out;                         // (total_m, n), 2-byte elements
@@ -709,21 +726,27 @@ __device__ __forceinline__ void compute_tiles(const Params& p, const Smem<M>& s,
   auto stage_out = [&](bool wait_store) {
     if (wait_store && !ablated(kAblateStoreWait)) named_barrier_sync(kOutEmpty, M::kMathThreads + M::kStoreThreads);
     using Pack = Pack2<typename M::ElementD>;
-    constexpr int kPitch = K::kOutPitch;
     const int r0 = wg * 64 + row_in_wg;
+    // kTmaStore: the swizzled chunk of column group j is (j % 8) ^ (r0 % 8), the same for rows r0 and r0 + 8.
+    // Computed here (the empty asm): hoisted, the 8 chunk addresses would be held through the K loop.
+    int swizzle = r0 & 7;
+    asm volatile("" : "+r"(swizzle));
+    const uint32_t row_base = cute::cast_smem_ptr_to_uint(s.out + r0 * K::kOutRowPitch);
 #pragma unroll
     for (int j = 0; j < N / 8 && (!ablated(kAblateStaging) || p.total_m < 0); ++j) {
       const int c = 8 * j + col_in_8;
       if constexpr (K::kSwapAB) {  // rows are weight rows, columns tokens: transpose while staging
-        s.out[c * kPitch + r0] = Pack::one(sum[4 * j + 0]);
-        s.out[(c + 1) * kPitch + r0] = Pack::one(sum[4 * j + 1]);
-        s.out[c * kPitch + r0 + 8] = Pack::one(sum[4 * j + 2]);
-        s.out[(c + 1) * kPitch + r0 + 8] = Pack::one(sum[4 * j + 3]);
+        s.out[K::out_offset(c, r0)] = Pack::one(sum[4 * j + 0]);
+        s.out[K::out_offset(c + 1, r0)] = Pack::one(sum[4 * j + 1]);
+        s.out[K::out_offset(c, r0 + 8)] = Pack::one(sum[4 * j + 2]);
+        s.out[K::out_offset(c + 1, r0 + 8)] = Pack::one(sum[4 * j + 3]);
       } else {
-        Pack::store2(s.out + r0 * kPitch + c, sum[4 * j + 0], sum[4 * j + 1]);
-        Pack::store2(s.out + (r0 + 8) * kPitch + c, sum[4 * j + 2], sum[4 * j + 3]);
+        const int col = K::kTmaStore ? (j / 8) * K::kTokenRows * 64 + (((j % 8) ^ swizzle) << 3) + col_in_8 : c;
+        Pack::store2(row_base + 2 * col, sum[4 * j + 0], sum[4 * j + 1]);
+        Pack::store2(row_base + 2 * (col + 8 * K::kOutRowPitch), sum[4 * j + 2], sum[4 * j + 3]);
       }
     }
+    if constexpr (K::kTmaStore) cute::tma_store_fence();  // visible to the TMA stores (the async proxy)
     named_barrier_arrive(kOutFull, M::kMathThreads + M::kStoreThreads);  // its staged values are written
   };
   auto zero_sum = [&]() {
@@ -875,11 +898,13 @@ __device__ __forceinline__ void compute_tiles(const Params& p, const Smem<M>& s,
   }
 }
 
-// The store warps' work on one staged tile: 16-byte stores of the expert's rows and the columns below n.
-// A warp stores 32 / chunks rows at a time (chunks: 16-byte pieces of a staged row), lane by lane.
+// The store warps' work on one staged tile: the expert's rows and the columns below n. A full tile of a
+// kTmaStore kind leaves by TMA stores, one per 64-column atom, issued by the first store thread (TMA clips
+// the columns past n), which waits until they have read the staging buffer; other tiles (an expert's last
+// token chunk, whose box would run into the next expert's rows; swap-AB kinds) by 16-byte stores, a warp
+// storing 32 / chunks rows at a time (chunks: 16-byte pieces of a staged row), lane by lane.
 template <class M, class K>
 __device__ __forceinline__ void store_tile(const Params& p, const Smem<M>& s, const Tile& tile, int thread) {
-  constexpr int kPitch = K::kOutPitch;
   constexpr int kChunks = K::kWeightRows / 8;
   static_assert(kChunks <= 32, "a staged row is at most one warp of 16-byte chunks");
   constexpr int kRowsPerWarp = 32 / kChunks;
@@ -887,9 +912,24 @@ __device__ __forceinline__ void store_tile(const Params& p, const Smem<M>& s, co
   const int lane = thread % 32, chunk = lane % kChunks;
   const int col = tile.col0 + chunk * 8;
   if (ablated(kAblateStores)) return;
+  if constexpr (K::kTmaStore) {
+    if (tile.rows == K::kTokenRows) {
+      if (thread == 0) {
+#pragma unroll
+        for (int atom = 0; atom < K::kWeightRows / 64; ++atom) {
+          if (tile.col0 + atom * 64 < p.n)
+            cute::SM90_TMA_STORE_2D::copy(&p.outs[tile.kind], s.out + atom * K::kTokenRows * 64,
+                                          tile.col0 + atom * 64, tile.row0);
+        }
+        cute::tma_store_arrive();
+        cute::tma_store_wait<0>();  // the staging buffer has been read
+      }
+      return;
+    }
+  }
   if (lane >= kRowsPerWarp * kChunks || col >= p.n) return;
   for (int r = thread / 32 * kRowsPerWarp + lane / kChunks; r < tile.rows; r += kRowsPerPass) {
-    const uint4 v = *reinterpret_cast<const uint4*>(s.out + r * kPitch + chunk * 8);
+    const uint4 v = *reinterpret_cast<const uint4*>(s.out + K::out_offset(r, chunk * 8));
     *reinterpret_cast<uint4*>(p.out + (int64_t(tile.row0 + r) * p.n + col) * 2) = v;
   }
 }
@@ -906,6 +946,7 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
     for (int i = 0; i < M::kNumKinds; ++i) {
       cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.tokens[i]));
       cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.weights[i]));
+      cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.outs[i]));
     }
     for (int i = 0; i < M::kStages; ++i) {
       s.full[i].init(1 + 32);  // the producer's arrive_and_expect_tx and its 32 lanes' scale copies
@@ -950,10 +991,12 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
         const Tile tile = s.sched.template decode<M>(p, t, rank);
         named_barrier_sync(kOutFull, M::kMathThreads + M::kStoreThreads);
         with_kind<M>(tile.kind, [&](auto k) { store_tile<M, decltype(k)>(p, s, tile, thread); });
+        __syncwarp();  // (bar.arrive is a warp's, all lanes together)
         // the math waits for this only before it stages a next tile
         if (t + step < total_tiles && !ablated(kAblateStoreWait))
           named_barrier_arrive(kOutEmpty, M::kMathThreads + M::kStoreThreads);
       }
+      if (thread == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");  // the TMA stores are done
     }
   } else {
     // --- Math warp groups ------------------------------------------------------------------------------
@@ -1031,6 +1074,9 @@ struct GroupedGemm {
       if (!err)
         err = encode_2d(&p.weights[I], CU_TENSOR_MAP_DATA_TYPE_UINT8, na.b, na.k, uint64_t(la.num_experts) * na.n,
                         na.k, kBlockK, kWeightBoxRows, CU_TENSOR_MAP_SWIZZLE_128B);
+      if (!err && K::kTmaStore)
+        err = encode_2d(&p.outs[I], CU_TENSOR_MAP_DATA_TYPE_UINT16, na.out, na.n, na.total_m, na.n * 2, 64,
+                        K::kTokenRows, CU_TENSOR_MAP_SWIZZLE_128B);
       if (err) return err;
       p.max_tokens[I] = na.max_tokens[I];
       bound += ((na.total_m + K::kTokenRows - 1) / K::kTokenRows + la.num_experts) *
