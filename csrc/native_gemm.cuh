@@ -238,11 +238,14 @@ struct Kind {
   // token row (copied by the producer warp's lanes from the caller's K-major a_scale: a 4-byte copy per
   // row, which TMA cannot do for rows of k / 128 floats that are not 16-byte multiples).
   static constexpr int kScaleBytes = (int(sizeof(StageHeader)) + kTokenRows * 4 + 127) / 128 * 128;
-  // The staged output tile. Tokens x weights kinds (weight rows a multiple of 64): atoms of 64 columns
-  // (128 bytes) x all token rows, each in TMA's 128-byte swizzle, so that a full tile leaves by TMA
-  // stores (one per atom) and the stores into it have no bank conflicts. Swap-AB kinds: [token][weight
-  // row] rows, padded by 16 bytes against bank conflicts, for the store warps' 16-byte copies.
-  static constexpr bool kTmaStore = !SwapAB && kWeightRows % 64 == 0;
+  // The staged output tile. Tokens x weights kinds wider than 128 (weight rows a multiple of 64): atoms of
+  // 64 columns (128 bytes) x all token rows, each in TMA's 128-byte swizzle, so that a full tile leaves by
+  // TMA stores (one per atom) and the stores into it have no bank conflicts. Other kinds: [token][weight
+  // row] rows, padded by 16 bytes against bank conflicts, for the store warps' 16-byte copies. (Measured
+  // on an H100, docs/perf-notes.md 2026-12-07: TMA stores took 1.5-4.5 % off the 128 x 192 kind's cycles
+  // on balanced_big's shape, and made the 128 x 128 kind 9.5 % slower on n = 4096, k = 384: its tiles of
+  // three K blocks wait for the staging buffer, which a TMA store frees later than the store warps do.)
+  static constexpr bool kTmaStore = !SwapAB && kWeightRows % 64 == 0 && kWeightRows > 128;
   static constexpr int kOutPitch = kWeightRows + 8;  // swap-AB kinds: a staged row, elements
   static constexpr int kOutRowPitch = kTmaStore ? 64 : kOutPitch;  // elements from one token row to the next
   static constexpr int kOutBytes = kTmaStore ? kTokenRows * kWeightRows * 2
