@@ -285,6 +285,7 @@ struct Mode {
   template <class K> static constexpr bool kMulticastTokens = Cluster == 2 && K::kMulticastTokens;
   static_assert(Cluster == 2 || !(Kinds::kMulticastTokens || ...), "multicast needs a 2-CTA cluster");
   static constexpr int kNumKinds = sizeof...(Kinds);
+  static constexpr bool kTmaStores = (Kinds::kTmaStore || ...);  // some kind's tiles leave by TMA stores
   static_assert(kNumKinds >= 1 && kNumKinds <= kMaxKinds, "1 to kMaxKinds tile kinds");
   template <int I> using KindAt = std::tuple_element_t<I, std::tuple<Kinds...>>;
   static constexpr int kMathWGs = KindAt<0>::kMathWGs;
@@ -733,7 +734,7 @@ __device__ __forceinline__ void compute_tiles(const Params& p, const Smem<M>& s,
     // kTmaStore: the swizzled chunk of column group j is (j % 8) ^ (r0 % 8), the same for rows r0 and r0 + 8.
     // Computed here (the empty asm): hoisted, the 8 chunk addresses would be held through the K loop.
     int swizzle = r0 & 7;
-    asm volatile("" : "+r"(swizzle));
+    if constexpr (K::kTmaStore) asm volatile("" : "+r"(swizzle));
     const uint32_t row_base = cute::cast_smem_ptr_to_uint(s.out + r0 * K::kOutRowPitch);
 #pragma unroll
     for (int j = 0; j < N / 8 && (!ablated(kAblateStaging) || p.total_m < 0); ++j) {
@@ -994,12 +995,12 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
         const Tile tile = s.sched.template decode<M>(p, t, rank);
         named_barrier_sync(kOutFull, M::kMathThreads + M::kStoreThreads);
         with_kind<M>(tile.kind, [&](auto k) { store_tile<M, decltype(k)>(p, s, tile, thread); });
-        __syncwarp();  // (bar.arrive is a warp's, all lanes together)
+        if constexpr (M::kTmaStores) __syncwarp();  // (bar.arrive is a warp's, all lanes together)
         // the math waits for this only before it stages a next tile
         if (t + step < total_tiles && !ablated(kAblateStoreWait))
           named_barrier_arrive(kOutEmpty, M::kMathThreads + M::kStoreThreads);
       }
-      if (thread == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");  // the TMA stores are done
+      if (M::kTmaStores && thread == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");  // the TMA stores are done
     }
   } else {
     // --- Math warp groups ------------------------------------------------------------------------------
