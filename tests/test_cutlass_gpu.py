@@ -233,6 +233,18 @@ def test_tails(n, k, mode):
     assert_matches(out, reference64(inputs))
 
 
+@pytest.mark.parametrize("mode", NATIVE_MODES)
+def test_native_k_past_32768(mode):
+    """k of more than 256 K blocks (each block's weight scales come with its stage; nothing in shared memory
+    grows with k), with a tail in k and n, an expert of a full and a partial 128-row chunk (a full tile of
+    a 192-wide kind leaves by TMA stores, clipped at n; a partial one by the store warps)."""
+    counts = [3, 0, 200, 70]
+    inputs = make_inputs(counts, 520, 32768 + 144, seed=11)
+    out = run_mode(inputs, torch.bfloat16, mode, overlap=0)
+    torch.cuda.synchronize()
+    assert_matches(out, reference64(inputs))
+
+
 # --- every compiled mode (a tuning build has more), every overlap ----------------------------------------
 
 def _compiled_modes():
