@@ -167,10 +167,9 @@ __device__ __forceinline__ void issue_block(uint64_t desc_a, uint64_t desc_b, fl
   }
 }
 
-// Rounding to the output type. store2: x and y, rounded, as one 4-byte shared-memory store at shared
-// address dst (x at the lower address), in one volatile asm statement, so that the rounded pair lives in a register only between its
-// conversion and its store (ptxas would otherwise convert a whole tile ahead of its stores, and a chained
-// tile's accumulators in flight beside them do not leave room for that).
+// Rounding to the output type. store2: x and y, rounded, as one 4-byte store at shared address dst (x at
+// the lower address), in one volatile asm statement, so that the rounded pair lives in a register only
+// between its conversion and its store.
 template <class T> struct Pack2;
 template <> struct Pack2<cutlass::bfloat16_t> {
   static __device__ __forceinline__ void store2(uint32_t dst, float x, float y) {
@@ -243,8 +242,7 @@ struct Kind {
   // TMA stores (one per atom) and the stores into it have no bank conflicts. Other kinds: [token][weight
   // row] rows, padded by 16 bytes against bank conflicts, for the store warps' 16-byte copies. (Measured
   // on an H100, docs/perf-notes.md 2026-12-07: TMA stores took 1.5-4.5 % off the 128 x 192 kind's cycles
-  // on balanced_big's shape, and made the 128 x 128 kind 9.5 % slower on n = 4096, k = 384: its tiles of
-  // three K blocks wait for the staging buffer, which a TMA store frees later than the store warps do.)
+  // on balanced_big's shape; the 128-wide kinds keep the store warps until they are measured with them.)
   static constexpr bool kTmaStore = !SwapAB && kWeightRows % 64 == 0 && kWeightRows > 128;
   static constexpr int kOutPitch = kWeightRows + 8;  // swap-AB kinds: a staged row, elements
   static constexpr int kOutRowPitch = kTmaStore ? 64 : kOutPitch;  // elements from one token row to the next
