@@ -772,12 +772,11 @@ __device__ __forceinline__ void compute_tiles(const Params& p, const Smem<M>& s,
   constexpr int kParts = M::kMathWGs >= 3 ? 1 : 2;
   constexpr int kPart = N / kParts;
   static_assert(kPart % 8 == 0, "WGMMA groups of whole 8-column groups");
+  // The operand tiles of stage `st` (this warp group's 64 rows of the A side) as WGMMA descriptors.
+  auto desc_m = [&](int st) { return smem_desc_k_major_sw128(s.m + st * M::kMBytes + wg * 64 * kBlockK); };
+  auto desc_n = [&](int st) { return smem_desc_k_major_sw128(s.n + st * M::kNBytes); };
   // One K block's WGMMAs on the stage `st`, into acc (k_stream: kParts commit groups).
-  auto issue_stage = [&](int st) {
-    const uint64_t desc_m = smem_desc_k_major_sw128(s.m + st * M::kMBytes + wg * 64 * kBlockK);
-    const uint64_t desc_n = smem_desc_k_major_sw128(s.n + st * M::kNBytes);
-    issue_block<N, kParts>(desc_m, desc_n, acc);
-  };
+  auto issue_stage = [&](int st) { issue_block<N, kParts>(desc_m(st), desc_n(st), acc); };
   // The rest of a K block after its WGMMAs were issued on stage block_stage: the waits and the promotion.
   // kSplit: the first half promoted while the second half's WGMMAs run (two WGMMA groups per block).
   auto finish_block = [&](int block_stage, const BlockScales& bs, bool& landed, auto split) {
@@ -864,9 +863,7 @@ __device__ __forceinline__ void compute_tiles(const Params& p, const Smem<M>& s,
           float* a = acc2[c & 1];
           st[c] = stage;
           s.full[stage].wait(phase);
-          const uint64_t desc_m = smem_desc_k_major_sw128(s.m + stage * M::kMBytes + wg * 64 * kBlockK);
-          const uint64_t desc_n = smem_desc_k_major_sw128(s.n + stage * M::kNBytes);
-          issue_block<N, 1>(desc_m, desc_n, a);
+          issue_block<N, 1>(desc_m(stage), desc_n(stage), a);
           if (++stage == M::kStages) stage = 0, phase ^= 1;
         }
         if (c > 0) {
@@ -948,7 +945,6 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
     for (int i = 0; i < M::kNumKinds; ++i) {
       cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.tokens[i]));
       cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.weights[i]));
-      cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.outs[i]));
     }
     for (int i = 0; i < M::kStages; ++i) {
       s.full[i].init(1 + 32);  // the producer's arrive_and_expect_tx and its 32 lanes' scale copies

@@ -216,9 +216,10 @@ NATIVE_K_MAX = 4096  # k at or below which (and above SMALL_K_MAX) the native mo
 WIDE_MIN_MEAN_TOKENS = 512
 
 
-def native_fits(total_m: int, n: int, k: int, num_experts: int) -> bool:
+def native_fits(total_m: int, n: int, num_experts: int) -> bool:
     """Whether the native kernels take a problem (csrc/api.cu checks the same): the tile prefix in
-    shared memory, 32-bit TMA row coordinates and tile numbers."""
+    shared memory, 32-bit TMA row coordinates and tile numbers (any k: each K block's weight scales come
+    with its pipeline stage)."""
     return (num_experts <= NATIVE_MAX_EXPERTS
             and (num_experts + 1) * n <= 2**31 - 1 and (total_m + num_experts) * -(-n // 8) <= 2**31 - 1)
 
@@ -238,7 +239,7 @@ def es_mode(total_m: int, n: int, k: int, num_experts: int, tokens_known: bool =
     """
     if k <= SMALL_K_MAX:
         return "es_small_k"
-    if not native_fits(total_m, n, k, num_experts):
+    if not native_fits(total_m, n, num_experts):
         return "es"
     if tokens_known and total_m >= WIDE_MIN_MEAN_TOKENS * num_experts:
         return "native_mc"
