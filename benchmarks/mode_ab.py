@@ -4,7 +4,7 @@ native kernels' "native" table) on the public workloads, in one process on one c
 Each (workload, mode) is checked against the reference, then timed in kernel mode: the call captured in
 a CUDA graph and replayed, the L2 flushed before each replay (triton's do_bench), 100 ms of warm-up right
 before, median. Modes are timed in two rounds, the second in reverse order; the better round is printed.
-python benchmarks/mode_ab.py [--modes es,native] [--workloads a,b] [--extra] [--eager]
+python benchmarks/mode_ab.py [--modes es,native] [--workloads a,b] [--extra] [--shapes N,K,E,T;...] [--eager]
 (--eager: time plain calls, L2 flushed before each, instead of graph replays)
 ("es" means the production CUTLASS table for the workload's k: es, or es_small_k for k <= 256.)
 """
@@ -16,7 +16,7 @@ import triton.testing
 
 from es_dual.accuracy import relative_errors, tolerance
 from es_dual.bench.timing import capture
-from es_dual.bench.workloads import EXTRA_WORKLOADS, PUBLIC_WORKLOADS
+from es_dual.bench.workloads import DISTRIBUTIONS, EXTRA_WORKLOADS, PUBLIC_WORKLOADS, Workload
 from es_dual.cutlass.launch import grouped_gemm_cutlass
 from es_dual.reference import run_reference
 
@@ -30,11 +30,19 @@ def main():
     parser.add_argument("--modes", default="es,native")
     parser.add_argument("--workloads", help="comma-separated names (default: the public eight)")
     parser.add_argument("--extra", action="store_true", help="also the extra workloads (es_dual.bench --set extra)")
+    parser.add_argument("--shapes", help="also custom shapes 'n,k,experts,tokens;...': uniform routing of "
+                        "experts x tokens tokens (the MoE layer's GEMMs: n = 2I, k = H and n = H, k = I)")
     parser.add_argument("--eager", action="store_true", help="time plain calls instead of CUDA-graph replays")
     args = parser.parse_args()
     modes = args.modes.split(",")
     pool = PUBLIC_WORKLOADS + (EXTRA_WORKLOADS if args.extra else ())
     workloads = [w for w in pool if not args.workloads or w.name in args.workloads.split(",")]
+    if args.shapes:
+        workloads = [w for w in workloads if args.workloads]  # named workloads stay only when asked for
+        for shape in args.shapes.split(";"):
+            n, k, experts, tokens = map(int, shape.split(","))
+            counts = tuple(DISTRIBUTIONS["uniform"](experts, tokens))
+            workloads.append(Workload(f"n{n}_k{k}_e{experts}_u{tokens}", n, k, counts))
     device = torch.device("cuda", 0)
     max_tol, rms_tol = tolerance(torch.bfloat16, both_rounded=True)
     print(f"{'workload':<20} " + " ".join(f"{m:>12}" for m in modes) + "   (us, " + ("eager" if args.eager else "kernel mode") + ", better of 2 rounds)")

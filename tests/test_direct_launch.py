@@ -6,7 +6,7 @@ import torch
 
 import es_dual
 from es_dual.accuracy import relative_errors, tolerance
-from es_dual.moe.layer import route_by_sort, route_in_one_program
+from es_dual.moe.layer import route_by_sort, route_by_rank
 from es_dual.reference import run_reference
 from es_dual.triton_ref import direct
 from support import make_inputs, needs_gpu
@@ -19,7 +19,7 @@ def test_same_sizes_other_id_dtype_gets_its_own_kernel():
     torch.manual_seed(0)
     ids32 = torch.randint(0, 8, (16, 2), dtype=torch.int32, device="cuda")
     for ids in (ids32, ids32.long(), ids32, ids32.long()):
-        got, want = route_in_one_program(ids, 8), route_by_sort(ids, 8)
+        got, want = route_by_rank(ids, 8), route_by_sort(ids, 8)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), ids.dtype
 
 

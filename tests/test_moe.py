@@ -25,7 +25,7 @@ from es_dual.dispatch import available_backends
 from es_dual.moe import fused_moe_fp8, fused_moe_fp8_reference, moe_float_reference
 from es_dual.moe import layer as layer_module
 from es_dual.moe.layer import (
-    ROUTE_ONE_PROGRAM_PAIRS, quantize_scatter, route, route_by_sort, route_in_one_program, silu_mul_quantize,
+    ROUTE_BY_RANK_PAIRS, quantize_scatter, route, route_by_sort, route_by_rank, silu_mul_quantize,
 )
 from es_dual.moe.reference import layer_tolerance
 from es_dual.quant import dequantize_per_block
@@ -119,12 +119,12 @@ def assert_layer_close(out: torch.Tensor, ref: torch.Tensor) -> None:
 
 # ---- routing on the device ----
 
-@pytest.mark.parametrize("route_fn", [route_in_one_program, route_by_sort])
+@pytest.mark.parametrize("route_fn", [route_by_rank, route_by_sort])
 @given(r=routings(max_tokens=200), invalid=st.booleans())
 @settings(max_examples=EXAMPLES)
 def test_route_offsets_and_stable_order(device, route_fn, r, invalid):
-    """Both ways of routing (one Triton program at decode sizes, torch's sort above) give the offsets and
-    each pair's row in the stable order; route() takes the first up to ROUTE_ONE_PROGRAM_PAIRS pairs."""
+    """Both ways of routing (route_kernel's ranks up to ROUTE_BY_RANK_PAIRS pairs, torch's sort above)
+    give the offsets and each pair's row in the stable order."""
     ids = topk_ids_of(r, device, torch.int64)
     if invalid:  # every third pair gets an id out of range; those sort after every expert
         every_third = ids.view(-1)[::3]
@@ -143,13 +143,24 @@ def test_route_offsets_and_stable_order(device, route_fn, r, invalid):
     assert pair_rows.dtype == torch.int32 and pair_rows.tolist() == expected_rows
 
 
-def test_route_takes_one_program_up_to_its_limit(monkeypatch):
+def test_route_by_rank_at_its_limit(device):
+    """route_by_rank at ROUTE_BY_RANK_PAIRS pairs over DeepSeek-R1's 256 experts (many programs, many key
+    steps each; some ids out of range) gives torch's stable sort bit for bit."""
+    torch.manual_seed(3)
+    ids = torch.randint(-2, 258, (ROUTE_BY_RANK_PAIRS // 8, 8), device=device)
+    got, want = route_by_rank(ids, 256), route_by_sort(ids, 256)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_route_ranks_up_to_its_limit(monkeypatch):
+    """route() ranks up to ROUTE_BY_RANK_PAIRS pairs and while the keys (expert, pair) fit in int32."""
     calls = []
-    monkeypatch.setattr(layer_module, "route_in_one_program", lambda ids, e: calls.append(ids.numel()))
+    monkeypatch.setattr(layer_module, "route_by_rank", lambda ids, e: calls.append(ids.numel()))
     monkeypatch.setattr(layer_module, "route_by_sort", lambda ids, e: calls.append(-ids.numel()))
-    for pairs in (1, ROUTE_ONE_PROGRAM_PAIRS, ROUTE_ONE_PROGRAM_PAIRS + 1):
+    for pairs in (1, ROUTE_BY_RANK_PAIRS, ROUTE_BY_RANK_PAIRS + 1):
         layer_module.route(torch.zeros(pairs, 1, dtype=torch.int64), 4)
-    assert calls == [1, ROUTE_ONE_PROGRAM_PAIRS, -(ROUTE_ONE_PROGRAM_PAIRS + 1)]
+    layer_module.route(torch.zeros(1024, 1, dtype=torch.int64), 2**21)  # (E + 1) * pairs > 2**31
+    assert calls == [1, ROUTE_BY_RANK_PAIRS, -(ROUTE_BY_RANK_PAIRS + 1), -1024]
 
 
 # ---- the fused quantizing kernels against es_dual.quantize_fp8_per_token_group ----
@@ -254,14 +265,14 @@ def test_layer_against_reference(device, r, shape, backend, ids_dtype):
 
 @pytest.mark.parametrize("backend", GEMM_BACKENDS)
 def test_layer_routes_large_batches_by_sort(device, monkeypatch, backend):
-    """Above ROUTE_ONE_PROGRAM_PAIRS the layer routes with torch's sort into tensors of their own (not
-    its buffer): the same bits as the one-program route, whose limit is lowered here to take that path."""
+    """Above ROUTE_BY_RANK_PAIRS the layer routes with torch's sort into tensors of their own (not
+    its buffer): the same bits as route_by_rank's, whose limit is lowered here to take that path."""
     layer = make_layer(Routing(40, 6, 3, "hot", seed=4), *SHAPES[0], device, torch.int64)
-    one_program = fused_moe_fp8(**layer, backend=backend)
-    monkeypatch.setattr(layer_module, "ROUTE_ONE_PROGRAM_PAIRS", 8)
+    by_rank = fused_moe_fp8(**layer, backend=backend)
+    monkeypatch.setattr(layer_module, "ROUTE_BY_RANK_PAIRS", 8)
     monkeypatch.setattr(layer_module, "_PLANS", {})  # plans made under the old limit would keep it
     by_sort = fused_moe_fp8(**layer, backend=backend)
-    assert torch.equal(by_sort, one_program)
+    assert torch.equal(by_sort, by_rank)
     assert_layer_close(by_sort, reference_of(layer))
 
 

@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent('''
             BLOCK_M_LARGE=128, BLOCK_M_SMALL=16, BLOCK_N=128, BLOCK_K=128, SCALE_BLOCK=128, EXPERT_CHUNK=128,
             EVEN_K=True, UPCAST=upcast, SOFTWARE_BF16_ROUNDING=False, MASKED=False), num_warps=8, num_stages=3)
     compile_for_sm90(moe.route_kernel, dict(ids_ptr="*i64", offsets_ptr="*i32", pair_rows_ptr="*i32"),
-                     dict(BLOCK=1024, BINS=512), num_warps=4)
+                     dict(QUERIES=32, CHUNK=256), num_warps=4)
     compile_for_sm90(moe.quantize_scatter_kernel,
                      dict(hidden_ptr="*bf16", pair_rows_ptr="*i32", offsets_ptr="*i32", q_ptr="*fp8e4nv",
                           scale_ptr="*fp32"), dict(GROUP=128, BLOCK_UNITS=8, INTERPRETER=False))

@@ -5,7 +5,7 @@ topk_ids[token, k]. The pairs are laid out grouped by expert, stably: grouped ro
 p, and rows offs[e]:offs[e+1] belong to expert e. Rows from offs[E] on hold the pairs whose expert id is
 out of range; no kernel reads or writes them.
 
-    route:              offs, pair_rows   (decode sizes: one program; see layer.route)
+    route:              offs, pair_rows   (up to layer.ROUTE_BY_RANK_PAIRS pairs; see layer.route)
     quantize_scatter:   a[r], a_scale[r]  = quantize(hidden[t])  for r = pair_rows[t * topk + k] < offs[E]
     silu_mul_quantize:  y[r], y_scale[r]  = quantize(silu(gate_up[r, :I]) * gate_up[r, I:])
     unpermute_sum:      out[t] = sum over k with 0 <= topk_ids[t, k] < E of
@@ -206,25 +206,40 @@ def unpermute_sum_kernel(
 
 
 @triton.jit
+def _route_keys(ids_ptr, p, pairs, num_experts):
+    """Pair p's sort key bucket * pairs + p (bucket: its expert, E for an id out of range); lanes past the
+    pairs get a key above every pair's. Unique per pair, so ordering the keys is the stable sort."""
+    ok = p < pairs
+    e = tl.load(ids_ptr + p, mask=ok, other=0)
+    bucket = tl.where((e >= 0) & (e < num_experts), e, num_experts).to(tl.int32)
+    return tl.where(ok, bucket * pairs + p, 2147483647)
+
+
+@triton.jit
 def route_kernel(
     # pointers
     ids_ptr, offsets_ptr, pair_rows_ptr,
-    # sizes
+    # sizes ((num_experts + 1) * pairs < 2**31: the keys are int32)
     pairs, num_experts,
-    # meta-parameters: BLOCK >= pairs, BINS >= num_experts + 2 (powers of 2)
-    BLOCK: tl.constexpr, BINS: tl.constexpr,
+    # meta-parameters: queries per program, keys compared per step (powers of 2)
+    QUERIES: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    """One program: the pairs sorted stably by expert (ids out of range as expert E), pair_rows[p] = the
-    place of pair p in that order, offsets[e] = the pairs of experts below e, for e <= E. The key
-    expert * BLOCK + pair is unique, so a plain sort of the keys is the stable sort; padding lanes take bin
-    BINS - 1 (> E), after every real bin, so lane r < pairs of the sorted keys holds grouped row r."""
-    p = tl.arange(0, BLOCK)
-    ok = p < pairs
-    e = tl.load(ids_ptr + p, mask=ok, other=0)
-    b = tl.where((e >= 0) & (e < num_experts), e, num_experts).to(tl.int32)
-    b = tl.where(ok, b, BINS - 1)
-    key = tl.sort(b.to(tl.int64) * BLOCK + p)
-    tl.store(pair_rows_ptr + key % BLOCK, p, mask=ok)  # the inverse of the order, scattered from the sort
-    counts = tl.histogram(b, BINS)
-    bins = tl.arange(0, BINS)
-    tl.store(offsets_ptr + bins, tl.cumsum(counts, axis=0) - counts, mask=bins <= num_experts)
+    """The pairs sorted stably by expert (ids out of range as expert E), without a sort: each query counts
+    the pair keys below it. A pair's query is its own key, and the count is its row: pair_rows[p]. Expert
+    e's query is e * pairs, below which lie the keys of the experts before it: offsets[e], for e <= E.
+    The first cdiv(pairs, QUERIES) programs take QUERIES pairs each, the programs after them QUERIES
+    experts each; every program reads all the keys, CHUNK at a time (pairs**2 comparisons in all, which
+    the SMs share: a few µs for the pairs of a decode step, where one program's sort took tens)."""
+    pid = tl.program_id(0)
+    pair_programs = tl.cdiv(pairs, QUERIES)
+    is_pair = pid < pair_programs
+    index = tl.where(is_pair, pid, pid - pair_programs) * QUERIES + tl.arange(0, QUERIES)
+    pairs_here = tl.where(is_pair, pairs, 0)  # the queries: pairs index < pairs_here, experts index <= last
+    last_expert = tl.where(is_pair, -1, num_experts)
+    query = tl.where(is_pair, _route_keys(ids_ptr, index, pairs_here, num_experts), index * pairs)
+    below = tl.zeros((QUERIES,), dtype=tl.int32)
+    for start in range(0, pairs, CHUNK):
+        keys = _route_keys(ids_ptr, start + tl.arange(0, CHUNK), pairs, num_experts)
+        below += tl.sum((keys[None, :] < query[:, None]).to(tl.int32), axis=1)
+    tl.store(pair_rows_ptr + index, below, mask=index < pairs_here)
+    tl.store(offsets_ptr + index, below, mask=index <= last_expert)

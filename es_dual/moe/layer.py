@@ -153,11 +153,18 @@ def check_moe_contents(w13_scale, w2_scale, topk_ids, num_experts: int | None) -
     check_scales(w13_scale=w13_scale, w2_scale=w2_scale)
 
 
-# Pairs (T * topk) that route_in_one_program sorts in one Triton program's registers: every decode step
-# and small prefills. Above that, route_by_sort (torch's sort and searchsorted: five kernels and about
-# 90 µs of host time on the H200 machine, measured before it also made pair_rows (an arange and a scatter
-# more), which larger batches hide behind their GEMMs).
-ROUTE_ONE_PROGRAM_PAIRS = 4096
+# Pairs (T * topk) that route_by_rank routes (every decode step and prefills up to 1024 tokens of top-8):
+# pairs**2 comparisons shared by the SMs. Above that, route_by_sort (torch's sort and searchsorted: five
+# kernels and about 90 µs of host time on the H200 machine, measured before it also made pair_rows (an
+# arange and a scatter more), which larger batches hide behind their GEMMs). route_by_rank replaced one
+# Triton program that sorted the keys in its registers: 35.7 µs at 2048 pairs (DeepSeek-R1 TP8 at 256
+# tokens, H100, the layer's profile), 6 % of that layer call.
+ROUTE_BY_RANK_PAIRS = 8192
+
+
+def _routes_by_rank(pairs: int, num_experts: int) -> bool:
+    """Whether route_by_rank takes a call: up to ROUTE_BY_RANK_PAIRS pairs, its keys within int32."""
+    return 0 < pairs <= ROUTE_BY_RANK_PAIRS and (num_experts + 1) * pairs < 2**31
 
 
 def route(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,15 +174,14 @@ def route(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch
     A stable sort keeps the pairs of one expert in (token, k) order. Ids out of range sort as expert E,
     after every expert: offs[E] counts only the pairs of real experts, and the rows past it belong to none.
     """
-    pairs = topk_ids.numel()
-    if 0 < pairs <= ROUTE_ONE_PROGRAM_PAIRS:
-        return route_in_one_program(topk_ids, num_experts)
+    if _routes_by_rank(topk_ids.numel(), num_experts):
+        return route_by_rank(topk_ids, num_experts)
     return route_by_sort(topk_ids, num_experts)
 
 
-def route_in_one_program(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """route() in one Triton program: a sort of (expert, pair) keys, each pair's place in it stored as its
-    row, and a histogram of the experts."""
+def route_by_rank(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """route() in one Triton launch (route_kernel): each pair's row is the number of pair keys (expert,
+    pair) below its own, each expert's offset the number of keys of the experts before it."""
     flat = topk_ids.reshape(-1)
     offsets = torch.empty(num_experts + 1, dtype=torch.int32, device=flat.device)
     pair_rows = torch.empty(flat.shape[0], dtype=torch.int32, device=flat.device)
@@ -227,10 +233,14 @@ def _route_step(pairs, num_experts, ids_dtype, device):
     from ..triton_ref.direct import direct_launch  # imported on first use: TRITON_INTERPRET is read then
     from .kernels import route_kernel
 
-    block = _next_power_of_2(pairs)
-    return direct_launch(route_kernel, (1,), (ids_dtype, torch.int32, torch.int32), device,
-                         dict(num_warps=4 if block <= 1024 else 8), pairs=pairs, num_experts=num_experts,
-                         BLOCK=block, BINS=_next_power_of_2(num_experts + 2))
+    # GPU: 32 queries per program against 256 keys per step (a 32 x 256 comparison tile for 4 warps), so
+    # the pairs of a decode step spread over many SMs; the interpreter pays per program and per step,
+    # so it takes up to 512 queries and keys at once
+    queries, chunk = ((min(_next_power_of_2(max(pairs, num_experts + 1)), 512),) * 2 if _interpreted(device)
+                      else (32, 256))
+    programs = cdiv(pairs, queries) + cdiv(num_experts + 1, queries)
+    return direct_launch(route_kernel, (programs,), (ids_dtype, torch.int32, torch.int32), device,
+                         dict(num_warps=4), pairs=pairs, num_experts=num_experts, QUERIES=queries, CHUNK=chunk)
 
 
 def _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device):
@@ -660,7 +670,7 @@ class _LayerPlan:
         })
         in_torch = _torch_steps(device)
         self.route = (_route_step(rows, num_experts, ids_dtype, device)
-                      if 0 < rows <= ROUTE_ONE_PROGRAM_PAIRS and not in_torch else None)
+                      if _routes_by_rank(rows, num_experts) and not in_torch else None)
         if rows and in_torch:
             self.quantize_scatter = functools.partial(_quantize_scatter_torch, topk=topk)
             self.silu = _silu_mul_quantize_torch
