@@ -6,7 +6,8 @@ a CUDA graph and replayed, the L2 flushed before each replay (triton's do_bench)
 before, median. Modes are timed in two rounds, the second in reverse order; the better round is printed.
 python benchmarks/mode_ab.py [--modes es,native] [--workloads a,b] [--extra] [--shapes N,K,E,T;...] [--eager]
 (--eager: time plain calls, L2 flushed before each, instead of graph replays)
-("es" means the production CUTLASS table for the workload's k: es, or es_small_k for k <= 256.)
+("es" means the production CUTLASS table for the workload's k: es, or es_small_k for k <= 256; MODE@N
+enqueues the mode's bucket kernels with overlap N of buckets.OVERLAPS, e.g. es@2 with PDL instead of streams.)
 """
 import argparse
 import sys
@@ -53,8 +54,9 @@ def main():
         graphs, errors, calls = {}, {}, []
         for mode in modes:
             out = torch.full((w.total_m, w.n), float("nan"), dtype=torch.bfloat16, device=device)
-            call = lambda mode=mode, out=out: grouped_gemm_cutlass(  # noqa: E731
-                **inputs, out=out, mode=None if mode == "es" else mode)
+            table, _, overlap = mode.partition("@")
+            call = lambda table=table, overlap=overlap, out=out: grouped_gemm_cutlass(  # noqa: E731
+                **inputs, out=out, mode=None if table == "es" else table, overlap=int(overlap) if overlap else None)
             call()
             max_rel, rms_rel = relative_errors(out, ref)
             errors[mode] = "" if max_rel <= max_tol and rms_rel <= rms_tol else f"WRONG({max_rel:.2g},{rms_rel:.2g})"
