@@ -1,14 +1,14 @@
-"""The layer's routing step alone (GPU): route_by_rank (route_kernel) against route_by_sort (torch's sort),
-µs per call in both timing modes, over the pair counts of decode steps and prefills, also past
-layer.ROUTE_BY_RANK_PAIRS (to place it). Uniform routing, some
-ids out of range. python benchmarks/route_bench.py [--experts 256,128] [--pairs 8,64,...]
+"""The layer's routing step alone (GPU): route_by_rank (one launch), route_by_chunks (two) and route_by_sort
+(torch's sort), µs per call in both timing modes, over the pair counts of decode steps and prefills, each
+way on every size where it runs (to place layer.ROUTE_BY_RANK_PAIRS). Uniform routing, some ids out of
+range. python benchmarks/route_bench.py [--experts 256,128] [--pairs 8,64,...]
 """
 import argparse
 
 import torch
 
 from es_dual.bench.timing import L2Flush, capture, median_us
-from es_dual.moe.layer import route_by_rank, route_by_sort
+from es_dual.moe.layer import route_by_chunks, route_by_rank, route_by_sort
 
 
 def main():
@@ -23,7 +23,7 @@ def main():
         for pairs in map(int, args.pairs.split(",")):
             ids = torch.randint(-1, experts + 1, (pairs // 8, 8), device=device)
             want = route_by_sort(ids, experts)
-            for name, fn in (("rank", route_by_rank), ("sort", route_by_sort)):
+            for name, fn in (("rank", route_by_rank), ("chunks", route_by_chunks), ("sort", route_by_sort)):
                 if name == "rank" and (experts + 1) * pairs >= 2**31:  # its keys are int32
                     continue
                 got = fn(ids, experts)

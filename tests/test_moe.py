@@ -25,7 +25,7 @@ from es_dual.dispatch import available_backends
 from es_dual.moe import fused_moe_fp8, fused_moe_fp8_reference, moe_float_reference
 from es_dual.moe import layer as layer_module
 from es_dual.moe.layer import (
-    ROUTE_BY_RANK_PAIRS, quantize_scatter, route, route_by_sort, route_by_rank, silu_mul_quantize,
+    ROUTE_BY_RANK_PAIRS, quantize_scatter, route, route_by_chunks, route_by_rank, route_by_sort, silu_mul_quantize,
 )
 from es_dual.moe.reference import layer_tolerance
 from es_dual.quant import dequantize_per_block
@@ -119,18 +119,21 @@ def assert_layer_close(out: torch.Tensor, ref: torch.Tensor) -> None:
 
 # ---- routing on the device ----
 
-@pytest.mark.parametrize("route_fn", [route_by_rank, route_by_sort])
-@given(r=routings(max_tokens=200), invalid=st.booleans())
+@pytest.mark.parametrize("route_fn", [route_by_rank, route_by_chunks, route_by_sort])
+@given(r=routings(max_tokens=200), invalid=st.booleans(), chunk=st.sampled_from([16, 512]))
 @settings(max_examples=EXAMPLES)
-def test_route_offsets_and_stable_order(device, route_fn, r, invalid):
-    """Both ways of routing (route_kernel's ranks up to ROUTE_BY_RANK_PAIRS pairs, torch's sort above)
-    give the offsets and each pair's row in the stable order."""
+def test_route_offsets_and_stable_order(device, route_fn, r, invalid, chunk):
+    """Every way of routing (route_kernel's ranks up to ROUTE_BY_RANK_PAIRS pairs, chunks of ROUTE_CHUNK
+    pairs above, torch's sort for CPU tensors without the interpreter) gives the offsets and each pair's
+    row in the stable order; chunks of 16 pairs give many chunks to small routings."""
     ids = topk_ids_of(r, device, torch.int64)
     if invalid:  # every third pair gets an id out of range; those sort after every expert
         every_third = ids.view(-1)[::3]
         bad = torch.tensor([-1, r.num_experts, 2**40], device=device)
         every_third.copy_(bad.repeat(every_third.numel())[: every_third.numel()])
-    offsets, pair_rows = route_fn(ids, r.num_experts)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(layer_module, "ROUTE_CHUNK", chunk)
+        offsets, pair_rows = route_fn(ids, r.num_experts)
     flat = ids.flatten().tolist()
     valid = [0 <= e < r.num_experts for e in flat]
     expected_offsets = [sum(v and e < x for e, v in zip(flat, valid)) for x in range(r.num_experts + 1)]
@@ -143,24 +146,30 @@ def test_route_offsets_and_stable_order(device, route_fn, r, invalid):
     assert pair_rows.dtype == torch.int32 and pair_rows.tolist() == expected_rows
 
 
-def test_route_by_rank_at_its_limit(device):
-    """route_by_rank at ROUTE_BY_RANK_PAIRS pairs over DeepSeek-R1's 256 experts (many programs, many key
-    steps each; some ids out of range) gives torch's stable sort bit for bit."""
+@pytest.mark.parametrize("route_fn, pairs", [(route_by_rank, ROUTE_BY_RANK_PAIRS),
+                                             (route_by_chunks, 2 * ROUTE_BY_RANK_PAIRS + 24)])
+def test_route_at_decode_and_prefill_sizes(device, route_fn, pairs):
+    """route_by_rank at ROUTE_BY_RANK_PAIRS pairs and route_by_chunks past it (a partial last chunk) over
+    DeepSeek-R1's 256 experts, some ids out of range: torch's stable sort bit for bit."""
     torch.manual_seed(3)
-    ids = torch.randint(-2, 258, (ROUTE_BY_RANK_PAIRS // 8, 8), device=device)
-    got, want = route_by_rank(ids, 256), route_by_sort(ids, 256)
+    ids = torch.randint(-2, 258, (pairs // 8, 8), device=device)
+    got, want = route_fn(ids, 256), route_by_sort(ids, 256)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
-def test_route_ranks_up_to_its_limit(monkeypatch):
-    """route() ranks up to ROUTE_BY_RANK_PAIRS pairs and while the keys (expert, pair) fit in int32."""
+def test_route_picks_by_size(monkeypatch):
+    """route() ranks up to ROUTE_BY_RANK_PAIRS pairs (while the keys (expert, pair) fit in int32), works in
+    chunks above, and sorts with torch when the buckets do not fit a program (or without the interpreter)."""
     calls = []
-    monkeypatch.setattr(layer_module, "route_by_rank", lambda ids, e: calls.append(ids.numel()))
-    monkeypatch.setattr(layer_module, "route_by_sort", lambda ids, e: calls.append(-ids.numel()))
+    for name in ("route_by_rank", "route_by_chunks", "route_by_sort"):
+        monkeypatch.setattr(layer_module, name, lambda ids, e, name=name: calls.append((name[9:], ids.numel())))
     for pairs in (1, ROUTE_BY_RANK_PAIRS, ROUTE_BY_RANK_PAIRS + 1):
         layer_module.route(torch.zeros(pairs, 1, dtype=torch.int64), 4)
-    layer_module.route(torch.zeros(1024, 1, dtype=torch.int64), 2**21)  # (E + 1) * pairs > 2**31
-    assert calls == [1, ROUTE_BY_RANK_PAIRS, -(ROUTE_BY_RANK_PAIRS + 1), -1024]
+    layer_module.route(torch.zeros(1024, 1, dtype=torch.int64), 2**21)  # (E + 1) * pairs > 2**31, 2**22 bins
+    monkeypatch.setattr(layer_module, "ROUTE_MAX_BINS", 2**22)
+    layer_module.route(torch.zeros(1024, 1, dtype=torch.int64), 2**21)
+    assert calls == [("rank", 1), ("rank", ROUTE_BY_RANK_PAIRS), ("chunks", ROUTE_BY_RANK_PAIRS + 1),
+                     ("sort", 1024), ("chunks", 1024)]
 
 
 # ---- the fused quantizing kernels against es_dual.quantize_fp8_per_token_group ----
@@ -264,16 +273,23 @@ def test_layer_against_reference(device, r, shape, backend, ids_dtype):
 
 
 @pytest.mark.parametrize("backend", GEMM_BACKENDS)
-def test_layer_routes_large_batches_by_sort(device, monkeypatch, backend):
-    """Above ROUTE_BY_RANK_PAIRS the layer routes with torch's sort into tensors of their own (not
-    its buffer): the same bits as route_by_rank's, whose limit is lowered here to take that path."""
+@pytest.mark.parametrize("way", ["chunks", "sort"])
+def test_layer_routes_large_batches(device, monkeypatch, backend, way):
+    """Above ROUTE_BY_RANK_PAIRS (lowered here to take that path) the layer routes in chunks, their counts
+    in its buffer, or, for more experts than a program's bins (ROUTE_MAX_BINS lowered), with torch's sort
+    into tensors of their own: the same bits as route_by_rank's."""
     layer = make_layer(Routing(40, 6, 3, "hot", seed=4), *SHAPES[0], device, torch.int64)
     by_rank = fused_moe_fp8(**layer, backend=backend)
     monkeypatch.setattr(layer_module, "ROUTE_BY_RANK_PAIRS", 8)
+    monkeypatch.setattr(layer_module, "ROUTE_CHUNK", 16)  # several chunks
+    if way == "sort":
+        monkeypatch.setattr(layer_module, "ROUTE_MAX_BINS", 2)
     monkeypatch.setattr(layer_module, "_PLANS", {})  # plans made under the old limit would keep it
-    by_sort = fused_moe_fp8(**layer, backend=backend)
-    assert torch.equal(by_sort, by_rank)
-    assert_layer_close(by_sort, reference_of(layer))
+    routed = fused_moe_fp8(**layer, backend=backend)
+    (plan,) = layer_module._PLANS.values()
+    assert len(plan.route) == (2 if way == "chunks" else 0)
+    assert torch.equal(routed, by_rank)
+    assert_layer_close(routed, reference_of(layer))
 
 
 @pytest.mark.skipif(ON_GPU, reason="CPU tensors: the layer's torch steps")
@@ -290,7 +306,7 @@ def test_cpu_without_the_interpreter_runs_torch_steps(monkeypatch, routing):
     monkeypatch.setattr(layer_module, "_PLANS", {})
     in_torch = fused_moe_fp8(**layer)
     (plan,) = layer_module._PLANS.values()
-    assert plan.route is None and isinstance(plan.quantize_scatter, functools.partial)  # the torch steps ran
+    assert plan.route == () and isinstance(plan.quantize_scatter, functools.partial)  # the torch steps ran
     max_rel, rms_rel = relative_errors(in_torch, interpreted)
     max_tol, rms_tol = layer_tolerance("cpu")
     assert max_rel <= max_tol and rms_rel <= rms_tol

@@ -5,7 +5,8 @@ topk_ids[token, k]. The pairs are laid out grouped by expert, stably: grouped ro
 p, and rows offs[e]:offs[e+1] belong to expert e. Rows from offs[E] on hold the pairs whose expert id is
 out of range; no kernel reads or writes them.
 
-    route:              offs, pair_rows   (up to layer.ROUTE_BY_RANK_PAIRS pairs; see layer.route)
+    route:              offs, pair_rows   (one launch up to layer.ROUTE_BY_RANK_PAIRS pairs, two above;
+                                           see layer.route)
     quantize_scatter:   a[r], a_scale[r]  = quantize(hidden[t])  for r = pair_rows[t * topk + k] < offs[E]
     silu_mul_quantize:  y[r], y_scale[r]  = quantize(silu(gate_up[r, :I]) * gate_up[r, I:])
     unpermute_sum:      out[t] = sum over k with 0 <= topk_ids[t, k] < E of
@@ -247,3 +248,64 @@ def route_kernel(
     below = tl.sum(below, axis=1).to(tl.int32)
     tl.store(pair_rows_ptr + index, below, mask=index < pairs_here)
     tl.store(offsets_ptr + index, below, mask=index <= last_expert)
+
+
+@triton.jit
+def _route_buckets(ids_ptr, p, pairs, num_experts):
+    """The bucket of pair p: its expert, E for an id out of range (and for lanes past the pairs)."""
+    e = tl.load(ids_ptr + p, mask=p < pairs, other=-1)
+    return tl.where((e >= 0) & (e < num_experts), e, num_experts).to(tl.int32)
+
+
+@triton.jit
+def route_count_kernel(
+    # pointers: counts (chunks, BINS) int32
+    ids_ptr, counts_ptr, pair_rows_ptr,
+    # sizes
+    pairs, num_experts,
+    # meta-parameters: pairs per chunk (one program each), lanes compared per step, BINS > num_experts
+    CHUNK: tl.constexpr, STEP: tl.constexpr, BINS: tl.constexpr,
+):
+    """The first of route()'s two launches above ROUTE_BY_RANK_PAIRS: per chunk of CHUNK pairs, each pair's
+    rank among the chunk's pairs of its bucket (stored in pair_rows for route_place_kernel) and the chunk's
+    pairs per bucket (counts). Lanes past the pairs count in bucket E, which no offset reads and whose
+    rows come after every real pair of their chunk."""
+    lane = tl.arange(0, CHUNK)
+    p = tl.program_id(0) * CHUNK + lane
+    bucket = _route_buckets(ids_ptr, p, pairs, num_experts)
+    rank = tl.zeros((CHUNK,), dtype=tl.int32)
+    for j0 in range(0, CHUNK, STEP):  # the chunk's lanes j0 .. j0 + STEP against every lane
+        j = j0 + tl.arange(0, STEP)
+        other = _route_buckets(ids_ptr, tl.program_id(0) * CHUNK + j, pairs, num_experts)
+        earlier_same = (other[None, :] == bucket[:, None]) & (j[None, :] < lane[:, None])
+        rank += tl.sum(earlier_same.to(tl.int32), axis=1)
+    tl.store(pair_rows_ptr + p, rank, mask=p < pairs)
+    tl.store(counts_ptr + tl.program_id(0) * BINS + tl.arange(0, BINS), tl.histogram(bucket, BINS))
+
+
+@triton.jit
+def route_place_kernel(
+    # pointers: counts (chunks, BINS) from route_count_kernel
+    ids_ptr, counts_ptr, offsets_ptr, pair_rows_ptr,
+    # sizes
+    pairs, num_experts, chunks,
+    # meta-parameters: as route_count_kernel's, CHUNKS_STEP chunks' counts per load
+    CHUNK: tl.constexpr, BINS: tl.constexpr, CHUNKS_STEP: tl.constexpr,
+):
+    """The second launch: per chunk, each bucket's first row (the pairs of the buckets below it, of all
+    chunks, plus its own pairs in the chunks before) added to the pairs' ranks; offsets from program 0."""
+    c = tl.program_id(0)
+    bins = tl.arange(0, BINS)
+    total = tl.zeros((BINS,), dtype=tl.int32)
+    before = tl.zeros((BINS,), dtype=tl.int32)
+    for c0 in range(0, chunks, CHUNKS_STEP):
+        cc = c0 + tl.arange(0, CHUNKS_STEP)
+        counts = tl.load(counts_ptr + cc[:, None] * BINS + bins[None, :], mask=cc[:, None] < chunks, other=0)
+        total += tl.sum(counts, axis=0)
+        before += tl.sum(tl.where(cc[:, None] < c, counts, 0), axis=0)
+    start = tl.cumsum(total, axis=0) - total
+    tl.store(offsets_ptr + bins, start, mask=bins <= tl.where(c == 0, num_experts, -1))
+    p = c * CHUNK + tl.arange(0, CHUNK)
+    bucket = _route_buckets(ids_ptr, p, pairs, num_experts)
+    row = tl.load(pair_rows_ptr + p, mask=p < pairs, other=0) + tl.gather(start + before, bucket, axis=0)
+    tl.store(pair_rows_ptr + p, row, mask=p < pairs)

@@ -1,6 +1,7 @@
 """fused_moe_fp8: the expert block of an MoE layer on es_dual's grouped GEMM, on the device, sync-free.
 
-    route               expert_offsets,        <- a stable sort of the (token, k) pairs by expert id;
+    route               expert_offsets,        <- a stable sort of the (token, k) pairs by expert id (ranks
+                                                  counted on the device, see route);
                         pair_rows                 pair_rows[t * topk + k] = the grouped row of pair (t, k)
     quantize_scatter    a, a_scale             <- each hidden row quantized once, FP8 per token and 128
                                                   columns, and stored to the grouped rows of its topk pairs
@@ -154,17 +155,24 @@ def check_moe_contents(w13_scale, w2_scale, topk_ids, num_experts: int | None) -
 
 
 # Pairs (T * topk) that route_by_rank routes (every decode step and prefills up to 1024 tokens of top-8):
-# pairs**2 comparisons shared by the SMs. Above that, route_by_sort (torch's sort and searchsorted: five
-# kernels and about 90 µs of host time on the H200 machine, measured before it also made pair_rows (an
-# arange and a scatter more), which larger batches hide behind their GEMMs). route_by_rank replaced one
-# Triton program that sorted the keys in its registers: 35.7 µs at 2048 pairs (DeepSeek-R1 TP8 at 256
-# tokens, H100, the layer's profile), 6 % of that layer call.
+# pairs**2 comparisons shared by the SMs, in one launch. Above that, route_by_chunks: two launches of work
+# linear in the pairs (chunks of ROUTE_CHUNK pairs, each ranked within itself, then placed). Both replaced
+# torch's sort (five kernels and about 45 µs on an H100 at 8192 pairs; about 90 µs of host time on the
+# H200 machine) and, up to 4096 pairs, one Triton program that sorted the keys in its registers: 35.7 µs
+# at 2048 pairs (DeepSeek-R1 TP8 at 256 tokens, H100, the layer's profile), 6 % of that layer call.
+# route_by_sort is left for CPU tensors without the interpreter (and as the tests' reference).
 ROUTE_BY_RANK_PAIRS = 8192
+ROUTE_CHUNK = 512  # pairs per chunk of route_by_chunks (the rank within a chunk is CHUNK**2 comparisons)
+ROUTE_MAX_BINS = 4096  # buckets (experts + 1, to a power of 2) route_by_chunks holds in a program's registers
 
 
 def _routes_by_rank(pairs: int, num_experts: int) -> bool:
     """Whether route_by_rank takes a call: up to ROUTE_BY_RANK_PAIRS pairs, its keys within int32."""
     return 0 < pairs <= ROUTE_BY_RANK_PAIRS and (num_experts + 1) * pairs < 2**31
+
+
+def _route_bins(num_experts: int) -> int:
+    return _next_power_of_2(num_experts + 1)
 
 
 def route(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,18 +182,39 @@ def route(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch
     A stable sort keeps the pairs of one expert in (token, k) order. Ids out of range sort as expert E,
     after every expert: offs[E] counts only the pairs of real experts, and the rows past it belong to none.
     """
-    if _routes_by_rank(topk_ids.numel(), num_experts):
-        return route_by_rank(topk_ids, num_experts)
+    pairs = topk_ids.numel()
+    if pairs and not _torch_steps(topk_ids.device):
+        if _routes_by_rank(pairs, num_experts):
+            return route_by_rank(topk_ids, num_experts)
+        if _route_bins(num_experts) <= ROUTE_MAX_BINS:
+            return route_by_chunks(topk_ids, num_experts)
     return route_by_sort(topk_ids, num_experts)
+
+
+def _route_outputs(flat: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.empty(num_experts + 1, dtype=torch.int32, device=flat.device),
+            torch.empty(flat.shape[0], dtype=torch.int32, device=flat.device))
 
 
 def route_by_rank(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
     """route() in one Triton launch (route_kernel): each pair's row is the number of pair keys (expert,
     pair) below its own, each expert's offset the number of keys of the experts before it."""
     flat = topk_ids.reshape(-1)
-    offsets = torch.empty(num_experts + 1, dtype=torch.int32, device=flat.device)
-    pair_rows = torch.empty(flat.shape[0], dtype=torch.int32, device=flat.device)
+    offsets, pair_rows = _route_outputs(flat, num_experts)
     _run(_route_step(flat.shape[0], num_experts, flat.dtype, flat.device), flat, offsets, pair_rows)
+    return offsets, pair_rows
+
+
+def route_by_chunks(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """route() in two Triton launches (route_count_kernel, route_place_kernel): each pair's rank within its
+    chunk and its bucket's count per chunk, then the rank plus the rows of the buckets below it and of
+    its bucket in the chunks before."""
+    flat = topk_ids.reshape(-1)
+    offsets, pair_rows = _route_outputs(flat, num_experts)
+    count, place = _route_chunk_steps(flat.shape[0], num_experts, flat.dtype, flat.device)
+    counts = torch.empty(_route_counts_shape(flat.shape[0], num_experts), dtype=torch.int32, device=flat.device)
+    _run(count, flat, counts, pair_rows)
+    _run(place, flat, counts, offsets, pair_rows)
     return offsets, pair_rows
 
 
@@ -241,6 +270,29 @@ def _route_step(pairs, num_experts, ids_dtype, device):
     programs = cdiv(pairs, queries) + cdiv(num_experts + 1, queries)
     return direct_launch(route_kernel, (programs,), (ids_dtype, torch.int32, torch.int32), device,
                          dict(num_warps=4), pairs=pairs, num_experts=num_experts, QUERIES=queries, CHUNK=chunk)
+
+
+def _route_counts_shape(pairs: int, num_experts: int) -> tuple[int, int]:
+    """(chunks, bins) of route_by_chunks: at least one chunk, whose program writes the offsets."""
+    return max(cdiv(pairs, ROUTE_CHUNK), 1), _route_bins(num_experts)
+
+
+def _route_chunk_steps(pairs, num_experts, ids_dtype, device):
+    from ..triton_ref.direct import direct_launch
+    from .kernels import route_count_kernel, route_place_kernel
+
+    chunks, bins = _route_counts_shape(pairs, num_experts)
+    # GPU: the chunk's lanes against 32 of them per step (a 512 x 32 tile for 8 warps); the interpreter
+    # pays per step, so it takes the whole chunk at once
+    step = ROUTE_CHUNK if _interpreted(device) else 32
+    count = direct_launch(route_count_kernel, (chunks,), (ids_dtype, torch.int32, torch.int32), device,
+                          dict(num_warps=8), pairs=pairs, num_experts=num_experts, CHUNK=ROUTE_CHUNK, STEP=step,
+                          BINS=bins)
+    # each program sums the counts of every chunk: 8 chunks' (bins,) rows per load
+    place = direct_launch(route_place_kernel, (chunks,), (ids_dtype, torch.int32, torch.int32, torch.int32),
+                          device, dict(num_warps=8), pairs=pairs, num_experts=num_experts, chunks=chunks,
+                          CHUNK=ROUTE_CHUNK, BINS=bins, CHUNKS_STEP=8)
+    return count, place
 
 
 def _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device):
@@ -479,7 +531,7 @@ class _Intermediates:
     """One call's buffer of intermediates, laid out by _buffer_layout: each region's data pointer, and the
     regions as tensors, made only if a launch asks for them (the first of a kind, the CPU's interpreter, a
     backend that reads tensors). "<name>_bits" of an FP8 region is what the quantizing kernels store into
-    (_fp8_target); `replaced` holds regions a call made elsewhere (torch's sort at large batches)."""
+    (_fp8_target); `replaced` holds regions a call made elsewhere (torch's sort, see route)."""
 
     def __init__(self, placed: dict, nbytes: int, device):
         self.buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
@@ -661,16 +713,25 @@ class _LayerPlan:
         rows = tokens * topk
         self.shape, self.rows = shape, rows
         groups_h, groups_i = cdiv(hidden_size, SCALE_BLOCK), cdiv(intermediate, SCALE_BLOCK)
-        self.regions, self.nbytes = _buffer_layout({
+        regions = {
             "offsets": (torch.int32, (num_experts + 1,)), "pair_rows": (torch.int32, (rows,)),
             "a": (FP8, (rows, hidden_size)), "a_scale": (torch.float32, (rows, groups_h)),
             "gate_up": (torch.bfloat16, (rows, 2 * intermediate)),
             "y": (FP8, (rows, intermediate)), "y_scale": (torch.float32, (rows, groups_i)),
             "down": (torch.bfloat16, (rows, hidden_size)),
-        })
+        }
+        # routing as route() does it: one launch (route_by_rank), two (route_by_chunks, their counts in the
+        # buffer), or none (torch's sort, into tensors of its own), each launch with its tensors' names
         in_torch = _torch_steps(device)
-        self.route = (_route_step(rows, num_experts, ids_dtype, device)
-                      if _routes_by_rank(rows, num_experts) and not in_torch else None)
+        self.route = ()
+        if rows and not in_torch and _routes_by_rank(rows, num_experts):
+            self.route = ((_route_step(rows, num_experts, ids_dtype, device), ("ids", "offsets", "pair_rows")),)
+        elif rows and not in_torch and _route_bins(num_experts) <= ROUTE_MAX_BINS:
+            regions["route_counts"] = (torch.int32, _route_counts_shape(rows, num_experts))
+            count, place = _route_chunk_steps(rows, num_experts, ids_dtype, device)
+            self.route = ((count, ("ids", "route_counts", "pair_rows")),
+                          (place, ("ids", "route_counts", "offsets", "pair_rows")))
+        self.regions, self.nbytes = _buffer_layout(regions)
         if rows and in_torch:
             self.quantize_scatter = functools.partial(_quantize_scatter_torch, topk=topk)
             self.silu = _silu_mul_quantize_torch
@@ -691,12 +752,13 @@ class _LayerPlan:
         if not self.rows:
             return out
         inter = _Intermediates(self.regions, self.nbytes, device)
-        offs, pair_rows, a, a_scale, gate_up, y, y_scale, down = inter.ptrs
+        offs, pair_rows, a, a_scale, gate_up, y, y_scale, down = inter.ptrs[:8]
         tensors, replaced = inter.tensors, inter.replaced
         flat_ids = topk_ids.reshape(-1)
-        if self.route is not None:
-            self.route((flat_ids.data_ptr(), offs, pair_rows), tensors(flat_ids, "offsets", "pair_rows"))
-        else:  # large batches: torch's sort, into tensors of its own
+        ptr_of = dict(zip(self.regions, inter.ptrs), ids=flat_ids.data_ptr())
+        for launch, names in self.route:
+            launch(tuple(ptr_of[n] for n in names), tensors(*(flat_ids if n == "ids" else n for n in names)))
+        if not self.route:  # torch's sort, into tensors of its own
             replaced["offsets"], replaced["pair_rows"] = route_by_sort(topk_ids, num_experts)
             offs, pair_rows = replaced["offsets"].data_ptr(), replaced["pair_rows"].data_ptr()
         h, w13p, w13s, w2p, w2s, ids, weights = (
