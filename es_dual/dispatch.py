@@ -38,6 +38,7 @@ class Backend:
     out_dtypes: tuple[torch.dtype, ...] = OUT_DTYPES
     n_multiple: int = 16
     k_multiple: int = 16
+    mn_major_scales: bool = True  # takes MN-major activation scales (Problem.a_scale_ld)
 
     def device_reasons(self, device: torch.device) -> list[str]:
         """Why this backend cannot run on `device`, whatever the problem."""
@@ -59,6 +60,8 @@ class Backend:
         for dim, size, multiple in (("n", problem.n, self.n_multiple), ("k", problem.k, self.k_multiple)):
             if size % multiple:
                 reasons.append(f"needs {dim} to be a multiple of {multiple}, got {size}")
+        if problem.a_scale_ld and not self.mn_major_scales:
+            reasons.append("reads K-major activation scales only (a_scale is MN-major)")
         return reasons
 
 
@@ -110,7 +113,7 @@ def _cutlass(name: str, description: str, single: bool) -> Backend:
     return Backend(
         name, description, ("cuda",), plan=_plan_cutlass(single), availability=_cutlass_availability,
         min_capability=REQUIRED_CAPABILITY, max_capability=REQUIRED_CAPABILITY,
-        n_multiple=N_MULTIPLE, k_multiple=K_MULTIPLE,
+        n_multiple=N_MULTIPLE, k_multiple=K_MULTIPLE, mn_major_scales=False,
     )
 
 

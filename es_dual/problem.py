@@ -29,6 +29,9 @@ class Problem(NamedTuple):
     out_dtype: torch.dtype
     device: torch.device
     max_m: int = 0  # 0: rows grouped by expert (expert_offsets); > 0: the masked layout, E x max_m rows
+    # 0: a_scale K-major (contiguous, a row's scales together); > 0: MN-major, the scale of (row, group g)
+    # at element g * a_scale_ld + row (strides (1, a_scale_ld): DeepGEMM's layout), contiguous layout only
+    a_scale_ld: int = 0
 
     @property
     def mean_tokens(self) -> float:
@@ -73,6 +76,23 @@ def _expect_aligned(name: str, t: torch.Tensor) -> None:
         )
 
 
+def mn_major_ld(a_scale: torch.Tensor) -> int:
+    """The leading dimension of an MN-major a_scale (total_m, groups): strides (1, ld) with ld >= total_m;
+    0 for any other layout. A contiguous a_scale is K-major, also where its strides would fit both."""
+    if a_scale.dim() != 2 or a_scale.is_contiguous():
+        return 0
+    total_m, _ = a_scale.shape
+    row_stride, ld = a_scale.stride()
+    return ld if row_stride == 1 and ld >= max(total_m, 1) else 0
+
+
+def _span_bytes(t: torch.Tensor) -> int:
+    """Bytes from t's first element to past its last (its extent in memory, gaps included)."""
+    if t.numel() == 0:
+        return 0
+    return (1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))) * t.element_size()
+
+
 def _overlapped(out: torch.Tensor, tensors) -> int | None:
     """Index of the first of `tensors` (all on out's device) whose memory overlaps out's, else None."""
     size = out.numel() * out.element_size()
@@ -82,7 +102,7 @@ def _overlapped(out: torch.Tensor, tensors) -> int | None:
     o1 = o0 + size
     for i, t in enumerate(tensors):
         t0 = t.data_ptr()
-        t1 = t0 + t.numel() * t.element_size()
+        t1 = t0 + _span_bytes(t)
         if t0 < t1 and t0 < o1 and o0 < t1:
             return i
     return None
@@ -146,22 +166,27 @@ def _conforming(a, a_scale, b, b_scale, rows, out, masked: bool = False) -> tupl
         and k > 0 and k % DIM_MULTIPLE == 0 and n > 0 and n % DIM_MULTIPLE == 0
         and a_scale.shape == shapes[0] and b_scale.shape == (num_experts, groups_n, groups_k)
         and rows.shape == shapes[1] and out.shape == shapes[2]
-        and a.is_contiguous() and a_scale.is_contiguous() and b.is_contiguous() and b_scale.is_contiguous()
+        and a.is_contiguous() and b.is_contiguous() and b_scale.is_contiguous()
         and rows.is_contiguous() and out.is_contiguous()
     ):
+        return None
+    k_major_scales = a_scale.is_contiguous()
+    a_scale_ld = 0 if k_major_scales or masked else mn_major_ld(a_scale)
+    if not (k_major_scales or a_scale_ld):
         return None
     ptrs = (a.data_ptr(), a_scale.data_ptr(), b.data_ptr(), b_scale.data_ptr(), rows.data_ptr(), out.data_ptr())
     if ptrs[0] % PTR_ALIGN or ptrs[2] % PTR_ALIGN or ptrs[5] % PTR_ALIGN:
         return None
-    # Contiguous tensors of the shapes above: their bytes are [ptr, ptr + size).
+    # Tensors of the shapes above: their bytes are [ptr, ptr + size) (an MN-major a_scale's groups ld apart).
     out_end = ptrs[5] + total_m * n * 2
-    sizes = (total_m * k, total_m * groups_k * 4, num_experts * n * k, num_experts * groups_n * groups_k * 4,
+    a_scale_size = ((groups_k - 1) * a_scale_ld + total_m if a_scale_ld else total_m * groups_k) * 4
+    sizes = (total_m * k, a_scale_size, num_experts * n * k, num_experts * groups_n * groups_k * 4,
              shapes[1][0] * (8 if rows_dtype == torch.int64 else 4))
     if out_end > ptrs[5]:
         for ptr, size in zip(ptrs, sizes):
             if size and ptr < out_end and ptrs[5] < ptr + size:
                 return None
-    return Problem(total_m, n, k, num_experts, out_dtype, device, max_m), ptrs
+    return Problem(total_m, n, k, num_experts, out_dtype, device, max_m, a_scale_ld), ptrs
 
 
 def check_call(a, a_scale, b, b_scale, rows, out, masked: bool = False) -> tuple[Problem, tuple]:
@@ -214,9 +239,16 @@ def _expect_weights(b, b_scale, k: int, k_source: str) -> tuple[int, int]:
     return num_experts, n
 
 
-def _expect_layout(named: dict) -> None:
-    """Contiguous tensors, a, b and out 16-byte aligned, out disjoint from the inputs."""
+def _expect_layout(named: dict, mn_major_scales: bool = False) -> int:
+    """Contiguous tensors (a_scale also MN-major where `mn_major_scales`), a, b and out 16-byte aligned, out
+    disjoint from the inputs: a_scale's MN-major leading dimension, 0 when it is contiguous."""
+    a_scale_ld = mn_major_ld(named["a_scale"]) if mn_major_scales else 0
     for name, t in named.items():
+        if name == "a_scale" and a_scale_ld:
+            continue  # MN-major: mn_major_ld checked its strides
+        if name == "a_scale" and mn_major_scales and not t.is_contiguous():
+            raise ValueError(f"a_scale: expected a contiguous (row-major, K-major) tensor or an MN-major one "
+                             f"(strides (1, ld) with ld >= total_m), got {_describe(t)}")
         _expect_contiguous(name, t)
     for name in ("a", "b", "out"):
         if name in named:
@@ -226,6 +258,7 @@ def _expect_layout(named: dict) -> None:
         hit = _overlapped(named["out"], [named[name] for name in inputs])
         if hit is not None:
             raise ValueError(f"out: expected memory disjoint from the inputs, but it overlaps {inputs[hit]}")
+    return a_scale_ld
 
 
 def check_inputs(a, a_scale, b, b_scale, expert_offsets, out=None, out_dtype=torch.bfloat16) -> Problem:
@@ -248,9 +281,9 @@ def check_inputs(a, a_scale, b, b_scale, expert_offsets, out=None, out_dtype=tor
     if out is not None:
         _expect_shape("out", out, (total_m, n))
 
-    _expect_layout(named)
+    a_scale_ld = _expect_layout(named, mn_major_scales=True)
 
-    return Problem(total_m, n, k, num_experts, out_dtype, device)
+    return Problem(total_m, n, k, num_experts, out_dtype, device, a_scale_ld=a_scale_ld)
 
 
 def check_masked_inputs(a, a_scale, b, b_scale, masked_m, out=None, out_dtype=torch.bfloat16) -> Problem:

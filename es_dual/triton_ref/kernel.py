@@ -119,7 +119,7 @@ def _locate_row_tile(offsets_ptr, num_experts, total_m, max_m, min_rows, max_row
 def _gemm_tile(
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr,
     n, k, num_experts,
-    stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+    stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
     m_tile, n_tile, expert, tiles_before, row_lo, row_hi,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
     EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr,
@@ -156,7 +156,7 @@ def _gemm_tile(
                 b_tile = b_tile.to(tl.bfloat16)
             partial = tl.dot(a_tile, tl.trans(b_tile))
             scale_group = (kb * BLOCK_K) // SCALE_BLOCK
-            a_s = tl.load(a_scale_ptrs + scale_group, mask=row_ok, other=0.0)
+            a_s = tl.load(a_scale_ptrs + scale_group * stride_ask, mask=row_ok, other=0.0)
             if BLOCK_N <= SCALE_BLOCK:  # the tile's columns lie in one weight scale block: one FMA per element
                 b_s = tl.load(b_scale_ptr + expert64 * stride_bse + (n_tile * BLOCK_N // SCALE_BLOCK) * stride_bsn
                               + scale_group)
@@ -177,7 +177,7 @@ def _gemm_tile(
 @triton.jit
 def _resident_tile(
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
-    stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+    stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
     lo, hi, tiles, tiles_end, in_range, tile, m_tiles,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
     EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr,
@@ -187,7 +187,7 @@ def _resident_tile(
     expert, tiles_before, row_lo, row_hi = _find_in_chunk(lo, hi, tiles, tiles_end, in_range, m_tile)
     _gemm_tile(
         a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
-        stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+        stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
         m_tile, tile // m_tiles, expert, tiles_before, row_lo, row_hi,
         BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
     )
@@ -201,7 +201,7 @@ def grouped_gemm_fp8_kernel(
     # this launch takes, by row count)
     total_m, n, k, num_experts, max_m, min_rows, max_rows,
     # strides, in elements (the innermost stride of every tensor is 1)
-    stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+    stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
     # meta-parameters
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
     EXPERT_CHUNK: tl.constexpr, PERSISTENT: tl.constexpr, RESIDENT_SCHEDULE: tl.constexpr, EVEN_K: tl.constexpr,
@@ -224,7 +224,7 @@ def grouped_gemm_fp8_kernel(
             if RESIDENT_SCHEDULE:
                 _resident_tile(
                     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
-                    stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+                    stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                     lo, hi, tiles, tiles_end, in_range, tile, m_tiles,
                     BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
                 )
@@ -234,7 +234,7 @@ def grouped_gemm_fp8_kernel(
                     offsets_ptr, num_experts, total_m, max_m, min_rows, max_rows, m_tile, BLOCK_M, EXPERT_CHUNK, MASKED)
                 _gemm_tile(
                     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
-                    stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+                    stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                     m_tile, tile // m_tiles, expert, tiles_before, row_lo, row_hi,
                     BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
                 )
@@ -244,7 +244,7 @@ def grouped_gemm_fp8_kernel(
             offsets_ptr, num_experts, total_m, max_m, min_rows, max_rows, m_tile, BLOCK_M, EXPERT_CHUNK, MASKED)
         _gemm_tile(
             a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
-            stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+            stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
             m_tile, tl.program_id(1), expert, tiles_before, row_lo, row_hi,
             BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
         )
@@ -257,7 +257,7 @@ def grouped_gemm_fp8_two_kinds_kernel(
     # sizes: experts with more than split_rows rows take the large tile, the others the small one
     total_m, n, k, num_experts, max_m, split_rows,
     # strides, in elements (the innermost stride of every tensor is 1)
-    stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+    stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
     # meta-parameters (every expert in one scan chunk: num_experts <= EXPERT_CHUNK)
     BLOCK_M_LARGE: tl.constexpr, BLOCK_M_SMALL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SCALE_BLOCK: tl.constexpr, EXPERT_CHUNK: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
@@ -280,14 +280,14 @@ def grouped_gemm_fp8_two_kinds_kernel(
         if tile < large:
             _resident_tile(
                 a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
-                stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+                stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                 lo, hi, tiles_large, end_large, in_range, tile, m_large,
                 BLOCK_M_LARGE, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
             )
         else:
             _resident_tile(
                 a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
-                stride_am, stride_asm, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
+                stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                 lo, hi, tiles_small, end_small, in_range, tile - large, m_small,
                 BLOCK_M_SMALL, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
             )

@@ -155,14 +155,15 @@ def _expert_chunk(num_experts: int) -> int:
 
 
 def _shared_constants(problem: Problem, config: TileConfig, upcast) -> dict:
-    """The kernel arguments both kernels take, from the sizes (contiguous tensors of the contract: every
-    stride follows from them)."""
+    """The kernel arguments both kernels take, from the sizes (tensors of the contract: every stride follows
+    from them and, for MN-major activation scales, from their leading dimension)."""
     fp8_cores, _ = device_facts(problem.device)
     n, k = problem.n, problem.k
     groups_k, groups_n = cdiv(k, SCALE_BLOCK), cdiv(n, SCALE_BLOCK)
     return dict(
         total_m=problem.total_m, n=n, k=k, num_experts=problem.num_experts, max_m=problem.max_m,
-        stride_am=k, stride_asm=groups_k, stride_be=n * k, stride_bn=k, stride_bse=groups_n * groups_k,
+        stride_am=k, stride_asm=1 if problem.a_scale_ld else groups_k, stride_ask=problem.a_scale_ld or 1,
+        stride_be=n * k, stride_bn=k, stride_bse=groups_n * groups_k,
         stride_bsn=groups_k, stride_om=n,
         BLOCK_N=config.block_n, BLOCK_K=config.block_k, SCALE_BLOCK=SCALE_BLOCK,
         EXPERT_CHUNK=_expert_chunk(problem.num_experts), EVEN_K=k % config.block_k == 0,
