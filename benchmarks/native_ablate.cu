@@ -8,7 +8,8 @@
 // two rounds, the better kept.
 // Build (here), one binary per set of bits: bash benchmarks/native_ablate.sh build; run (GPU machine, carry
 // .cache/es_dual/native_ablate): bash benchmarks/native_ablate.sh run [E m n k] (default: balanced_big,
-// 8 experts of 4096 tokens, n = 4096, k = 7168).
+// 8 experts of 4096 tokens, n = 4096, k = 7168). ABLATE_SCALES_MN=1: the activation scales MN-major (the
+// same values: every scale is 1e-2).
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -92,6 +93,7 @@ int main(int argc, char** argv) {
   la.num_experts = E, la.device = device, la.sm_count = sms, la.stream = nullptr;
   es_dual::NativeArgs& na = la.native;
   na.a = a, na.a_scale = a_scale, na.b = b, na.b_scale = b_scale, na.out = out;
+  na.a_scale_ld = std::getenv("ABLATE_SCALES_MN") ? total_m : 0;
   na.expert_rows = es_dual::ExpertRows{offsets, 0, 0, total_m};
   na.total_m = total_m, na.n = n, na.k = k;
   na.num_buckets = NativeMc::kNumKinds;

@@ -331,7 +331,9 @@ struct Params {
   CUtensorMap tokens[kMaxKinds];        // a       : dims {k, total_m}, FP8, box {128, token rows}, 128B swizzle
   CUtensorMap weights[kMaxKinds];       // b       : dims {k, E * n},   FP8, box {128, weight rows}, 128B swizzle
   CUtensorMap outs[kMaxKinds];          // out     : dims {n, total_m}, 2 bytes, box {64, token rows}, 128B swizzle (kTmaStore kinds)
-  const float* a_scale;                 // (total_m, k blocks) row-major, as the caller gives it
+  const float* a_scale;                 // (total_m, k blocks), as the caller gives it: row r, block kb at
+  int64_t a_scale_row_stride;           // r * a_scale_row_stride + kb * a_scale_k_stride (K-major: k blocks
+  int64_t a_scale_k_stride;             // and 1; MN-major: 1 and the caller's leading dimension)
   const float* b_scale;                 // (E, n blocks, k blocks) row-major
   uint8_t* out;                         // (total_m, n), 2-byte elements
   ExpertRows expert_rows;               // offsets (E + 1) or masked counts (E), int32 or int64
@@ -582,14 +584,15 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
   const int kind = tile.kind;
   // Row of b seen as (E * n, k); < 2^31 (host), also for a pair's spare tile (col0 < n + weight rows).
   const int weight_row = tile.expert * p.n + tile.col0;
-  // This lane's token scale rows r = lane, lane + 32, ...: a_scale[(row0 + r) * p.k_blocks + kb], one pointer
-  // per row advanced by one float per K block (the loop is this warp's critical path: no index arithmetic
-  // in it), and whether the row belongs to the expert (else the copy reads nothing and writes zeros).
+  // This lane's token scale rows r = lane, lane + 32, ...: one pointer per row, at block kb of row row0 + r,
+  // advanced by a_scale_k_stride per K block (the loop is this warp's critical path: no index arithmetic in
+  // it; MN-major scales put the warp's 32 rows side by side: one 128-byte line per copy instruction), and
+  // whether the row belongs to the expert (else the copy reads nothing and writes zeros).
   const float* scale_src[kScaleRowsPerLane];
   bool scale_valid[kScaleRowsPerLane];
 #pragma unroll
   for (int i = 0; i < kScaleRowsPerLane; ++i) {
-    scale_src[i] = p.a_scale + int64_t(tile.row0 + lane + 32 * i) * p.k_blocks;
+    scale_src[i] = p.a_scale + (tile.row0 + lane + 32 * i) * p.a_scale_row_stride;
     scale_valid[i] = lane + 32 * i < tile.rows;
   }
   // Lanes 0 and 1: the weight scales of the tile's first and second 128-row block, likewise (blocks
@@ -597,6 +600,7 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
   const int n_blocks = (p.n + kScaleBlock - 1) / kScaleBlock;
   const int weight_block = tile.col0 / kScaleBlock + lane;
   const float* weight_scale_src = p.b_scale + (int64_t(tile.expert) * n_blocks + weight_block) * p.k_blocks;
+  const int64_t scale_step = p.a_scale_k_stride;
   const bool weight_scale_valid = weight_block < n_blocks;
   for (int kb = 0; kb < p.k_blocks; ++kb) {
     s.empty[stage].wait(phase ^ 1);
@@ -619,7 +623,8 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
 #pragma unroll
       for (int i = 0; i < kScaleRowsPerLane; ++i) {
         if (lane + 32 * i < K::kTokenRows && !ablated(kAblateScaleCopies))
-          copy_float_async(ts + lane + 32 * i, scale_src[i]++, scale_valid[i]);
+          copy_float_async(ts + lane + 32 * i, scale_src[i], scale_valid[i]);
+        scale_src[i] += scale_step;
       }
       if (lane < kWeightScales && !ablated(kAblateScaleCopies))
         copy_float_async(s.header(stage)->weight_scale + lane, weight_scale_src++, weight_scale_valid);
@@ -1091,6 +1096,8 @@ struct GroupedGemm {
     int64_t bound = 0;  // CTAs beyond the number of tiles would have nothing to do
     if (const char* err = encode_kinds(p, la, bound)) return err;
     p.a_scale = na.a_scale;
+    p.a_scale_row_stride = na.a_scale_ld ? 1 : (na.k + kBlockK - 1) / kBlockK;
+    p.a_scale_k_stride = na.a_scale_ld ? na.a_scale_ld : 1;
     p.b_scale = na.b_scale;
     p.out = static_cast<uint8_t*>(na.out);
     p.expert_rows = na.expert_rows;

@@ -138,7 +138,8 @@ struct ExpertRows {
 // The raw problem, as es_dual's own (native) kernels read it: they need no per-expert arrays.
 struct NativeArgs {
   const void* a;            // (total_m, k) fp8
-  const float* a_scale;     // (total_m, k blocks), as the caller gives it
+  const float* a_scale;     // (total_m, k blocks), as the caller gives it: K-major, or MN-major
+  int64_t a_scale_ld;       // 0: K-major (a row's scales together); > 0: MN-major, block kb of row r at kb * ld + r
   const void* b;            // (E, n, k) fp8
   const float* b_scale;     // (E, n blocks, k blocks)
   ExpertRows expert_rows;   // offsets (E + 1) or masked counts (E)

@@ -21,7 +21,8 @@ def grouped_gemm_fp8(
     Args:
         a: (total_m, k) float8_e4m3fn, tokens grouped by expert, no padding between experts.
         a_scale: (total_m, ceil(k/128)) float32, one scale per token and 128 elements of K: contiguous
-            (K-major) or MN-major (strides (1, ld), ld >= total_m; the CUTLASS backends read K-major only).
+            (K-major) or MN-major (strides (1, ld), ld >= total_m; "cutlass" reads them with its native
+            kernels, "cutlass_single" K-major ones only).
         b: (E, n, k) float8_e4m3fn, each expert's weights with K contiguous.
         b_scale: (E, ceil(n/128), ceil(k/128)) float32, one scale per 128x128 block.
         expert_offsets: (E + 1,) int32 or int64 on the same device; offs[0] = 0, offs[E] = total_m,

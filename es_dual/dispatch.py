@@ -38,7 +38,8 @@ class Backend:
     out_dtypes: tuple[torch.dtype, ...] = OUT_DTYPES
     n_multiple: int = 16
     k_multiple: int = 16
-    mn_major_scales: bool = True  # takes MN-major activation scales (Problem.a_scale_ld)
+    # reasons it cannot run this problem beyond the device, dtypes and sizes (MN-major scales, for one)
+    problem_reasons: Callable[[Problem], list[str]] = lambda problem: []
 
     def device_reasons(self, device: torch.device) -> list[str]:
         """Why this backend cannot run on `device`, whatever the problem."""
@@ -60,9 +61,7 @@ class Backend:
         for dim, size, multiple in (("n", problem.n, self.n_multiple), ("k", problem.k, self.k_multiple)):
             if size % multiple:
                 reasons.append(f"needs {dim} to be a multiple of {multiple}, got {size}")
-        if problem.a_scale_ld and not self.mn_major_scales:
-            reasons.append("reads K-major activation scales only (a_scale is MN-major)")
-        return reasons
+        return reasons + self.problem_reasons(problem)
 
 
 def _cc(cap) -> str:
@@ -107,13 +106,30 @@ def _plan_cutlass(single: bool) -> Callable:
     return plan
 
 
+def _cutlass_problem_reasons(single: bool) -> Callable:
+    """MN-major activation scales: only es_dual's native kernels read them (the CUTLASS kernels' scale
+    layout is K-major), so the expert-specialized backend takes them where a native mode fits."""
+    def reasons(problem: Problem) -> list[str]:
+        from .cutlass.buckets import native_fits
+
+        if not problem.a_scale_ld:
+            return []
+        if single:
+            return ["reads K-major activation scales only (a_scale is MN-major)"]
+        if not native_fits(problem.total_m, problem.n, problem.num_experts):
+            return ["reads MN-major activation scales with its native kernels only, which do not take this size"]
+        return []
+
+    return reasons
+
+
 def _cutlass(name: str, description: str, single: bool) -> Backend:
     from .cutlass.limits import K_MULTIPLE, N_MULTIPLE, REQUIRED_CAPABILITY
 
     return Backend(
         name, description, ("cuda",), plan=_plan_cutlass(single), availability=_cutlass_availability,
         min_capability=REQUIRED_CAPABILITY, max_capability=REQUIRED_CAPABILITY,
-        n_multiple=N_MULTIPLE, k_multiple=K_MULTIPLE, mn_major_scales=False,
+        n_multiple=N_MULTIPLE, k_multiple=K_MULTIPLE, problem_reasons=_cutlass_problem_reasons(single),
     )
 
 

@@ -350,8 +350,9 @@ def test_workspace_bytes_rejects_bad_sizes(lib):
 # --- error paths of the GEMM call (all caught before any CUDA call) --------------------------------------
 
 def _gemm(lib, **overrides):
-    args = dict(a=256, a_scale=256, b=256, b_scale=256, offs=256, offs64=0, max_m=0, out=256, total_m=10, n=4096, k=7168,
-                experts=8, dtype=0, mode=0, overlap=0, device=0, sms=132, ws=256, ws_bytes=1 << 30, stream=None)
+    args = dict(a=256, a_scale=256, a_scale_ld=0, b=256, b_scale=256, offs=256, offs64=0, max_m=0, out=256,
+                total_m=10, n=4096, k=7168, experts=8, dtype=0, mode=0, overlap=0, device=0, sms=132, ws=256,
+                ws_bytes=1 << 30, stream=None)
     args.update(overrides)
     return lib.es_dual_grouped_gemm(*args.values())
 
@@ -376,6 +377,13 @@ def test_gemm_error_messages_name_the_argument(lib):
          "max_m: expected 0 (offsets) or total_m / num_experts = 10 / 8 (masked counts), got -1"),
         (dict(max_m=3), loader.INVALID_ARGUMENT, "(masked counts), got 3"),
         (dict(max_m=1 << 62), loader.INVALID_ARGUMENT, f"(masked counts), got {1 << 62}"),
+        (dict(a_scale_ld=-1), loader.INVALID_ARGUMENT,
+         "a_scale_ld: expected 0 (K-major scales) or an MN-major leading dimension >= total_m = 10, got -1"),
+        (dict(a_scale_ld=9), loader.INVALID_ARGUMENT, "leading dimension >= total_m = 10, got 9"),
+        (dict(a_scale_ld=16, total_m=16, max_m=2), loader.INVALID_ARGUMENT,
+         "a_scale_ld: MN-major scales take expert offsets, not masked counts (max_m = 2)"),
+        (dict(a_scale_ld=12, mode=0), loader.INVALID_ARGUMENT,
+         "a_scale_ld: mode 0 (es) reads K-major scales only; MN-major scales need a native mode"),
     ]
     for overrides, status, message in cases:
         got = _gemm(lib, **overrides)

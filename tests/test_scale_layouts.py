@@ -1,12 +1,15 @@
 """Activation scales in either layout of the contract: K-major (contiguous, a row's scales together) or
 MN-major (strides (1, ld), ld >= total_m: a group's scales together, DeepGEMM's layout). The same call
-gives the same bits in both; backends that read K-major scales only say so."""
+gives the same bits in both; backends that read K-major scales only say so, and the CUTLASS backend takes
+MN-major ones to its native kernels."""
 import dataclasses
 
 import pytest
 import torch
 
 import es_dual
+from es_dual.cutlass import buckets
+from es_dual.cutlass.launch import grouped_gemm_cutlass
 from es_dual.dispatch import BACKENDS, available_backends, select_backend
 from es_dual.problem import Problem, check_call, check_inputs, mn_major_ld
 from support import make_inputs, needs_gpu
@@ -72,18 +75,56 @@ def test_masked_scales_stay_k_major():
                                         torch.tensor([4, 2], dtype=torch.int32), backend="reference")
 
 
-def test_backends_that_read_k_major_scales_say_so():
-    """The CUTLASS backends read K-major scales only: their reasons name the layout (the CUTLASS backend
-    is replayed here on CPU terms, so that only that reason is left)."""
-    cutlass_here = dataclasses.replace(BACKENDS["cutlass"], device_types=("cpu",), availability=lambda device: [],
-                                       min_capability=None, max_capability=None)
+def _on_cpu_terms(name):
+    """BACKENDS[name] replayed on CPU terms, so that only its reasons about the problem are left."""
+    return dataclasses.replace(BACKENDS[name], device_types=("cpu",), availability=lambda device: [],
+                               min_capability=None, max_capability=None)
+
+
+def test_backends_say_which_scale_layouts_they_read():
+    """The CUTLASS kernels read K-major scales: cutlass_single refuses MN-major ones, cutlass takes them to
+    its native kernels where those fit, Triton and the reference read both."""
     problem = Problem(17, 256, 384, 4, torch.bfloat16, torch.device("cpu"), a_scale_ld=20)
-    assert cutlass_here.not_supported_reasons(problem) == ["reads K-major activation scales only (a_scale is MN-major)"]
-    assert cutlass_here.not_supported_reasons(problem._replace(a_scale_ld=0)) == []
-    assert BACKENDS["triton"].mn_major_scales and BACKENDS["reference"].mn_major_scales
+    assert _on_cpu_terms("cutlass_single").not_supported_reasons(problem) == [
+        "reads K-major activation scales only (a_scale is MN-major)"]
+    assert _on_cpu_terms("cutlass").not_supported_reasons(problem) == []
+    assert _on_cpu_terms("cutlass").not_supported_reasons(problem._replace(num_experts=2000)) == [
+        "reads MN-major activation scales with its native kernels only, which do not take this size"]
+    for name in BACKENDS:
+        assert _on_cpu_terms(name).not_supported_reasons(problem._replace(a_scale_ld=0)) == []
+    for name in ("triton", "reference"):
+        assert _on_cpu_terms(name).not_supported_reasons(problem) == []
+
+
+@pytest.mark.parametrize("total_m, k, tokens_known, want", [
+    (17, 256, True, "native"), (17, 7168, True, "native"), (8 * 4096, 7168, True, "native_mc"),
+    (8 * 4096, 7168, False, "native"),
+])
+def test_mn_major_scales_take_a_native_mode(total_m, k, tokens_known, want):
+    assert buckets.es_mode(total_m, 4096, k, 8, tokens_known, k_major_scales=False) == want
+
+
+@needs_gpu
+@pytest.mark.parametrize("mode", [None, "native", "native_wide", "native_mc"])
+def test_native_kernels_read_mn_major_scales(mode):
+    """The native kernels on MN-major scales (a padded leading dimension): the bits of the same call on
+    K-major ones. Experts of every kind: decode, small and large, one empty."""
+    if "cutlass" not in available_backends():
+        pytest.skip("the CUTLASS library is not available here")
+    inputs = make_inputs([5, 0, 40, 300, 64], 384, 640, seed=7, device="cuda")
+    mn = dict(inputs, a_scale=mn_major(inputs["a_scale"], 412))
+    if mode is None:  # the backend's own choice of mode
+        got = es_dual.grouped_gemm_fp8(**mn, backend="cutlass")
+        want = torch.empty_like(got)
+        grouped_gemm_cutlass(**inputs, out=want, mode="native")
+    else:
+        got, want = (torch.full((409, 384), float("nan"), dtype=torch.bfloat16, device="cuda") for _ in range(2))
+        grouped_gemm_cutlass(**mn, out=got, mode=mode)
+        grouped_gemm_cutlass(**inputs, out=want, mode=mode)
+    assert torch.equal(got, want)
 
 
 @needs_gpu
 def test_auto_takes_mn_major_scales_to_a_backend_that_reads_them():
     problem = Problem(17, 256, 384, 4, torch.bfloat16, torch.device("cuda"), a_scale_ld=20)
-    assert select_backend(problem, "auto").mn_major_scales
+    assert not select_backend(problem, "auto").not_supported_reasons(problem)

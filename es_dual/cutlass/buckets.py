@@ -224,7 +224,8 @@ def native_fits(total_m: int, n: int, num_experts: int) -> bool:
             and (num_experts + 1) * n <= 2**31 - 1 and (total_m + num_experts) * -(-n // 8) <= 2**31 - 1)
 
 
-def es_mode(total_m: int, n: int, k: int, num_experts: int, tokens_known: bool = True) -> str:
+def es_mode(total_m: int, n: int, k: int, num_experts: int, tokens_known: bool = True,
+            k_major_scales: bool = True) -> str:
     """The expert-specialized mode for a problem's shape (known on the host, unlike the token counts).
 
     Measured on one H200 (docs/perf-notes.md, 2026-12-01, benchmarks/mode_ab.py, kernel mode, es / native,
@@ -235,13 +236,17 @@ def es_mode(total_m: int, n: int, k: int, num_experts: int, tokens_known: bool =
     whatever their k above SMALL_K_MAX. tokens_known: total_m is the number of tokens (the contiguous
     layout); the masked layout's total_m, E x max_m, says only how large its largest expert is, which
     routed skewed calls to native_mc and made them slower (docs/perf-notes.md, 2026-12-02), so those
-    calls are routed by k alone.
+    calls are routed by k alone. MN-major activation scales (k_major_scales=False) take a native mode at
+    every k: the CUTLASS kernels read K-major scales only (the caller checked native_fits).
     """
+    compute_bound = tokens_known and total_m >= WIDE_MIN_MEAN_TOKENS * num_experts
+    if not k_major_scales:
+        return "native_mc" if compute_bound else "native"
     if k <= SMALL_K_MAX:
         return "es_small_k"
     if not native_fits(total_m, n, num_experts):
         return "es"
-    if tokens_known and total_m >= WIDE_MIN_MEAN_TOKENS * num_experts:
+    if compute_bound:
         return "native_mc"
     return "native" if k <= NATIVE_K_MAX else "es"
 

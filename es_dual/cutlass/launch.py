@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import functools
 
-from ..problem import Problem
+from ..problem import Problem, mn_major_ld
 from . import buckets, build, loader
 
 
@@ -102,7 +102,9 @@ def plan_cutlass(problem, offsets_dtype, mode: str | None = None, overlap: int |
     torch, raw_stream, out_codes = _torch_hooks()
     lib = loader.load_library()
     total_m, n, k, num_experts, max_m = problem.total_m, problem.n, problem.k, problem.num_experts, problem.max_m
-    mode = mode or buckets.es_mode(total_m, n, k, num_experts, tokens_known=max_m == 0)
+    a_scale_ld = problem.a_scale_ld
+    mode = mode or buckets.es_mode(total_m, n, k, num_experts, tokens_known=max_m == 0,
+                                   k_major_scales=not a_scale_ld)
     code = mode_code(mode)
     overlap = buckets.DEFAULT_OVERLAP if overlap is None else overlap
     device = problem.device
@@ -117,7 +119,7 @@ def plan_cutlass(problem, offsets_dtype, mode: str | None = None, overlap: int |
         # From the caching allocator on the current stream: reused only by work ordered after this call's.
         # A native mode needs none (nbytes 0: no allocation).
         workspace = empty(nbytes, dtype=uint8, device=device).data_ptr() if nbytes else None
-        status = run(ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], offsets_int64, max_m, ptrs[5], total_m, n, k,
+        status = run(ptrs[0], ptrs[1], a_scale_ld, ptrs[2], ptrs[3], ptrs[4], offsets_int64, max_m, ptrs[5], total_m, n, k,
                      num_experts, out_code, code, overlap, index, sm_count, workspace, nbytes,
                      raw_stream(index))
         if status != loader.OK:
@@ -132,7 +134,7 @@ def grouped_gemm_cutlass(a, a_scale, b, b_scale, expert_offsets, out, *, mode: s
     what mode and overlap mean; ``single=True`` means mode="single"), on validated arguments."""
     total_m, k = a.shape
     num_experts, n, _ = b.shape
-    problem = Problem(total_m, n, k, num_experts, out.dtype, a.device)
+    problem = Problem(total_m, n, k, num_experts, out.dtype, a.device, a_scale_ld=mn_major_ld(a_scale))
     launch = plan_cutlass(problem, expert_offsets.dtype, "single" if single else mode, overlap)
     tensors = (a, a_scale, b, b_scale, expert_offsets, out)
     launch(tuple(t.data_ptr() for t in tensors), lambda: tensors)
