@@ -36,11 +36,9 @@ SCRIPT = textwrap.dedent('''
             EVEN_K=True, UPCAST=upcast, SOFTWARE_BF16_ROUNDING=False, MASKED=False), num_warps=8, num_stages=3)
     compile_for_sm90(moe.route_kernel, dict(ids_ptr="*i64", offsets_ptr="*i32", pair_rows_ptr="*i32"),
                      dict(QUERIES=32, CHUNK=256), num_warps=4)
-    compile_for_sm90(moe.route_count_kernel, dict(ids_ptr="*i64", counts_ptr="*i32", pair_rows_ptr="*i32"),
-                     dict(CHUNK=512, STEP=32, BINS=512), num_warps=8)
     compile_for_sm90(moe.route_place_kernel,
-                     dict(ids_ptr="*i64", counts_ptr="*i32", offsets_ptr="*i32", pair_rows_ptr="*i32"),
-                     dict(CHUNK=512, BINS=512, CHUNKS_STEP=8), num_warps=8)
+                     dict(ids_ptr="*i64", chunk_offsets_ptr="*i32", offsets_ptr="*i32", pair_rows_ptr="*i32"),
+                     dict(BINS=512, CHUNK=1024, CHUNKS_STEP=8), num_warps=8)
     compile_for_sm90(moe.quantize_scatter_kernel,
                      dict(hidden_ptr="*bf16", pair_rows_ptr="*i32", offsets_ptr="*i32", q_ptr="*fp8e4nv",
                           scale_ptr="*fp32"), dict(GROUP=128, BLOCK_UNITS=8, INTERPRETER=False))

@@ -5,8 +5,8 @@ topk_ids[token, k]. The pairs are laid out grouped by expert, stably: grouped ro
 p, and rows offs[e]:offs[e+1] belong to expert e. Rows from offs[E] on hold the pairs whose expert id is
 out of range; no kernel reads or writes them.
 
-    route:              offs, pair_rows   (one launch up to layer.ROUTE_BY_RANK_PAIRS pairs, two above;
-                                           see layer.route)
+    route:              offs, pair_rows   (one launch up to layer.ROUTE_BY_RANK_PAIRS pairs, two above:
+                                           the same ranks per chunk, then placed; see layer.route)
     quantize_scatter:   a[r], a_scale[r]  = quantize(hidden[t])  for r = pair_rows[t * topk + k] < offs[E]
     silu_mul_quantize:  y[r], y_scale[r]  = quantize(silu(gate_up[r, :I]) * gate_up[r, I:])
     unpermute_sum:      out[t] = sum over k with 0 <= topk_ids[t, k] < E of
@@ -207,105 +207,88 @@ def unpermute_sum_kernel(
 
 
 @triton.jit
-def _route_keys(ids_ptr, p, pairs, num_experts):
-    """Pair p's sort key bucket * pairs + p (bucket: its expert, E for an id out of range); lanes past the
-    pairs get a key above every pair's. Unique per pair, so ordering the keys is the stable sort."""
-    ok = p < pairs
-    e = tl.load(ids_ptr + p, mask=ok, other=0)
+def _route_keys(ids_ptr, i, base, pairs, num_experts):
+    """The sort key bucket * pairs + i of pair base + i of a chunk of `pairs` pairs (bucket: its expert, E
+    for an id out of range); lanes past the chunk get a key above every pair's. Unique per pair, so
+    ordering the keys is the stable sort."""
+    ok = i < pairs
+    e = tl.load(ids_ptr + base + i, mask=ok, other=0)
     bucket = tl.where((e >= 0) & (e < num_experts), e, num_experts).to(tl.int32)
-    return tl.where(ok, bucket * pairs + p, 2147483647)
+    return tl.where(ok, bucket * pairs + i, 2147483647)
 
 
 @triton.jit
 def route_kernel(
-    # pointers
+    # pointers: offsets (chunks, offsets_stride), pair_rows
     ids_ptr, offsets_ptr, pair_rows_ptr,
-    # sizes ((num_experts + 1) * pairs < 2**31: the keys are int32)
-    pairs, num_experts,
+    # sizes ((num_experts + 2) * chunk_pairs < 2**31: the keys are int32); each chunk's row of offsets
+    # (offsets_count of them: E + 1 for route(), E + 2 for the chunks)
+    pairs, num_experts, chunk_pairs, offsets_stride, offsets_count,
     # meta-parameters: queries per program, keys compared per step (powers of 2)
     QUERIES: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    """The pairs sorted stably by expert (ids out of range as expert E), without a sort: each query counts
-    the pair keys below it. A pair's query is its own key, and the count is its row: pair_rows[p]. Expert
-    e's query is e * pairs, below which lie the keys of the experts before it: offsets[e], for e <= E.
-    The first cdiv(pairs, QUERIES) programs take QUERIES pairs each, the programs after them QUERIES
-    experts each; every program reads all the keys, CHUNK at a time (pairs**2 comparisons in all, which
-    the SMs share: a few µs for the pairs of a decode step, where one program's sort took tens)."""
+    """The pairs of chunk c (program_id(1): pairs c * chunk_pairs on, chunk_pairs of them or the rest)
+    sorted stably by expert (ids out of range as expert E), without a sort: each query counts the chunk's
+    pair keys below it. A pair's query is its own key, and the count is its place in the chunk: pair_rows.
+    Expert e's query is e * pairs, below which lie the keys of the experts before it: offsets[c, e], for
+    e < offsets_count (e = E + 1: the chunk's pairs). One chunk (chunk_pairs = pairs) is route(): the
+    places are the rows. The first cdiv(chunk_pairs, QUERIES) programs of a chunk take QUERIES pairs each,
+    the programs after them QUERIES experts each; every program reads all the chunk's keys, CHUNK at a time
+    (chunk_pairs**2 comparisons per chunk, which the SMs share: a few µs for the pairs of a decode step,
+    where one program's sort took tens)."""
     pid = tl.program_id(0)
-    pair_programs = tl.cdiv(pairs, QUERIES)
+    base = tl.program_id(1).to(tl.int64) * chunk_pairs
+    chunk_len = tl.minimum(chunk_pairs, pairs - base).to(tl.int32)  # this chunk's pairs
+    pair_programs = tl.cdiv(chunk_pairs, QUERIES)
     is_pair = pid < pair_programs
     index = tl.where(is_pair, pid, pid - pair_programs) * QUERIES + tl.arange(0, QUERIES)
-    pairs_here = tl.where(is_pair, pairs, 0)  # the queries: pairs index < pairs_here, experts index <= last
-    last_expert = tl.where(is_pair, -1, num_experts)
-    query = tl.where(is_pair, _route_keys(ids_ptr, index, pairs_here, num_experts), index * pairs)
+    pairs_here = tl.where(is_pair, chunk_len, 0)  # the queries: pairs below pairs_here, offsets below offsets_here
+    offsets_here = tl.where(is_pair, 0, offsets_count)
+    query = tl.where(is_pair, _route_keys(ids_ptr, index, base, pairs_here, num_experts), index * chunk_len)
     # counted per (query, key lane), summed once at the end. key < query is the sign bit of key - query
     # (both in [0, 2**31)), added as an unsigned shift: a subtraction and one shift-add per element on the
     # GPU (a compare and a select take four)
     below = tl.zeros((QUERIES, CHUNK), dtype=tl.uint32)
-    for start in range(0, pairs, CHUNK):
-        keys = _route_keys(ids_ptr, start + tl.arange(0, CHUNK), pairs, num_experts)
+    for start in range(0, chunk_len, CHUNK):
+        keys = _route_keys(ids_ptr, start + tl.arange(0, CHUNK), base, chunk_len, num_experts)
         below += (keys[None, :] - query[:, None]).to(tl.uint32, bitcast=True) >> 31
     below = tl.sum(below, axis=1).to(tl.int32)
-    tl.store(pair_rows_ptr + index, below, mask=index < pairs_here)
-    tl.store(offsets_ptr + index, below, mask=index <= last_expert)
-
-
-@triton.jit
-def _route_buckets(ids_ptr, p, pairs, num_experts):
-    """The bucket of pair p: its expert, E for an id out of range (and for lanes past the pairs)."""
-    e = tl.load(ids_ptr + p, mask=p < pairs, other=-1)
-    return tl.where((e >= 0) & (e < num_experts), e, num_experts).to(tl.int32)
-
-
-@triton.jit
-def route_count_kernel(
-    # pointers: counts (chunks, BINS) int32
-    ids_ptr, counts_ptr, pair_rows_ptr,
-    # sizes
-    pairs, num_experts,
-    # meta-parameters: pairs per chunk (one program each), lanes compared per step, BINS > num_experts
-    CHUNK: tl.constexpr, STEP: tl.constexpr, BINS: tl.constexpr,
-):
-    """The first of route()'s two launches above ROUTE_BY_RANK_PAIRS: per chunk of CHUNK pairs, each pair's
-    rank among the chunk's pairs of its bucket (stored in pair_rows for route_place_kernel) and the chunk's
-    pairs per bucket (counts). Lanes past the pairs count in bucket E, which no offset reads and whose
-    rows come after every real pair of their chunk."""
-    lane = tl.arange(0, CHUNK)
-    p = tl.program_id(0) * CHUNK + lane
-    bucket = _route_buckets(ids_ptr, p, pairs, num_experts)
-    rank = tl.zeros((CHUNK,), dtype=tl.int32)
-    for j0 in range(0, CHUNK, STEP):  # the chunk's lanes j0 .. j0 + STEP against every lane
-        j = j0 + tl.arange(0, STEP)
-        other = _route_buckets(ids_ptr, tl.program_id(0) * CHUNK + j, pairs, num_experts)
-        earlier_same = (other[None, :] == bucket[:, None]) & (j[None, :] < lane[:, None])
-        rank += tl.sum(earlier_same.to(tl.int32), axis=1)
-    tl.store(pair_rows_ptr + p, rank, mask=p < pairs)
-    tl.store(counts_ptr + tl.program_id(0) * BINS + tl.arange(0, BINS), tl.histogram(bucket, BINS))
+    tl.store(pair_rows_ptr + base + index, below, mask=index < pairs_here)
+    tl.store(offsets_ptr + tl.program_id(1) * offsets_stride + index, below, mask=index < offsets_here)
 
 
 @triton.jit
 def route_place_kernel(
-    # pointers: counts (chunks, BINS) from route_count_kernel
-    ids_ptr, counts_ptr, offsets_ptr, pair_rows_ptr,
+    # pointers: chunk_offsets (chunks, BINS) from route_kernel over chunks
+    ids_ptr, chunk_offsets_ptr, offsets_ptr, pair_rows_ptr,
     # sizes
-    pairs, num_experts, chunks,
-    # meta-parameters: as route_count_kernel's, CHUNKS_STEP chunks' counts per load
-    CHUNK: tl.constexpr, BINS: tl.constexpr, CHUNKS_STEP: tl.constexpr,
+    pairs, num_experts, chunks, chunk_pairs,
+    # meta-parameters: BINS > num_experts + 1 (a power of 2), CHUNKS_STEP chunks' offsets per load
+    BINS: tl.constexpr, CHUNK: tl.constexpr, CHUNKS_STEP: tl.constexpr,
 ):
-    """The second launch: per chunk, each bucket's first row (the pairs of the buckets below it, of all
-    chunks, plus its own pairs in the chunks before) added to the pairs' ranks; offsets from program 0."""
+    """The second launch of route() above ROUTE_BY_RANK_PAIRS: chunk c's pairs (CHUNK lanes per program,
+    program_id(1) of them per chunk) moved from their places in the chunk to their rows: a pair of
+    bucket b goes from chunk_offsets[c, b] + its rank to (the pairs of the buckets below b, of all chunks)
+    + (the pairs of b in the chunks before c) + its rank. Offsets from the first program."""
     c = tl.program_id(0)
     bins = tl.arange(0, BINS)
     total = tl.zeros((BINS,), dtype=tl.int32)
     before = tl.zeros((BINS,), dtype=tl.int32)
-    for c0 in range(0, chunks, CHUNKS_STEP):
+    for c0 in range(0, chunks, CHUNKS_STEP):  # each chunk's pairs per bucket: its offsets' differences
         cc = c0 + tl.arange(0, CHUNKS_STEP)
-        counts = tl.load(counts_ptr + cc[:, None] * BINS + bins[None, :], mask=cc[:, None] < chunks, other=0)
+        rows = chunk_offsets_ptr + cc[:, None] * BINS + bins[None, :]
+        ok = (cc[:, None] < chunks) & (bins[None, :] <= num_experts)
+        counts = tl.load(rows + 1, mask=ok, other=0) - tl.load(rows, mask=ok, other=0)
         total += tl.sum(counts, axis=0)
         before += tl.sum(tl.where(cc[:, None] < c, counts, 0), axis=0)
     start = tl.cumsum(total, axis=0) - total
-    tl.store(offsets_ptr + bins, start, mask=bins <= tl.where(c == 0, num_experts, -1))
-    p = c * CHUNK + tl.arange(0, CHUNK)
-    bucket = _route_buckets(ids_ptr, p, pairs, num_experts)
-    row = tl.load(pair_rows_ptr + p, mask=p < pairs, other=0) + tl.gather(start + before, bucket, axis=0)
-    tl.store(pair_rows_ptr + p, row, mask=p < pairs)
+    first = (c == 0) & (tl.program_id(1) == 0)
+    tl.store(offsets_ptr + bins, start, mask=bins <= tl.where(first, num_experts, -1))
+    shift = start + before - tl.load(chunk_offsets_ptr + c * BINS + bins, mask=bins <= num_experts, other=0)
+    i = tl.program_id(1) * CHUNK + tl.arange(0, CHUNK)
+    p = c.to(tl.int64) * chunk_pairs + i
+    ok = (i < chunk_pairs) & (p < pairs)
+    e = tl.load(ids_ptr + p, mask=ok, other=-1)
+    bucket = tl.where((e >= 0) & (e < num_experts), e, num_experts).to(tl.int32)
+    tl.store(pair_rows_ptr + p, tl.load(pair_rows_ptr + p, mask=ok, other=0) + tl.gather(shift, bucket, axis=0),
+             mask=ok)

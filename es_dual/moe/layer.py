@@ -156,14 +156,15 @@ def check_moe_contents(w13_scale, w2_scale, topk_ids, num_experts: int | None) -
 
 # Pairs (T * topk) that route_by_rank routes (every decode step and prefills up to 1024 tokens of top-8):
 # pairs**2 comparisons shared by the SMs, in one launch. Above that, route_by_chunks: two launches of work
-# linear in the pairs (chunks of ROUTE_CHUNK pairs, each ranked within itself, then placed). Both replaced
+# linear in the pairs (chunks of ROUTE_CHUNK pairs, each ranked within itself by the same kernel, then
+# placed). Both replaced
 # torch's sort (five kernels and about 45 µs on an H100 at 8192 pairs; about 90 µs of host time on the
 # H200 machine) and, up to 4096 pairs, one Triton program that sorted the keys in its registers: 35.7 µs
 # at 2048 pairs (DeepSeek-R1 TP8 at 256 tokens, H100, the layer's profile), 6 % of that layer call.
 # route_by_sort is left for CPU tensors without the interpreter (and as the tests' reference).
 ROUTE_BY_RANK_PAIRS = 8192
-ROUTE_CHUNK = 512  # pairs per chunk of route_by_chunks (the rank within a chunk is CHUNK**2 comparisons)
-ROUTE_MAX_BINS = 4096  # buckets (experts + 1, to a power of 2) route_by_chunks holds in a program's registers
+ROUTE_CHUNK = 2048  # pairs per chunk of route_by_chunks (the rank within a chunk is CHUNK**2 comparisons)
+ROUTE_MAX_BINS = 4096  # offsets per chunk (experts + 2, to a power of 2) route_by_chunks holds in registers
 
 
 def _routes_by_rank(pairs: int, num_experts: int) -> bool:
@@ -172,7 +173,7 @@ def _routes_by_rank(pairs: int, num_experts: int) -> bool:
 
 
 def _route_bins(num_experts: int) -> int:
-    return _next_power_of_2(num_experts + 1)
+    return _next_power_of_2(num_experts + 2)
 
 
 def route(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,15 +207,16 @@ def route_by_rank(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tenso
 
 
 def route_by_chunks(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """route() in two Triton launches (route_count_kernel, route_place_kernel): each pair's rank within its
-    chunk and its bucket's count per chunk, then the rank plus the rows of the buckets below it and of
-    its bucket in the chunks before."""
+    """route() in two Triton launches: route_kernel on each chunk of ROUTE_CHUNK pairs (each pair's place
+    in its chunk, the chunk's offsets), then route_place_kernel (each pair moved by the rows of the buckets
+    below its own in all chunks and of its own bucket in the chunks before)."""
     flat = topk_ids.reshape(-1)
     offsets, pair_rows = _route_outputs(flat, num_experts)
-    count, place = _route_chunk_steps(flat.shape[0], num_experts, flat.dtype, flat.device)
-    counts = torch.empty(_route_counts_shape(flat.shape[0], num_experts), dtype=torch.int32, device=flat.device)
-    _run(count, flat, counts, pair_rows)
-    _run(place, flat, counts, offsets, pair_rows)
+    rank, place = _route_chunk_steps(flat.shape[0], num_experts, flat.dtype, flat.device)
+    chunk_offsets = torch.empty(_chunk_offsets_shape(flat.shape[0], num_experts), dtype=torch.int32,
+                                device=flat.device)
+    _run(rank, flat, chunk_offsets, pair_rows)
+    _run(place, flat, chunk_offsets, offsets, pair_rows)
     return offsets, pair_rows
 
 
@@ -258,41 +260,45 @@ def _units_per_program(rows: int, groups: int, device: torch.device) -> int:
 # --- The layer's Triton kernels as planned launches (es_dual.triton_ref.direct), by sizes -----------------
 # Each takes contiguous tensors in the kernel's pointer order; its strides follow from the sizes.
 
-def _route_step(pairs, num_experts, ids_dtype, device):
+def _route_rank_step(pairs, num_experts, ids_dtype, device, chunk_pairs, offsets_stride, offsets_count):
+    """route_kernel over chunks of chunk_pairs pairs (one chunk: route() itself)."""
     from ..triton_ref.direct import direct_launch  # imported on first use: TRITON_INTERPRET is read then
     from .kernels import route_kernel
 
     # GPU: 32 queries per program against 256 keys per step (a 32 x 256 comparison tile for 4 warps), so
     # the pairs of a decode step spread over many SMs; the interpreter pays per program and per step,
     # so it takes up to 512 queries and keys at once
-    queries, chunk = ((min(_next_power_of_2(max(pairs, num_experts + 1)), 512),) * 2 if _interpreted(device)
-                      else (32, 256))
-    programs = cdiv(pairs, queries) + cdiv(num_experts + 1, queries)
-    return direct_launch(route_kernel, (programs,), (ids_dtype, torch.int32, torch.int32), device,
-                         dict(num_warps=4), pairs=pairs, num_experts=num_experts, QUERIES=queries, CHUNK=chunk)
+    queries, keys = ((min(_next_power_of_2(max(chunk_pairs, offsets_count)), 512),) * 2 if _interpreted(device)
+                     else (32, 256))
+    grid = (cdiv(chunk_pairs, queries) + cdiv(offsets_count, queries), max(cdiv(pairs, max(chunk_pairs, 1)), 1))
+    return direct_launch(route_kernel, grid, (ids_dtype, torch.int32, torch.int32), device, dict(num_warps=4),
+                         pairs=pairs, num_experts=num_experts, chunk_pairs=chunk_pairs, offsets_stride=offsets_stride,
+                         offsets_count=offsets_count, QUERIES=queries, CHUNK=keys)
 
 
-def _route_counts_shape(pairs: int, num_experts: int) -> tuple[int, int]:
-    """(chunks, bins) of route_by_chunks: at least one chunk, whose program writes the offsets."""
+def _route_step(pairs, num_experts, ids_dtype, device):
+    return _route_rank_step(pairs, num_experts, ids_dtype, device, pairs, 0, num_experts + 1)
+
+
+def _chunk_offsets_shape(pairs: int, num_experts: int) -> tuple[int, int]:
+    """(chunks, bins) of route_by_chunks' offsets per chunk: at least one chunk (whose program writes the
+    offsets), bins for the E + 2 offsets of a chunk."""
     return max(cdiv(pairs, ROUTE_CHUNK), 1), _route_bins(num_experts)
 
 
 def _route_chunk_steps(pairs, num_experts, ids_dtype, device):
     from ..triton_ref.direct import direct_launch
-    from .kernels import route_count_kernel, route_place_kernel
+    from .kernels import route_place_kernel
 
-    chunks, bins = _route_counts_shape(pairs, num_experts)
-    # GPU: the chunk's lanes against 32 of them per step (a 512 x 32 tile for 8 warps); the interpreter
-    # pays per step, so it takes the whole chunk at once
-    step = ROUTE_CHUNK if _interpreted(device) else 32
-    count = direct_launch(route_count_kernel, (chunks,), (ids_dtype, torch.int32, torch.int32), device,
-                          dict(num_warps=8), pairs=pairs, num_experts=num_experts, CHUNK=ROUTE_CHUNK, STEP=step,
-                          BINS=bins)
-    # each program sums the counts of every chunk: 8 chunks' (bins,) rows per load
-    place = direct_launch(route_place_kernel, (chunks,), (ids_dtype, torch.int32, torch.int32, torch.int32),
-                          device, dict(num_warps=8), pairs=pairs, num_experts=num_experts, chunks=chunks,
-                          CHUNK=ROUTE_CHUNK, BINS=bins, CHUNKS_STEP=8)
-    return count, place
+    chunks, bins = _chunk_offsets_shape(pairs, num_experts)
+    rank = _route_rank_step(pairs, num_experts, ids_dtype, device, ROUTE_CHUNK, bins, num_experts + 2)
+    # each program sums the offsets of every chunk (8 chunks' rows per load) and places 1024 pairs
+    lanes = 1024
+    place = direct_launch(route_place_kernel, (chunks, max(cdiv(min(pairs, ROUTE_CHUNK), lanes), 1)),
+                          (ids_dtype, torch.int32, torch.int32, torch.int32), device, dict(num_warps=8),
+                          pairs=pairs, num_experts=num_experts, chunks=chunks, chunk_pairs=ROUTE_CHUNK,
+                          BINS=bins, CHUNK=lanes, CHUNKS_STEP=8)
+    return rank, place
 
 
 def _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device):
@@ -727,10 +733,10 @@ class _LayerPlan:
         if rows and not in_torch and _routes_by_rank(rows, num_experts):
             self.route = ((_route_step(rows, num_experts, ids_dtype, device), ("ids", "offsets", "pair_rows")),)
         elif rows and not in_torch and _route_bins(num_experts) <= ROUTE_MAX_BINS:
-            regions["route_counts"] = (torch.int32, _route_counts_shape(rows, num_experts))
-            count, place = _route_chunk_steps(rows, num_experts, ids_dtype, device)
-            self.route = ((count, ("ids", "route_counts", "pair_rows")),
-                          (place, ("ids", "route_counts", "offsets", "pair_rows")))
+            regions["chunk_offsets"] = (torch.int32, _chunk_offsets_shape(rows, num_experts))
+            rank, place = _route_chunk_steps(rows, num_experts, ids_dtype, device)
+            self.route = ((rank, ("ids", "chunk_offsets", "pair_rows")),
+                          (place, ("ids", "chunk_offsets", "offsets", "pair_rows")))
         self.regions, self.nbytes = _buffer_layout(regions)
         if rows and in_torch:
             self.quantize_scatter = functools.partial(_quantize_scatter_torch, topk=topk)
