@@ -157,23 +157,24 @@ def check_moe_contents(w13_scale, w2_scale, topk_ids, num_experts: int | None) -
 # Pairs (T * topk) that route_by_rank routes (every decode step and prefills up to 1024 tokens of top-8):
 # pairs**2 comparisons shared by the SMs, in one launch. Above that, route_by_chunks: two launches of work
 # linear in the pairs (chunks of ROUTE_CHUNK pairs, each ranked within itself by the same kernel, then
-# placed). Both replaced
-# torch's sort (five kernels and about 45 µs on an H100 at 8192 pairs; about 90 µs of host time on the
-# H200 machine) and, up to 4096 pairs, one Triton program that sorted the keys in its registers: 35.7 µs
-# at 2048 pairs (DeepSeek-R1 TP8 at 256 tokens, H100, the layer's profile), 6 % of that layer call.
-# route_by_sort is left for CPU tensors without the interpreter (and as the tests' reference).
+# placed). Both replaced torch's sort (five kernels and about 45 µs on an H100 at 8192 pairs; about 90 µs
+# of host time on the H200 machine) and, up to 4096 pairs, one Triton program that sorted the keys in its
+# registers: 35.7 µs at 2048 pairs (DeepSeek-R1 TP8 at 256 tokens, H100, the layer's profile), 6 % of that
+# layer call. route_by_sort is left for CPU tensors without the interpreter (and as the tests' reference).
 ROUTE_BY_RANK_PAIRS = 8192
 ROUTE_CHUNK = 2048  # pairs per chunk of route_by_chunks (the rank within a chunk is CHUNK**2 comparisons)
 ROUTE_MAX_BINS = 4096  # offsets per chunk (experts + 2, to a power of 2) route_by_chunks holds in registers
 
 
-def _routes_by_rank(pairs: int, num_experts: int) -> bool:
-    """Whether route_by_rank takes a call: up to ROUTE_BY_RANK_PAIRS pairs, its keys within int32."""
-    return 0 < pairs <= ROUTE_BY_RANK_PAIRS and (num_experts + 1) * pairs < 2**31
-
-
-def _route_bins(num_experts: int) -> int:
-    return _next_power_of_2(num_experts + 2)
+def _route_way(pairs: int, num_experts: int, device: torch.device) -> str:
+    """How route() routes: "rank" (one launch, up to ROUTE_BY_RANK_PAIRS pairs while the keys (expert,
+    pair) fit in int32), "chunks" (two, while a chunk's offsets fit a program's registers) or "sort"
+    (torch's; also for no pairs and for CPU tensors without the interpreter)."""
+    if not pairs or _torch_steps(device):
+        return "sort"
+    if pairs <= ROUTE_BY_RANK_PAIRS and (num_experts + 1) * pairs < 2**31:
+        return "rank"
+    return "chunks" if _next_power_of_2(num_experts + 2) <= ROUTE_MAX_BINS else "sort"
 
 
 def route(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,41 +184,34 @@ def route(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch
     A stable sort keeps the pairs of one expert in (token, k) order. Ids out of range sort as expert E,
     after every expert: offs[E] counts only the pairs of real experts, and the rows past it belong to none.
     """
-    pairs = topk_ids.numel()
-    if pairs and not _torch_steps(topk_ids.device):
-        if _routes_by_rank(pairs, num_experts):
-            return route_by_rank(topk_ids, num_experts)
-        if _route_bins(num_experts) <= ROUTE_MAX_BINS:
-            return route_by_chunks(topk_ids, num_experts)
-    return route_by_sort(topk_ids, num_experts)
+    way = _route_way(topk_ids.numel(), num_experts, topk_ids.device)
+    return {"rank": route_by_rank, "chunks": route_by_chunks, "sort": route_by_sort}[way](topk_ids, num_experts)
 
 
-def _route_outputs(flat: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.empty(num_experts + 1, dtype=torch.int32, device=flat.device),
-            torch.empty(flat.shape[0], dtype=torch.int32, device=flat.device))
+def _route_in(way: str, topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """route() by the launches of `way` (_route_launches), on tensors of its own."""
+    flat = topk_ids.reshape(-1)
+    launches, chunk_offsets_shape = _route_launches(way, flat.shape[0], num_experts, flat.dtype, flat.device)
+    empty = functools.partial(torch.empty, dtype=torch.int32, device=flat.device)
+    named = dict(ids=flat, offsets=empty(num_experts + 1), pair_rows=empty(flat.shape[0]))
+    if chunk_offsets_shape:
+        named["chunk_offsets"] = empty(chunk_offsets_shape)
+    for launch, names in launches:
+        _run(launch, *(named[n] for n in names))
+    return named["offsets"], named["pair_rows"]
 
 
 def route_by_rank(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
     """route() in one Triton launch (route_kernel): each pair's row is the number of pair keys (expert,
     pair) below its own, each expert's offset the number of keys of the experts before it."""
-    flat = topk_ids.reshape(-1)
-    offsets, pair_rows = _route_outputs(flat, num_experts)
-    _run(_route_step(flat.shape[0], num_experts, flat.dtype, flat.device), flat, offsets, pair_rows)
-    return offsets, pair_rows
+    return _route_in("rank", topk_ids, num_experts)
 
 
 def route_by_chunks(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
     """route() in two Triton launches: route_kernel on each chunk of ROUTE_CHUNK pairs (each pair's place
     in its chunk, the chunk's offsets), then route_place_kernel (each pair moved by the rows of the buckets
     below its own in all chunks and of its own bucket in the chunks before)."""
-    flat = topk_ids.reshape(-1)
-    offsets, pair_rows = _route_outputs(flat, num_experts)
-    rank, place = _route_chunk_steps(flat.shape[0], num_experts, flat.dtype, flat.device)
-    chunk_offsets = torch.empty(_chunk_offsets_shape(flat.shape[0], num_experts), dtype=torch.int32,
-                                device=flat.device)
-    _run(rank, flat, chunk_offsets, pair_rows)
-    _run(place, flat, chunk_offsets, offsets, pair_rows)
-    return offsets, pair_rows
+    return _route_in("chunks", topk_ids, num_experts)
 
 
 def route_by_sort(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,45 +254,35 @@ def _units_per_program(rows: int, groups: int, device: torch.device) -> int:
 # --- The layer's Triton kernels as planned launches (es_dual.triton_ref.direct), by sizes -----------------
 # Each takes contiguous tensors in the kernel's pointer order; its strides follow from the sizes.
 
-def _route_rank_step(pairs, num_experts, ids_dtype, device, chunk_pairs, offsets_stride, offsets_count):
-    """route_kernel over chunks of chunk_pairs pairs (one chunk: route() itself)."""
+def _route_launches(way, pairs, num_experts, ids_dtype, device) -> tuple[tuple, tuple[int, int] | None]:
+    """The planned launches of route()'s `way` ("rank" or "chunks"), each (launch, the names of its
+    tensors among ids, offsets, pair_rows, chunk_offsets), and the shape of chunk_offsets (None: none)."""
     from ..triton_ref.direct import direct_launch  # imported on first use: TRITON_INTERPRET is read then
-    from .kernels import route_kernel
+    from .kernels import route_kernel, route_place_kernel
 
+    # route_kernel on chunks of chunk_pairs pairs, offsets_count offsets each (one chunk: the rows)
+    chunk_pairs, bins = (max(pairs, 1), 0) if way == "rank" else (ROUTE_CHUNK, _next_power_of_2(num_experts + 2))
+    chunks = max(cdiv(pairs, chunk_pairs), 1)
+    offsets_count = num_experts + 1 if way == "rank" else num_experts + 2
     # GPU: 32 queries per program against 256 keys per step (a 32 x 256 comparison tile for 4 warps), so
     # the pairs of a decode step spread over many SMs; the interpreter pays per program and per step,
     # so it takes up to 512 queries and keys at once
     queries, keys = ((min(_next_power_of_2(max(chunk_pairs, offsets_count)), 512),) * 2 if _interpreted(device)
                      else (32, 256))
-    grid = (cdiv(chunk_pairs, queries) + cdiv(offsets_count, queries), max(cdiv(pairs, max(chunk_pairs, 1)), 1))
-    return direct_launch(route_kernel, grid, (ids_dtype, torch.int32, torch.int32), device, dict(num_warps=4),
-                         pairs=pairs, num_experts=num_experts, chunk_pairs=chunk_pairs, offsets_stride=offsets_stride,
+    rank = direct_launch(route_kernel, (cdiv(chunk_pairs, queries) + cdiv(offsets_count, queries), chunks),
+                         (ids_dtype, torch.int32, torch.int32), device, dict(num_warps=4), pairs=pairs,
+                         num_experts=num_experts, chunk_pairs=chunk_pairs, offsets_stride=bins,
                          offsets_count=offsets_count, QUERIES=queries, CHUNK=keys)
-
-
-def _route_step(pairs, num_experts, ids_dtype, device):
-    return _route_rank_step(pairs, num_experts, ids_dtype, device, pairs, 0, num_experts + 1)
-
-
-def _chunk_offsets_shape(pairs: int, num_experts: int) -> tuple[int, int]:
-    """(chunks, bins) of route_by_chunks' offsets per chunk: at least one chunk (whose program writes the
-    offsets), bins for the E + 2 offsets of a chunk."""
-    return max(cdiv(pairs, ROUTE_CHUNK), 1), _route_bins(num_experts)
-
-
-def _route_chunk_steps(pairs, num_experts, ids_dtype, device):
-    from ..triton_ref.direct import direct_launch
-    from .kernels import route_place_kernel
-
-    chunks, bins = _chunk_offsets_shape(pairs, num_experts)
-    rank = _route_rank_step(pairs, num_experts, ids_dtype, device, ROUTE_CHUNK, bins, num_experts + 2)
+    if way == "rank":
+        return ((rank, ("ids", "offsets", "pair_rows")),), None
     # each program sums the offsets of every chunk (8 chunks' rows per load) and places 1024 pairs
     lanes = 1024
     place = direct_launch(route_place_kernel, (chunks, max(cdiv(min(pairs, ROUTE_CHUNK), lanes), 1)),
                           (ids_dtype, torch.int32, torch.int32, torch.int32), device, dict(num_warps=8),
                           pairs=pairs, num_experts=num_experts, chunks=chunks, chunk_pairs=ROUTE_CHUNK,
                           BINS=bins, CHUNK=lanes, CHUNKS_STEP=8)
-    return rank, place
+    return ((rank, ("ids", "chunk_offsets", "pair_rows")),
+            (place, ("ids", "chunk_offsets", "offsets", "pair_rows"))), (chunks, bins)
 
 
 def _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device):
@@ -726,17 +710,15 @@ class _LayerPlan:
             "y": (FP8, (rows, intermediate)), "y_scale": (torch.float32, (rows, groups_i)),
             "down": (torch.bfloat16, (rows, hidden_size)),
         }
-        # routing as route() does it: one launch (route_by_rank), two (route_by_chunks, their counts in the
-        # buffer), or none (torch's sort, into tensors of its own), each launch with its tensors' names
+        # routing as route() does it, into the buffer (chunk_offsets too), or none: torch's sort, into
+        # tensors of its own
         in_torch = _torch_steps(device)
+        way = _route_way(rows, num_experts, device)
         self.route = ()
-        if rows and not in_torch and _routes_by_rank(rows, num_experts):
-            self.route = ((_route_step(rows, num_experts, ids_dtype, device), ("ids", "offsets", "pair_rows")),)
-        elif rows and not in_torch and _route_bins(num_experts) <= ROUTE_MAX_BINS:
-            regions["chunk_offsets"] = (torch.int32, _chunk_offsets_shape(rows, num_experts))
-            rank, place = _route_chunk_steps(rows, num_experts, ids_dtype, device)
-            self.route = ((rank, ("ids", "chunk_offsets", "pair_rows")),
-                          (place, ("ids", "chunk_offsets", "offsets", "pair_rows")))
+        if way != "sort":
+            self.route, chunk_offsets_shape = _route_launches(way, rows, num_experts, ids_dtype, device)
+            if chunk_offsets_shape:
+                regions["chunk_offsets"] = (torch.int32, chunk_offsets_shape)
         self.regions, self.nbytes = _buffer_layout(regions)
         if rows and in_torch:
             self.quantize_scatter = functools.partial(_quantize_scatter_torch, topk=topk)
