@@ -124,9 +124,12 @@ def test_table_invariants():
 
 
 def test_es_mode_by_shape():
-    """The production mode for a shape: es_small_k at k <= 256, the native mode at 256 < k <= 4096 when
-    its kernels take the shape (else the es table), es above."""
-    assert buckets.es_mode(4096, 7168, 256, 256) == "es_small_k"
+    """The production mode for a shape: at k <= 256 the native mode below WIDE_MIN_MEAN_TOKENS tokens per
+    expert (known: the contiguous layout), else es_small_k; the native mode at 256 < k <= 4096 when its
+    kernels take the shape (else the es table), es above."""
+    assert buckets.es_mode(4096, 7168, 256, 256) == "native"  # k <= 256, below WIDE_MIN_MEAN_TOKENS
+    assert buckets.es_mode(4096, 7168, 256, 256, tokens_known=False) == "es_small_k"
+    assert buckets.es_mode(512 * 128, 7168, 256, 128) == "es_small_k"  # compute-bound small k
     assert buckets.es_mode(4096, 4096, 384, 128) == "native"
     assert buckets.es_mode(4096, 768, 4096, 128) == "native"
     assert buckets.es_mode(4096, 4096, 7168, 32) == "es"

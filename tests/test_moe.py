@@ -157,17 +157,18 @@ def test_route_at_decode_and_prefill_sizes(device, route_fn, pairs):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
-def test_route_picks_by_size(monkeypatch):
+def test_route_picks_by_size(device, monkeypatch):
     """route() ranks up to ROUTE_BY_RANK_PAIRS pairs (while the keys (expert, pair) fit in int32), works in
     chunks above, and sorts with torch when the buckets do not fit a program (or without the interpreter)."""
     calls = []
     for name in ("route_by_rank", "route_by_chunks", "route_by_sort"):
         monkeypatch.setattr(layer_module, name, lambda ids, e, name=name: calls.append((name[9:], ids.numel())))
     for pairs in (1, ROUTE_BY_RANK_PAIRS, ROUTE_BY_RANK_PAIRS + 1):
-        layer_module.route(torch.zeros(pairs, 1, dtype=torch.int64), 4)
-    layer_module.route(torch.zeros(1024, 1, dtype=torch.int64), 2**21)  # (E + 1) * pairs > 2**31, 2**22 bins
+        layer_module.route(torch.zeros(pairs, 1, dtype=torch.int64, device=device), 4)
+    ids = torch.zeros(1024, 1, dtype=torch.int64, device=device)
+    layer_module.route(ids, 2**21)  # (E + 1) * pairs > 2**31, 2**22 bins
     monkeypatch.setattr(layer_module, "ROUTE_MAX_BINS", 2**22)
-    layer_module.route(torch.zeros(1024, 1, dtype=torch.int64), 2**21)
+    layer_module.route(ids, 2**21)
     assert calls == [("rank", 1), ("rank", ROUTE_BY_RANK_PAIRS), ("chunks", ROUTE_BY_RANK_PAIRS + 1),
                      ("sort", 1024), ("chunks", 1024)]
 
@@ -213,20 +214,15 @@ def test_quantize_scatter_bit_equal_to_quantizer(device, steps, r, hidden_size, 
     rows, groups = ids.numel(), -(-hidden_size // 128)
     a = torch.full((rows, hidden_size), SENTINEL_BITS, dtype=torch.uint8, device=device).view(FP8)
     a_scale = torch.full((rows, groups), SENTINEL_SCALE, device=device)
-    row_pairs = torch.full((rows,), -7, dtype=torch.int32, device=device)
     if steps == "kernel" and rows:
-        step = layer_module._quantize_scatter_step(r.tokens, hidden_size, r.topk, r.num_experts, hidden.device,
-                                                   row_pairs=True)
-        layer_module._run(step, hidden, pair_rows, offsets, layer_module._fp8_target(a), a_scale, row_pairs)
+        step = layer_module._quantize_scatter_step(r.tokens, hidden_size, r.topk, r.num_experts, hidden.device)
+        layer_module._run(step, hidden, pair_rows, offsets, layer_module._fp8_target(a), a_scale)
     elif rows:
-        layer_module._quantize_scatter_torch(
-            None, lambda: (hidden, pair_rows, offsets, a.view(torch.uint8), a_scale, row_pairs), topk=r.topk)
+        layer_module._quantize_scatter_torch(None, lambda: (hidden, pair_rows, offsets, a.view(torch.uint8), a_scale),
+                                             topk=r.topk)
 
     routed = int(offsets[-1])
-    pairs_of_rows = _order_of(pair_rows)[:routed]
-    if steps == "kernel":  # the pair each routed row holds (down_add_kernel's map), nothing past them
-        assert row_pairs[:routed].tolist() == pairs_of_rows.tolist() and bool((row_pairs[routed:] == -7).all())
-    tokens_of_rows = (pairs_of_rows // r.topk).to(device)
+    tokens_of_rows = (_order_of(pair_rows)[:routed] // r.topk).to(device)
     expected_a, expected_scale = es_dual.quantize_fp8_per_token_group(hidden[tokens_of_rows])
     assert torch.equal(_bits(a[:routed]), _bits(expected_a))
     assert torch.equal(a_scale[:routed].cpu(), expected_scale.cpu())
@@ -295,42 +291,6 @@ def test_layer_routes_large_batches(device, monkeypatch, backend, way):
     assert len(plan.route) == (2 if way == "chunks" else 0)
     assert torch.equal(routed, by_rank)
     assert_layer_close(routed, reference_of(layer))
-
-
-@given(r=routings(), shape=st.sampled_from(SHAPES), backend=st.sampled_from(GEMM_BACKENDS))
-@settings(max_examples=EXAMPLES // 2)
-def test_atomic_down_sum_against_reference(device, r, shape, backend):
-    """down_sum="atomic": the down GEMM adds weight x row into a float32 out (down_add_kernel) instead of
-    storing rows for the ordered sum. Within the tolerance of the reference, also with ids out of range and
-    a token naming one expert twice; against the ordered sum, only the order of float32 additions
-    differs: at most one bf16 step apart."""
-    layer = make_layer(r, *shape, device)
-    if r.tokens >= 3 and r.topk >= 2:
-        layer["topk_ids"][1, 0] = -3
-        layer["topk_ids"][2, 1] = layer["topk_ids"][2, 0]
-    atomic = fused_moe_fp8(**layer, backend=backend, down_sum="atomic")
-    assert_layer_close(atomic, reference_of(layer))
-    ordered = fused_moe_fp8(**layer, backend=backend, down_sum="ordered").float()
-    step = torch.where(ordered == 0, 0.0, ordered.abs() * 2.0**-7)  # bf16 keeps 8 bits of mantissa
-    assert bool(((atomic.float() - ordered).abs() <= step + 1e-30).all())
-
-
-def test_down_sum_choice(device, monkeypatch):
-    """"auto" takes the ordered sum below ATOMIC_DOWN_MIN_PAIRS pairs (and on CPU tensors), the atomic one
-    from there on a GPU; a name outside DOWN_SUMS is refused by name."""
-    layer = make_layer(Routing(40, 6, 3, "uniform", seed=3), *SHAPES[0], device)
-    monkeypatch.setattr(layer_module, "_PLANS", {})
-    monkeypatch.setattr(layer_module, "ATOMIC_DOWN_MIN_PAIRS", 120)
-    fused_moe_fp8(**layer, backend=GEMM_BACKENDS[-1])
-    (plan,) = layer_module._PLANS.values()
-    assert plan.atomic == (device.type == "cuda")
-    monkeypatch.setattr(layer_module, "_PLANS", {})
-    monkeypatch.setattr(layer_module, "ATOMIC_DOWN_MIN_PAIRS", 121)
-    fused_moe_fp8(**layer, backend=GEMM_BACKENDS[-1])
-    (plan,) = layer_module._PLANS.values()
-    assert not plan.atomic
-    with pytest.raises(ValueError, match=re.escape("down_sum: expected one of 'auto', 'ordered', 'atomic', got 'x'")):
-        fused_moe_fp8(**layer, down_sum="x")
 
 
 @pytest.mark.skipif(ON_GPU, reason="CPU tensors: the layer's torch steps")

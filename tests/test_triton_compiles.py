@@ -39,16 +39,9 @@ SCRIPT = textwrap.dedent('''
     compile_for_sm90(moe.route_place_kernel,
                      dict(ids_ptr="*i64", chunk_offsets_ptr="*i32", offsets_ptr="*i32", pair_rows_ptr="*i32"),
                      dict(BINS=512, CHUNK=1024, CHUNKS_STEP=8), num_warps=8)
-    for row_pairs in (False, True):
-        compile_for_sm90(moe.quantize_scatter_kernel,
-                         dict(hidden_ptr="*bf16", pair_rows_ptr="*i32", offsets_ptr="*i32", q_ptr="*fp8e4nv",
-                              scale_ptr="*fp32", row_pairs_ptr="*i32"),
-                         dict(GROUP=128, BLOCK_UNITS=8, ROW_PAIRS=row_pairs, INTERPRETER=False))
-    compile_for_sm90(moe.down_add_kernel,
-                     dict(y_ptr="*fp8e4nv", y_scale_ptr="*fp32", w_ptr="*fp8e4nv", w_scale_ptr="*fp32",
-                          offsets_ptr="*i32", row_pairs_ptr="*i32", topk_weights_ptr="*fp32", out_ptr="*fp32"),
-                     dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, SCALE_BLOCK=128, EXPERT_CHUNK=256, EVEN_K=True,
-                          UPCAST=False, INTERPRETER=False), num_warps=4, num_stages=4)
+    compile_for_sm90(moe.quantize_scatter_kernel,
+                     dict(hidden_ptr="*bf16", pair_rows_ptr="*i32", offsets_ptr="*i32", q_ptr="*fp8e4nv",
+                          scale_ptr="*fp32"), dict(GROUP=128, BLOCK_UNITS=8, INTERPRETER=False))
     compile_for_sm90(moe.silu_mul_quantize_kernel,
                      dict(gate_up_ptr="*bf16", offsets_ptr="*i32", q_ptr="*fp8e4nv", scale_ptr="*fp32"),
                      dict(GROUP=128, BLOCK_UNITS=8, INTERPRETER=False))

@@ -126,11 +126,11 @@ class LayerProvider:
     tolerance: tuple[float, float]
 
 
-def _es_dual(backend: str, down_sum: str = "auto") -> Callable:
+def _es_dual(backend: str) -> Callable:
     def prepare(weights, device):
         from ..moe import fused_moe_fp8
 
-        return lambda hidden, tw, ids: fused_moe_fp8(hidden, *weights, tw, ids, backend=backend, down_sum=down_sum)
+        return lambda hidden, tw, ids: fused_moe_fp8(hidden, *weights, tw, ids, backend=backend)
 
     return prepare
 
@@ -195,9 +195,6 @@ def providers(device) -> list[LayerProvider]:
     backends = ["auto", *backends] if "triton" in backends else backends
     es = [LayerProvider(f"es_dual_{b}", f"es_dual.moe.fused_moe_fp8, backend={b!r}", _es_dual(b), b != "reference",
                         layer_tolerance(device)) for b in backends]
-    if "triton" in backends:  # the down GEMM adding into the output (down_add_kernel), whatever the size
-        es.append(LayerProvider("es_dual_atomic", "es_dual.moe.fused_moe_fp8, backend='auto', down_sum='atomic'",
-                                _es_dual("auto", "atomic"), True, layer_tolerance(device)))
     return es + [
         LayerProvider("vllm_triton", "vLLM's Triton fused-MoE layer (fp8_w8a8, 128x128 blocks, its tuned "
                       "configurations)", _vllm_triton, True, COARSE_TOL),

@@ -200,7 +200,14 @@ BUCKETS_SMALL_K: tuple[Bucket, ...] = table(
     ("small", 64, coop(256, 64, (2, 1), swap_ab=True), _M_SMALL_K),
     ("large", None, coop(128, 128, (1, 2)), _M_LARGE),
 )
-SMALL_K_MAX = 256  # k at or below which BUCKETS_SMALL_K is used (measured at k = 256 and 384)
+# k at or below which BUCKETS_SMALL_K is used for compute-bound calls (measured at k = 256 and 384). Below
+# WIDE_MIN_MEAN_TOKENS tokens per expert the native mode is faster there now (one H100, 2026-12-07,
+# benchmarks/mode_ab.py, kernel mode, es / native, µs): ds_down_prefill 277.9 / 257.7 and 277.9 / 258.6 in
+# two visits, n = 7168, k = 256 with 256 experts of 8 / 32 / 64 / 128 tokens 192.9 / 177.6, 227.8 / 224.7,
+# 292.0 / 269.7, 475.1 / 460.9 (the DeepSeek-R1 TP8 layer's down GEMM), n = 4096, 64 experts of 256
+# 127.4 / 114.2; with 128 experts of 512 tokens native is slower (602.0 / 696.9). Masked calls (whose
+# token counts the host does not know) were not measured there: they keep the table.
+SMALL_K_MAX = 256
 
 
 NATIVE_K_MAX = 4096  # k at or below which (and above SMALL_K_MAX) the native mode is used
@@ -229,10 +236,12 @@ def es_mode(total_m: int, n: int, k: int, num_experts: int, tokens_known: bool =
     """The expert-specialized mode for a problem's shape (known on the host, unlike the token counts).
 
     Measured on one H200 (docs/perf-notes.md, 2026-12-01, benchmarks/mode_ab.py, kernel mode, es / native,
-    µs): at 256 < k <= 4096 the native mode is faster or level in every visit (qwen_gateup 133.2 / 130.0,
+    µs; at k <= 256 see SMALL_K_MAX): at 256 < k <= 4096 the native mode is faster or level in every visit (qwen_gateup 133.2 / 130.0,
     132.4 / 129.9 with 128 x 192 tiles, qwen_down 106.2 / 104.5, 104.3 / 99.1; qwen_gateup_zipf 132.6 /
     133.0, qwen3_30b_down 84.4 / 84.5, ds_down_tp4_prefill 400.3 / 399.1); at k = 7168 (the decode rows,
-    balanced_big) and at k <= 256 it is slower. Compute-bound calls (WIDE_MIN_MEAN_TOKENS) take native_mc
+    balanced_big) it is slower or level (on an H100, 2026-12-07, es / native: ds_decode_ep8 358.9 / 343.0,
+    ds_decode_ep16 186.3 / 194.6, decode_uniform8 329.2 / 330.3, ds_gateup_prefill 379.6 / 382.6: left as
+    it is). Compute-bound calls (WIDE_MIN_MEAN_TOKENS) take native_mc
     whatever their k above SMALL_K_MAX. tokens_known: total_m is the number of tokens (the contiguous
     layout); the masked layout's total_m, E x max_m, says only how large its largest expert is, which
     routed skewed calls to native_mc and made them slower (docs/perf-notes.md, 2026-12-02), so those
@@ -242,9 +251,10 @@ def es_mode(total_m: int, n: int, k: int, num_experts: int, tokens_known: bool =
     compute_bound = tokens_known and total_m >= WIDE_MIN_MEAN_TOKENS * num_experts
     if not k_major_scales:
         return "native_mc" if compute_bound else "native"
+    fits = native_fits(total_m, n, num_experts)
     if k <= SMALL_K_MAX:
-        return "es_small_k"
-    if not native_fits(total_m, n, num_experts):
+        return "native" if fits and tokens_known and not compute_bound else "es_small_k"
+    if not fits:
         return "es"
     if compute_bound:
         return "native_mc"

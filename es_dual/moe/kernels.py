@@ -11,8 +11,6 @@ out of range; no kernel reads or writes them.
     silu_mul_quantize:  y[r], y_scale[r]  = quantize(silu(gate_up[r, :I]) * gate_up[r, I:])
     unpermute_sum:      out[t] = sum over k with 0 <= topk_ids[t, k] < E of
                                  topk_weights[t, k] * down[pair_rows[t * topk + k]]
-    down_add:           the down GEMM and unpermute_sum in one kernel (the layer's down_sum="atomic"):
-                        out32[t] += topk_weights[p] * bf16(y[r] @ w2[e].T) for each grouped row r, p = row_pairs[r]
 
 quantize is the per-token-group FP8 quantizer of es_dual.quant, group by group of 128 columns:
 
@@ -39,7 +37,7 @@ import triton.language as tl
 FP8_MAX_RECIPROCAL: tl.constexpr = tl.constexpr(1.0 / 448.0)  # es_dual.quant's; float32 where it multiplies
 from triton.language.extra import libdevice
 
-from ..triton_ref.kernel import _locate_row_tile, _round_to_bf16_bits, _tile_product
+from ..triton_ref.kernel import _round_to_bf16_bits
 
 
 @triton.jit
@@ -123,20 +121,18 @@ def _quantize_store(x, row, group, cols, row_ok, col_ok, q_ptr, stride_q, scale_
 
 @triton.jit
 def quantize_scatter_kernel(
-    # pointers (row_pairs: written when ROW_PAIRS)
-    hidden_ptr, pair_rows_ptr, offsets_ptr, q_ptr, scale_ptr, row_pairs_ptr,
+    # pointers
+    hidden_ptr, pair_rows_ptr, offsets_ptr, q_ptr, scale_ptr,
     # sizes
     tokens, hidden_size, topk, num_experts,
     # strides, in elements
     stride_hidden, stride_q, stride_scale,
     # meta-parameters
-    GROUP: tl.constexpr, BLOCK_UNITS: tl.constexpr, ROW_PAIRS: tl.constexpr, INTERPRETER: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK_UNITS: tl.constexpr, INTERPRETER: tl.constexpr,
 ):
     """Units (token, scale group): each group of hidden is loaded and quantized once and stored to the
     grouped rows of the token's topk pairs: one load per token instead of one per pair (topk times fewer
-    bytes read and quantizations). A pair of no expert has its row from offs[E] on: not written.
-    ROW_PAIRS: also row_pairs[r] = p for r = pair_rows[p] < offs[E] (the pair each grouped row holds, for
-    down_add_kernel), by the units of scale group 0."""
+    bytes read and quantizations). A pair of no expert has its row from offs[E] on: not written."""
     token, group, cols, token_ok, col_ok = _unit_tile(tokens, tokens, hidden_size, GROUP, BLOCK_UNITS)
     num_routed = tl.load(offsets_ptr + num_experts)
 
@@ -151,8 +147,6 @@ def quantize_scatter_kernel(
         row_ok = token_ok & (row < num_routed)
         _store_groups(q, scale, row, group, cols, row_ok, col_ok & row_ok[:, None], q_ptr, stride_q, scale_ptr,
                       stride_scale)
-        if ROW_PAIRS:
-            tl.store(row_pairs_ptr + row, token * topk + k, mask=row_ok & (group == 0))
 
 
 @triton.jit
@@ -210,45 +204,6 @@ def unpermute_sum_kernel(
         acc = _round_to_bf16_bits(acc)
     out_ptrs = out_ptr + token[:, None] * stride_out + cols[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=token_ok[:, None] & col_ok[None, :])
-
-
-@triton.jit
-def down_add_kernel(
-    # pointers
-    y_ptr, y_scale_ptr, w_ptr, w_scale_ptr, offsets_ptr, row_pairs_ptr, topk_weights_ptr, out_ptr,
-    # sizes
-    rows, hidden_size, intermediate, num_experts, topk,
-    # strides, in elements
-    stride_y, stride_ys, stride_we, stride_wn, stride_wse, stride_wsn, stride_out,
-    # meta-parameters
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
-    EXPERT_CHUNK: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, INTERPRETER: tl.constexpr,
-):
-    """The down GEMM with the weighted un-permute in its epilogue. Program (i, j): row tile i (grouped rows
-    of one expert, located as the grouped GEMM locates them) by column tile j of y @ w2[e].T; each row's
-    result, rounded to bf16 as the down rows of the two-step path are, times its pair's routing weight, is
-    added into its token's row of out (float32, zeroed by the caller): the (pairs, H) down rows never reach
-    memory. Programs start with i fastest, so at any time the adds of every expert fall in a few column
-    stripes of out (T x BLOCK_N floats each), which stay in the L2. The adds' order varies from run to run:
-    so do the last bits of out."""
-    m_tile = tl.program_id(0)
-    n_tile = tl.program_id(1)
-    expert, tiles_before, row_lo, row_hi, _ = _locate_row_tile(
-        offsets_ptr, num_experts, rows, 0, 0, rows, m_tile, BLOCK_M, EXPERT_CHUNK, False)
-    if expert < num_experts:
-        acc, grouped, cols64, row_ok, col_ok = _tile_product(
-            y_ptr, y_scale_ptr, w_ptr, w_scale_ptr, hidden_size, intermediate, stride_y, stride_ys, 1, stride_we,
-            stride_wn, stride_wse, stride_wsn, m_tile, n_tile, expert, tiles_before, row_lo, row_hi,
-            BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST)
-        if INTERPRETER:
-            down = _round_to_bf16_bits(acc)
-        else:
-            down = acc.to(tl.bfloat16).to(tl.float32)
-        pair = tl.load(row_pairs_ptr + grouped, mask=row_ok, other=0)
-        weight = tl.load(topk_weights_ptr + pair, mask=row_ok, other=0.0)
-        token = (pair // topk).to(tl.int64)
-        tl.atomic_add(out_ptr + token[:, None] * stride_out + cols64[None, :], down * weight[:, None],
-                      mask=row_ok[:, None] & col_ok[None, :], sem="relaxed")
 
 
 @triton.jit

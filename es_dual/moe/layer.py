@@ -154,14 +154,16 @@ def check_moe_contents(w13_scale, w2_scale, topk_ids, num_experts: int | None) -
     check_scales(w13_scale=w13_scale, w2_scale=w2_scale)
 
 
-# Pairs (T * topk) that route_by_rank routes (every decode step and prefills up to 1024 tokens of top-8):
+# Pairs (T * topk) that route_by_rank routes (every decode step and prefills up to 512 tokens of top-8):
 # pairs**2 comparisons shared by the SMs, in one launch. Above that, route_by_chunks: two launches of work
 # linear in the pairs (chunks of ROUTE_CHUNK pairs, each ranked within itself by the same kernel, then
 # placed). Both replaced torch's sort (five kernels and about 45 µs on an H100 at 8192 pairs; about 90 µs
 # of host time on the H200 machine) and, up to 4096 pairs, one Triton program that sorted the keys in its
 # registers: 35.7 µs at 2048 pairs (DeepSeek-R1 TP8 at 256 tokens, H100, the layer's profile), 6 % of that
 # layer call. route_by_sort is left for CPU tensors without the interpreter (and as the tests' reference).
-ROUTE_BY_RANK_PAIRS = 8192
+# Measured (benchmarks/route_bench.py, E = 256, one H100, kernel mode, µs, rank / chunks / sort): 2048 pairs
+# 8.5 / 11.5 / 57.8, 4096 12.0 / 12.8 / 63.8, 8192 20.0 / 13.4 / 107.6, 32768 187.8 / 24.8 / 96.9.
+ROUTE_BY_RANK_PAIRS = 4096
 ROUTE_CHUNK = 2048  # pairs per chunk of route_by_chunks (the rank within a chunk is CHUNK**2 comparisons)
 ROUTE_MAX_BINS = 4096  # offsets per chunk (experts + 2, to a power of 2) route_by_chunks holds in registers
 
@@ -285,20 +287,18 @@ def _route_launches(way, pairs, num_experts, ids_dtype, device) -> tuple[tuple, 
             (place, ("ids", "chunk_offsets", "offsets", "pair_rows"))), (chunks, bins)
 
 
-def _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device, row_pairs=False):
-    """Pointers: hidden, pair_rows, offsets, a, a_scale, row_pairs (written when row_pairs, else any int32)."""
+def _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device):
     from ..triton_ref.direct import direct_launch
     from .kernels import quantize_scatter_kernel
 
     # units (token, scale group): a token's row is read and quantized once, however many pairs it has
     groups = cdiv(hidden_size, SCALE_BLOCK)
     per_program = _units_per_program(tokens, groups, device)
-    dtypes = (torch.bfloat16, torch.int32, torch.int32, _fp8_target_dtype(device), torch.float32, torch.int32)
+    dtypes = (torch.bfloat16, torch.int32, torch.int32, _fp8_target_dtype(device), torch.float32)
     return direct_launch(quantize_scatter_kernel, (cdiv(tokens * groups, per_program),), dtypes, device,
                          tokens=tokens, hidden_size=hidden_size, topk=topk, num_experts=num_experts,
                          stride_hidden=hidden_size, stride_q=hidden_size, stride_scale=groups,
-                         GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, ROW_PAIRS=row_pairs,
-                         INTERPRETER=_interpreted(device))
+                         GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=_interpreted(device))
 
 
 def _silu_mul_quantize_step(rows, intermediate, num_experts, device):
@@ -329,31 +329,6 @@ def _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, devic
                          BLOCK_T=block_t, BLOCK_H=block_h, INTERPRETER=_interpreted(device))
 
 
-def _down_add_step(rows, hidden_size, intermediate, num_experts, topk, device):
-    """The down GEMM with the weighted un-permute in its epilogue (kernels.down_add_kernel), tiled as the
-    Triton grouped GEMM tiles this problem. Pointers: y, y_scale, w2, w2_scale, offsets, row_pairs,
-    topk_weights, out32 (zeroed)."""
-    from ..triton_ref.direct import direct_launch
-    from ..triton_ref.launch import _expert_chunk, choose_config, device_facts
-    from .kernels import down_add_kernel
-
-    config = choose_config(Problem(rows, hidden_size, intermediate, num_experts, torch.bfloat16, device))
-    fp8_cores, _ = device_facts(device)
-    groups_h, groups_i = cdiv(hidden_size, SCALE_BLOCK), cdiv(intermediate, SCALE_BLOCK)
-    # every expert adds at most one partial row tile to cdiv(rows, BLOCK_M) (as the grouped GEMM's grid)
-    grid = (cdiv(rows, config.block_m) + min(num_experts, rows), cdiv(hidden_size, config.block_n))
-    dtypes = (FP8, torch.float32, FP8, torch.float32, torch.int32, torch.int32, torch.float32, torch.float32)
-    return direct_launch(down_add_kernel, grid, dtypes, device,
-                         dict(num_warps=config.num_warps, num_stages=config.num_stages),
-                         rows=rows, hidden_size=hidden_size, intermediate=intermediate, num_experts=num_experts,
-                         topk=topk, stride_y=intermediate, stride_ys=groups_i, stride_we=hidden_size * intermediate,
-                         stride_wn=intermediate, stride_wse=groups_h * groups_i, stride_wsn=groups_i,
-                         stride_out=hidden_size, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-                         BLOCK_K=config.block_k, SCALE_BLOCK=SCALE_BLOCK, EXPERT_CHUNK=_expert_chunk(num_experts),
-                         EVEN_K=intermediate % config.block_k == 0, UPCAST=not fp8_cores,
-                         INTERPRETER=_interpreted(device))
-
-
 def _run(step, *tensors) -> None:
     step(tuple(t.data_ptr() for t in tensors), lambda: tensors)
 
@@ -368,7 +343,7 @@ def _valid_rows(offsets: torch.Tensor) -> int:
 
 
 def _quantize_scatter_torch(ptrs, tensors, topk: int) -> None:
-    hidden, pair_rows, offsets, a_bits, a_scale, _ = tensors()  # (the torch steps sum in order: no row_pairs)
+    hidden, pair_rows, offsets, a_bits, a_scale = tensors()
     q, scale = quantize_fp8_per_token_group(hidden)
     rows = pair_rows.long()
     routed = rows < _valid_rows(offsets)  # the pairs of real experts
@@ -411,7 +386,7 @@ def quantize_scatter(hidden, pair_rows, expert_offsets, topk):
     a_scale = torch.empty(rows, cdiv(hidden_size, SCALE_BLOCK), dtype=torch.float32, device=hidden.device)
     if a_scale.numel():
         step = _quantize_scatter_step(tokens, hidden_size, topk, expert_offsets.shape[0] - 1, hidden.device)
-        _run(step, hidden, pair_rows, expert_offsets, _fp8_target(a), a_scale, pair_rows)
+        _run(step, hidden, pair_rows, expert_offsets, _fp8_target(a), a_scale)
     return a, a_scale
 
 
@@ -439,7 +414,7 @@ def unpermute_sum(down, pair_rows, topk_weights, topk_ids, num_experts):
 
 
 def fused_moe_fp8(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, *, backend="auto", validate=None,
-                  first_expert=0, down_sum="auto"):
+                  first_expert=0):
     """The expert block of an MoE layer with FP8 blockwise-scaled weights.
 
     For every token t and every k < topk, with e = topk_ids[t, k]::
@@ -470,13 +445,6 @@ def fused_moe_fp8(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, 
         first_expert: the expert id of w13[0] and w2[0]: the weights hold experts first_expert ..
             first_expert + E - 1 (one rank's range under expert parallelism, es_dual.moe.ep) and topk_ids
             name experts of the whole model; pairs routed outside the range contribute nothing.
-        down_sum: how the pairs' down rows reach out. "ordered": the down GEMM stores them and a kernel
-            sums each token's rows over k in order (the same bits every run); "atomic": the down GEMM
-            (es_dual's Triton kernel, whatever `backend` says) adds weight x row into a float32 copy of
-            out as it computes them (down_add_kernel: T * topk * H * 4 bytes less traffic), in an order
-            that varies from run to run, and so may the last bit of a value; "auto": "atomic" from
-            ATOMIC_DOWN_MIN_PAIRS pairs on (None: never), where the steps run as Triton kernels on a GPU.
-            The torch steps of CPU tensors always sum in order.
 
     Contents are not checked otherwise, and nothing then needs the host:
         - a pair (t, k) whose id lies outside [0, E) contributes nothing (a token whose ids all lie
@@ -494,8 +462,7 @@ def fused_moe_fp8(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids, 
     shape = check_moe_inputs(hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids)
     if type(first_expert) is not int or first_expert < 0:
         raise ValueError(f"first_expert: expected an int >= 0 (the id of the weights' first expert), got {first_expert!r}")
-    plan = _layer_plan(shape, topk_ids.dtype, backend, getenv("ES_DUAL_BACKEND") if backend == "auto" else None,
-                       down_sum)
+    plan = _layer_plan(shape, topk_ids.dtype, backend, getenv("ES_DUAL_BACKEND") if backend == "auto" else None)
     if validate or (validate is None and getenv("ES_DUAL_VALIDATE") == "1"):
         check_moe_contents(w13_scale, w2_scale, topk_ids, None if first_expert else shape.num_experts)
     if first_expert:  # ids of other ranks' experts fall outside [0, E): they contribute nothing
@@ -518,37 +485,23 @@ _MAX_PLANS = 1024  # distinct layer shapes kept (one per batch size and layer sh
 # bought 13 % more bytes read) and on the host (about 35 µs per call more on the H200 machine).
 DECODE_MAX_PAIRS = 64
 DECODE_REREAD_BYTES = 16 << 20
-# Pairs from which down_sum="auto" takes "atomic" (the down GEMM adding into out, down_add_kernel); None:
-# never. At T * topk pairs the two-step way writes and reads back T * topk * H bf16 down rows (DeepSeek-R1
-# TP8 at 4096 tokens: 470 MB each way, about a third of the layer's DRAM traffic); the atomic way moves a
-# float32 (T, H) buffer instead (zeroed, added into in the L2, read once), but its GEMM is the Triton kernel.
-# To be set from benchmarks/scatter_add_bench.py and the layer benchmark's es_dual_atomic rows.
-ATOMIC_DOWN_MIN_PAIRS = None
-DOWN_SUMS = ("auto", "ordered", "atomic")
 
 
-def _layer_plan(shape: MoeShape, ids_dtype: torch.dtype, backend: str, env_backend, down_sum: str = "auto"):
+def _layer_plan(shape: MoeShape, ids_dtype: torch.dtype, backend: str, env_backend):
     """The plan of a layer call of this shape (its arguments refused here raise on every call)."""
-    key = (shape, ids_dtype, backend, env_backend, down_sum)
+    key = (shape, ids_dtype, backend, env_backend)
     plan = _PLANS.get(key)
     if plan is None:
         if backend not in BACKEND_NAMES:
             raise ValueError(f"backend: expected one of {', '.join(map(repr, BACKEND_NAMES))}, got {backend!r}")
-        if down_sum not in DOWN_SUMS:
-            raise ValueError(f"down_sum: expected one of {', '.join(map(repr, DOWN_SUMS))}, got {down_sum!r}")
         reasons = BACKENDS["triton"].device_reasons(shape.device)
-        in_torch = bool(reasons) and _torch_steps(shape.device)
-        if reasons and not in_torch:
+        if reasons and not _torch_steps(shape.device):
             raise RuntimeError("fused_moe_fp8 runs Triton kernels: " + "; ".join(reasons))
         pairs = shape.tokens * shape.topk
         expert_bytes = 3 * shape.intermediate * shape.hidden_size  # w13 (2I, H) and w2 (H, I), FP8
         decode = (backend == "auto" and env_backend is None and not reasons and 0 < pairs <= DECODE_MAX_PAIRS
-                  and (pairs <= shape.num_experts // 2 or pairs * expert_bytes <= DECODE_REREAD_BYTES)
-                  and down_sum != "atomic")
-        atomic = not in_torch and (down_sum == "atomic" or (
-            down_sum == "auto" and shape.device.type == "cuda" and ATOMIC_DOWN_MIN_PAIRS is not None
-            and pairs >= ATOMIC_DOWN_MIN_PAIRS))
-        plan = _DecodePlan(shape, ids_dtype) if decode else _LayerPlan(shape, ids_dtype, backend, atomic)
+                  and (pairs <= shape.num_experts // 2 or pairs * expert_bytes <= DECODE_REREAD_BYTES))
+        plan = _DecodePlan(shape, ids_dtype) if decode else _LayerPlan(shape, ids_dtype, backend)
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
         _PLANS[key] = plan
@@ -577,11 +530,6 @@ class _Intermediates:
         self.placed, self.replaced, self.views = placed, {}, {}
         base = self.buf.data_ptr()
         self.ptrs = tuple(base + offset for offset, _, _, _ in placed.values())
-
-    def region(self, name: str) -> torch.Tensor:
-        """One region as a tensor (without making the others)."""
-        offset, nbytes, dtype, dims = self.placed[name]
-        return self.buf[offset:offset + nbytes].view(dtype).view(dims)
 
     def tensors(self, *items):
         """A function returning items, each a tensor or a region's name, as tensors."""
@@ -752,21 +700,18 @@ class _LayerPlan:
     (sizes checked by check_moe_inputs, offsets and scales made by its own kernels), so the GEMM op's
     per-call checks would only repeat what is known."""
 
-    def __init__(self, shape: MoeShape, ids_dtype: torch.dtype, backend: str, atomic: bool = False):
+    def __init__(self, shape: MoeShape, ids_dtype: torch.dtype, backend: str):
         tokens, hidden_size, intermediate, num_experts, topk, device = shape
         rows = tokens * topk
-        self.shape, self.rows, self.atomic = shape, rows, atomic
+        self.shape, self.rows = shape, rows
         groups_h, groups_i = cdiv(hidden_size, SCALE_BLOCK), cdiv(intermediate, SCALE_BLOCK)
         regions = {
             "offsets": (torch.int32, (num_experts + 1,)), "pair_rows": (torch.int32, (rows,)),
             "a": (FP8, (rows, hidden_size)), "a_scale": (torch.float32, (rows, groups_h)),
             "gate_up": (torch.bfloat16, (rows, 2 * intermediate)),
             "y": (FP8, (rows, intermediate)), "y_scale": (torch.float32, (rows, groups_i)),
+            "down": (torch.bfloat16, (rows, hidden_size)),
         }
-        # the down rows (stored, then summed in order), or the pair of each grouped row and the float32
-        # sum the down GEMM adds into (down_sum "atomic")
-        regions.update({"row_pairs": (torch.int32, (rows,)), "out32": (torch.float32, (tokens, hidden_size))}
-                       if atomic else {"down": (torch.bfloat16, (rows, hidden_size))})
         # routing as route() does it, into the buffer (chunk_offsets too), or none: torch's sort, into
         # tensors of its own
         in_torch = _torch_steps(device)
@@ -782,18 +727,14 @@ class _LayerPlan:
             self.silu = _silu_mul_quantize_torch
             self.unpermute = functools.partial(_unpermute_sum_torch, num_experts=num_experts)
         elif rows:
-            self.quantize_scatter = _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device, atomic)
+            self.quantize_scatter = _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device)
             self.silu = _silu_mul_quantize_step(rows, intermediate, num_experts, device)
-            if atomic:
-                self.down_add = _down_add_step(rows, hidden_size, intermediate, num_experts, topk, device)
-            else:
-                self.unpermute = _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, device)
+            self.unpermute = _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, device)
         if rows:
             self.gemm1 = launch_for(Problem(rows, 2 * intermediate, hidden_size, num_experts, torch.bfloat16, device),
                                     torch.int32, backend)
-            if not atomic:
-                self.gemm2 = launch_for(Problem(rows, hidden_size, intermediate, num_experts, torch.bfloat16, device),
-                                        torch.int32, backend)
+            self.gemm2 = launch_for(Problem(rows, hidden_size, intermediate, num_experts, torch.bfloat16, device),
+                                    torch.int32, backend)
 
     def __call__(self, hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids):
         tokens, hidden_size, _, num_experts, topk, device = self.shape
@@ -801,7 +742,7 @@ class _LayerPlan:
         if not self.rows:
             return out
         inter = _Intermediates(self.regions, self.nbytes, device)
-        offs, pair_rows, a, a_scale, gate_up, y, y_scale = inter.ptrs[:7]
+        offs, pair_rows, a, a_scale, gate_up, y, y_scale, down = inter.ptrs[:8]
         tensors, replaced = inter.tensors, inter.replaced
         flat_ids = topk_ids.reshape(-1)
         ptr_of = dict(zip(self.regions, inter.ptrs), ids=flat_ids.data_ptr())
@@ -812,17 +753,10 @@ class _LayerPlan:
             offs, pair_rows = replaced["offsets"].data_ptr(), replaced["pair_rows"].data_ptr()
         h, w13p, w13s, w2p, w2s, ids, weights = (
             t.data_ptr() for t in (hidden, w13, w13_scale, w2, w2_scale, topk_ids, topk_weights))
-        row_pairs = "row_pairs" if self.atomic else "pair_rows"  # (written only when atomic)
-        self.quantize_scatter((h, pair_rows, offs, a, a_scale, ptr_of[row_pairs]),
-                              tensors(hidden, "pair_rows", "offsets", "a_bits", "a_scale", row_pairs))
+        self.quantize_scatter((h, pair_rows, offs, a, a_scale),
+                              tensors(hidden, "pair_rows", "offsets", "a_bits", "a_scale"))
         self.gemm1((a, a_scale, w13p, w13s, offs, gate_up), tensors("a", "a_scale", w13, w13_scale, "offsets", "gate_up"))
         self.silu((gate_up, offs, y, y_scale), tensors("gate_up", "offsets", "y_bits", "y_scale"))
-        if self.atomic:
-            out32 = inter.region("out32").zero_()
-            self.down_add((y, y_scale, w2p, w2s, offs, ptr_of["row_pairs"], weights, out32.data_ptr()),
-                          tensors("y", "y_scale", w2, w2_scale, "offsets", "row_pairs", topk_weights, out32))
-            return out.copy_(out32)
-        down = ptr_of["down"]
         self.gemm2((y, y_scale, w2p, w2s, offs, down), tensors("y", "y_scale", w2, w2_scale, "offsets", "down"))
         self.unpermute((down, pair_rows, ids, weights, out.data_ptr()),
                        tensors("down", "pair_rows", topk_ids, topk_weights, out))

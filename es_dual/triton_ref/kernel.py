@@ -116,56 +116,6 @@ def _locate_row_tile(offsets_ptr, num_experts, total_m, max_m, min_rows, max_row
 
 
 @triton.jit
-def _tile_product(
-    a_ptr, a_scale_ptr, b_ptr, b_scale_ptr,
-    n, k, stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn,
-    m_tile, n_tile, expert, tiles_before, row_lo, row_hi,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
-):
-    """Row tile m_tile (of expert `expert`, rows row_lo .. row_hi, tiles_before row tiles of the experts
-    before it) by column tile n_tile: (the float32 product, both scales applied per K block; its rows and
-    columns, int64; which of them are the expert's rows and real columns)."""
-    rows64 = (row_lo + (m_tile - tiles_before) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    cols64 = (n_tile * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    row_ok = rows64 < row_hi
-    col_ok = cols64 < n
-    expert64 = expert.to(tl.int64)
-    kk = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + rows64[:, None] * stride_am + kk[None, :]
-    b_ptrs = b_ptr + expert64 * stride_be + cols64[:, None] * stride_bn + kk[None, :]
-    a_scale_ptrs = a_scale_ptr + rows64 * stride_asm
-    b_scale_ptrs = b_scale_ptr + expert64 * stride_bse + (cols64 // SCALE_BLOCK) * stride_bsn
-
-    # ---- K loop: FP8 product of one K block, then both scales in float32 ----
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kb in range(0, tl.cdiv(k, BLOCK_K)):
-        if EVEN_K:  # k % BLOCK_K == 0: no K mask to compute
-            a_tile = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-            b_tile = tl.load(b_ptrs, mask=col_ok[:, None], other=0.0)
-        else:
-            k_ok = kk < k - kb * BLOCK_K
-            a_tile = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            b_tile = tl.load(b_ptrs, mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-        if UPCAST:  # no FP8 tensor cores below sm_89; e4m3 -> bf16 is exact
-            a_tile = a_tile.to(tl.bfloat16)
-            b_tile = b_tile.to(tl.bfloat16)
-        partial = tl.dot(a_tile, tl.trans(b_tile))
-        scale_group = (kb * BLOCK_K) // SCALE_BLOCK
-        a_s = tl.load(a_scale_ptrs + scale_group * stride_ask, mask=row_ok, other=0.0)
-        if BLOCK_N <= SCALE_BLOCK:  # the tile's columns lie in one weight scale block: one FMA per element
-            b_s = tl.load(b_scale_ptr + expert64 * stride_bse + (n_tile * BLOCK_N // SCALE_BLOCK) * stride_bsn
-                          + scale_group)
-            acc += partial * (a_s * b_s)[:, None]
-        else:
-            b_s = tl.load(b_scale_ptrs + scale_group, mask=col_ok, other=0.0)
-            acc += partial * a_s[:, None] * b_s[None, :]
-        a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
-    return acc, rows64, cols64, row_ok, col_ok
-
-
-@triton.jit
 def _gemm_tile(
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr,
     n, k, num_experts,
@@ -177,10 +127,45 @@ def _gemm_tile(
     """Row tile m_tile (of expert `expert`, rows row_lo .. row_hi, tiles_before row tiles of the experts
     before it) by column tile n_tile; nothing when expert = num_experts (a tile past the last)."""
     if expert < num_experts:
-        acc, rows64, cols64, row_ok, col_ok = _tile_product(
-            a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, n, k, stride_am, stride_asm, stride_ask, stride_be, stride_bn,
-            stride_bse, stride_bsn, m_tile, n_tile, expert, tiles_before, row_lo, row_hi,
-            BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST)
+        rows = row_lo + (m_tile - tiles_before) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < row_hi
+        col_ok = cols < n
+        rows64 = rows.to(tl.int64)
+        cols64 = cols.to(tl.int64)
+        expert64 = expert.to(tl.int64)
+        kk = tl.arange(0, BLOCK_K)
+
+        a_ptrs = a_ptr + rows64[:, None] * stride_am + kk[None, :]
+        b_ptrs = b_ptr + expert64 * stride_be + cols64[:, None] * stride_bn + kk[None, :]
+        a_scale_ptrs = a_scale_ptr + rows64 * stride_asm
+        b_scale_ptrs = b_scale_ptr + expert64 * stride_bse + (cols64 // SCALE_BLOCK) * stride_bsn
+
+        # ---- K loop: FP8 product of one K block, then both scales in float32 ----
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for kb in range(0, tl.cdiv(k, BLOCK_K)):
+            if EVEN_K:  # k % BLOCK_K == 0: no K mask to compute
+                a_tile = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+                b_tile = tl.load(b_ptrs, mask=col_ok[:, None], other=0.0)
+            else:
+                k_ok = kk < k - kb * BLOCK_K
+                a_tile = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                b_tile = tl.load(b_ptrs, mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+            if UPCAST:  # no FP8 tensor cores below sm_89; e4m3 -> bf16 is exact
+                a_tile = a_tile.to(tl.bfloat16)
+                b_tile = b_tile.to(tl.bfloat16)
+            partial = tl.dot(a_tile, tl.trans(b_tile))
+            scale_group = (kb * BLOCK_K) // SCALE_BLOCK
+            a_s = tl.load(a_scale_ptrs + scale_group * stride_ask, mask=row_ok, other=0.0)
+            if BLOCK_N <= SCALE_BLOCK:  # the tile's columns lie in one weight scale block: one FMA per element
+                b_s = tl.load(b_scale_ptr + expert64 * stride_bse + (n_tile * BLOCK_N // SCALE_BLOCK) * stride_bsn
+                              + scale_group)
+                acc += partial * (a_s * b_s)[:, None]
+            else:
+                b_s = tl.load(b_scale_ptrs + scale_group, mask=col_ok, other=0.0)
+                acc += partial * a_s[:, None] * b_s[None, :]
+            a_ptrs += BLOCK_K
+            b_ptrs += BLOCK_K
 
         # ---- epilogue: only this expert's rows, only real columns ----
         if SOFTWARE_BF16_ROUNDING:
