@@ -23,12 +23,15 @@ from es_dual.triton_ref.launch import (
     TRITON_BUCKETS, TRITON_TWO_KINDS, TileConfig, TritonBucket, TwoKinds, grouped_gemm_triton, plan_two_kinds,
 )
 
-# (block_m, block_n, warps, stages, programs per SM; 0 = one program per tile)
+# (block_m, block_n, warps, stages, programs per SM (0 = one program per tile), row tiles per group of the
+# launch order (0 = row tiles fastest))
 CANDIDATES = [
-    TileConfig(float("inf"), bm, bn, 128, warps, stages, pps)
-    for bm, bn, warps, stages, pps in (
-        (16, 128, 4, 4, 0), (16, 128, 4, 4, 2), (32, 128, 4, 4, 2), (64, 128, 4, 4, 0), (64, 128, 4, 4, 2),
-        (64, 64, 4, 4, 2), (64, 128, 4, 3, 3), (128, 128, 8, 3, 0), (128, 256, 8, 3, 0), (128, 256, 8, 3, 1),
+    TileConfig(float("inf"), bm, bn, 128, warps, stages, pps, group)
+    for bm, bn, warps, stages, pps, group in (
+        (16, 128, 4, 4, 0, 0), (16, 128, 4, 4, 2, 0), (32, 128, 4, 4, 2, 0), (64, 128, 4, 4, 0, 0),
+        (64, 128, 4, 4, 0, 8), (64, 128, 4, 4, 2, 0), (64, 64, 4, 4, 2, 0), (64, 128, 4, 3, 3, 0),
+        (128, 128, 8, 3, 0, 0), (128, 128, 8, 3, 0, 8), (128, 128, 8, 3, 0, 16), (128, 256, 8, 3, 0, 0),
+        (128, 256, 8, 3, 0, 8), (128, 256, 8, 3, 1, 0),
     )
 ]
 
@@ -84,7 +87,8 @@ def main():
         return compare_buckets(args.csv)
     deadline = time.monotonic() + args.budget_s
     rows = []
-    print("columns: " + " | ".join(f"{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages} p{c.programs_per_sm}" for c in CANDIDATES))
+    print("columns: " + " | ".join(f"{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages} p{c.programs_per_sm} g{c.row_group}"
+                                   for c in CANDIDATES))
     for w in PUBLIC_WORKLOADS:
         inputs = w.make_inputs("cuda")
         problem = check_inputs(**inputs)
@@ -101,7 +105,8 @@ def main():
                 continue
             results.append((us, config))
             rows.append(dict(workload=w.name, bm=config.block_m, bn=config.block_n, warps=config.num_warps,
-                             stages=config.num_stages, programs_per_sm=config.programs_per_sm, us=us))
+                             stages=config.num_stages, programs_per_sm=config.programs_per_sm,
+                             row_group=config.row_group, us=us))
         if results:
             chosen_us = time_us(lambda: grouped_gemm_triton(problem, *inputs.values(), out), problem.device)
             line = " ".join(f"{us:7.1f}" for us, _ in results)

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import given
@@ -80,6 +82,21 @@ def test_every_launch_shape_against_reference(device, counts, config, k, seed):
     if problem.total_m:
         grouped_gemm_triton(problem, *inputs.values(), out, config=config)
     assert_matches(out, reference64(inputs))
+
+
+@pytest.mark.parametrize("row_group", [1, 3, 64])
+def test_row_grouped_launch_order_changes_no_bit(device, row_group):
+    """The launch order in groups of row tiles (TileConfig.row_group; a last group of fewer row tiles, one
+    group of all of them) runs the same tiles with the same arithmetic as row tiles fastest: equal bits."""
+    inputs = make_inputs([37, 0, 70, 5, 51], 400, 256, 7, device)
+    problem = check_inputs(**inputs, out=poisoned_out(163, 400, torch.bfloat16, device))
+    outs = []
+    for group in (0, row_group):
+        out = poisoned_out(163, 400, torch.bfloat16, device)
+        grouped_gemm_triton(problem, *inputs.values(), out, config=replace(TILE_CONFIGS[0], row_group=group))
+        outs.append(out)
+    assert torch.equal(outs[0].cpu(), outs[1].cpu())
+    assert_matches(outs[1], reference64(inputs))
 
 
 # The expert-specialized table, and one whose buckets are persistent launches (both launch shapes per bucket).

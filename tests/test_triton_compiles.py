@@ -28,7 +28,8 @@ SCRIPT = textwrap.dedent('''
             for upcast in (False, True):
                 compile_for_sm90(grouped_gemm_fp8_kernel, gemm, dict(
                     BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, SCALE_BLOCK=128, EXPERT_CHUNK=128, PERSISTENT=persistent,
-                    RESIDENT_SCHEDULE=persistent and not upcast, EVEN_K=not masked, UPCAST=upcast, SOFTWARE_BF16_ROUNDING=False, MASKED=masked),
+                    RESIDENT_SCHEDULE=persistent and not upcast, EVEN_K=not masked, UPCAST=upcast, SOFTWARE_BF16_ROUNDING=False, MASKED=masked,
+                    ROW_GROUP=0 if persistent else 8),
                     num_warps=4, num_stages=4)
     for upcast in (False, True):
         compile_for_sm90(two_kinds_kernel, gemm, dict(

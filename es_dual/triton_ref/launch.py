@@ -29,6 +29,7 @@ class TileConfig:
     num_warps: int
     num_stages: int
     programs_per_sm: int = 0  # > 0: a persistent grid of this many programs per SM; 0: one program per tile
+    row_group: int = 0  # one program per tile: row tiles per group of the launch order (kernel._tile_in_order)
 
     def __post_init__(self):
         # one scale group per K block; tl.dot needs every tile side >= 16
@@ -51,7 +52,8 @@ TILE_CONFIGS = (
     TileConfig(max_mean_tokens=16, block_m=16, block_n=128, block_k=128, num_warps=4, num_stages=4),
     TileConfig(max_mean_tokens=32, block_m=32, block_n=128, block_k=128, num_warps=4, num_stages=4),
     TileConfig(max_mean_tokens=64, block_m=64, block_n=128, block_k=128, num_warps=4, num_stages=4),
-    TileConfig(max_mean_tokens=float("inf"), block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=3),
+    TileConfig(max_mean_tokens=float("inf"), block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=3,
+               row_group=8),
 )
 
 
@@ -143,6 +145,7 @@ def _plan_launch(problem: Problem, config: TileConfig, min_rows: int, max_rows: 
     expert_chunk = _expert_chunk(num_experts)
     constants = dict(
         min_rows=min_rows, max_rows=int(max_rows), BLOCK_M=config.block_m, PERSISTENT=persistent,
+        ROW_GROUP=0 if persistent else config.row_group,
         RESIDENT_SCHEDULE=persistent and num_experts <= expert_chunk, **_shared_constants(problem, config, upcast),
     )
     return DirectLaunch(grouped_gemm_fp8_kernel, grid, constants,
