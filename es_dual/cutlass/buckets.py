@@ -200,7 +200,8 @@ BUCKETS_SMALL_K: tuple[Bucket, ...] = table(
     ("small", 64, coop(256, 64, (2, 1), swap_ab=True), _M_SMALL_K),
     ("large", None, coop(128, 128, (1, 2)), _M_LARGE),
 )
-# k at or below which BUCKETS_SMALL_K is used for compute-bound calls (measured at k = 256 and 384). Below
+# k at or below which BUCKETS_SMALL_K is used for compute-bound calls, masked calls and shapes the native
+# kernels do not take (measured at k = 256 and 384). Below
 # WIDE_MIN_MEAN_TOKENS tokens per expert the native mode is faster there now (one H100, 2026-12-07,
 # benchmarks/mode_ab.py, kernel mode, es / native, µs): ds_down_prefill 277.9 / 257.7 and 277.9 / 258.6 in
 # two visits, n = 7168, k = 256 with 256 experts of 8 / 32 / 64 / 128 tokens 192.9 / 177.6, 227.8 / 224.7,
