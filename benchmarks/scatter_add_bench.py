@@ -12,6 +12,10 @@ is timed in both modes on the layer's shapes (random routing, pairs grouped by e
   red_f32_nmajor   float32 adds into a zeroed (T, H) buffer, stripe by stripe, then the cast to bf16
   red_bf16_nmajor  bf16 adds into the zeroed output, stripe by stripe (no cast; 8 roundings per value)
   red_f32_mmajor   float32 adds in the GEMM's usual order (expert by expert, all columns), then the cast
+  stripes_W        the store and the un-permute alternating by column stripes of W: each stripe's rows go
+                   into one (T * topk, W) buffer, reused, which the un-permute reads back while it is still
+                   in the L2 (if the L2 keeps it, the stored rows never reach DRAM); each stripe's store also
+                   streams that stripe's down weights (T * topk / 32 rows x W x I bytes, as a GEMM would)
 python benchmarks/scatter_add_bench.py [--shapes "T,H,E,topk;..."]
 """
 import argparse
@@ -21,6 +25,7 @@ import triton
 import triton.language as tl
 
 from es_dual.bench.timing import L2Flush, capture, median_us
+from es_dual.moe.kernels import unpermute_sum_kernel
 from es_dual.moe.layer import route_by_sort, unpermute_sum
 
 SRC_ROWS = 128  # the values' source: one tile's worth of rows, L2-resident
@@ -33,6 +38,22 @@ def store_rows_kernel(src_ptr, out_ptr, rows, hidden, BLOCK_R: tl.constexpr, BLO
     ok = (r < rows)[:, None] & (c < hidden)[None, :]
     v = tl.load(src_ptr + (r % 128)[:, None] * hidden + c[None, :], mask=ok)
     tl.store(out_ptr + r.to(tl.int64)[:, None] * hidden + c[None, :], v, mask=ok)
+
+
+@triton.jit
+def store_stripe_kernel(src_ptr, weight_ptr, out_ptr, rows, width, src_stride, weight_row_bytes, weight_rows,
+                        BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr, I: tl.constexpr):
+    """store_rows_kernel on a (rows, width) buffer, each program also reading BLOCK_H rows of I weight bytes
+    (evict-first, as the GEMM streams them) and folding one bit of them into its values (kept live)."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    wrow = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * BLOCK_H % weight_rows
+    w = tl.load(weight_ptr + (wrow + tl.arange(0, BLOCK_H)).to(tl.int64)[:, None] * weight_row_bytes
+                + tl.arange(0, I)[None, :], eviction_policy="evict_first")
+    bit = (tl.sum(w.to(tl.int32), axis=1) & 1).to(tl.float32)
+    ok = (r < rows)[:, None] & (c < width)[None, :]
+    v = tl.load(src_ptr + (r % 128)[:, None] * src_stride + c[None, :], mask=ok).to(tl.float32) + 0.0 * bit[None, :]
+    tl.store(out_ptr + r.to(tl.int64)[:, None] * width + c[None, :], v.to(tl.bfloat16), mask=ok)
 
 
 @triton.jit
@@ -92,9 +113,37 @@ def main():
                 return out if out.dtype == torch.bfloat16 else out.to(torch.bfloat16)
             return call
 
+        # The down weights a GEMM streams (E experts x H rows x I = 256 bytes), read stripe by stripe.
+        inter = 256
+        wts = torch.randint(0, 256, (experts * hidden, inter), dtype=torch.uint8, device=device)
+
+        def stripes(width):
+            buf = torch.empty(pairs, width, dtype=torch.bfloat16, device=device)
+            out = torch.empty(tokens, hidden, dtype=torch.bfloat16, device=device)
+            def call():
+                for s0 in range(0, hidden, width):
+                    w = min(width, hidden - s0)
+                    store_stripe_kernel[(triton.cdiv(pairs, 128), triton.cdiv(w, block_h))](
+                        src[:, s0:], wts[s0 * experts:], buf, pairs, w, hidden, inter, experts * w,
+                        BLOCK_R=128, BLOCK_H=block_h, I=inter)
+                    unpermute_sum_kernel[(tokens, triton.cdiv(w, min(w, 1024)))](
+                        buf, pair_rows, ids, weights, out[:, s0:], tokens, w, topk, experts, w, hidden,
+                        BLOCK_T=1, BLOCK_H=min(w, 1024), INTERPRETER=False)
+                return out
+            return call
+
+        def stored_full():
+            store_stripe_kernel[(triton.cdiv(pairs, 128), col_blocks)](src, wts, down, pairs, hidden, hidden, inter,
+                                                                       experts * hidden, BLOCK_R=128, BLOCK_H=block_h,
+                                                                       I=inter)
+            return unpermute_sum(down, pair_rows, weights, ids, experts)
+
         want = stored().float()
-        for name, fn in (("store+unpermute", stored), ("red_f32_nmajor", red(out32, True)),
-                         ("red_bf16_nmajor", red(out16, True)), ("red_f32_mmajor", red(out32, False))):
+        variants = [("store+unpermute", stored), ("red_f32_nmajor", red(out32, True)),
+                    ("red_bf16_nmajor", red(out16, True)), ("red_f32_mmajor", red(out32, False)),
+                    ("full+weights", stored_full)]
+        variants += [(f"stripes_{w}", stripes(w)) for w in (128, 256, 512, 1024)]
+        for name, fn in variants:
             got = fn().float()
             max_rel = ((got - want).abs().max() / want.abs().max()).item()
             graph = capture(fn)

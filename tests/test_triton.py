@@ -6,10 +6,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import es_dual
-from es_dual.problem import check_inputs
+from es_dual.problem import Problem, check_inputs
 from es_dual.triton_ref.launch import (
-    TILE_CONFIGS, TRITON_BUCKETS, TRITON_TWO_KINDS, LaunchSequence, TritonBucket, grouped_gemm_triton, plan_triton,
-    plan_two_kinds,
+    TILE_CONFIGS, TRITON_BUCKETS, TRITON_TWO_KINDS, LaunchSequence, TritonBucket, choose_config, grouped_gemm_triton,
+    plan_triton, plan_two_kinds,
 )
 from support import assert_matches, make_inputs, needs_gpu, poisoned_out, reference64, routings, run_backend
 
@@ -65,8 +65,10 @@ def test_exact_inputs_bit_equal_to_reference(device, counts, k, seed):
     assert torch.equal(got.cpu(), expected.cpu())
 
 
-# Every launch shape the tuning table may pick: the table's rows and persistent variants of them.
-LAUNCH_VARIANTS = TILE_CONFIGS + tuple(c.persistent(2) for c in TILE_CONFIGS)
+# Every launch shape choose_config may pick: the table's rows in each launch order (row tiles fastest,
+# persistent, row tiles in groups).
+LAUNCH_VARIANTS = (TILE_CONFIGS + tuple(c.persistent(2) for c in TILE_CONFIGS)
+                   + tuple(replace(c, row_group=8) for c in TILE_CONFIGS))
 
 
 @given(
@@ -162,6 +164,17 @@ def test_persistent_scan_past_one_chunk(device):
     out = poisoned_out(sum(counts), 48, torch.bfloat16, device)
     grouped_gemm_triton(check_inputs(**inputs, out=out), *inputs.values(), out, config=TILE_CONFIGS[0].persistent(2))
     assert_matches(out, reference64(inputs))
+
+
+@pytest.mark.parametrize("total_m, k, experts, order", [
+    (5750, 384, 128, (2, 0)),     # k of 3 blocks, 4-warp tile: persistent, 2 programs per SM
+    (13580, 7168, 256, (0, 8)),   # a of 97 MB: row tiles in groups of 8
+    (1473, 7168, 32, (0, 0)),     # a of 11 MB stays in the L2: row tiles fastest
+    (32768, 256, 8, (0, 0)),      # small k, but an 8-warp tile (one per SM): not persistent; a of 8 MB
+])
+def test_launch_order_from_k_and_the_size_of_a(total_m, k, experts, order):
+    config = choose_config(Problem(total_m, 4096, k, experts, torch.bfloat16, torch.device("cpu")))
+    assert (config.programs_per_sm, config.row_group) == order
 
 
 def test_tile_configs_cover_every_mean():

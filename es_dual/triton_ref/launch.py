@@ -47,14 +47,31 @@ class TileConfig:
 
 
 # Why these rows: an expert's rows are padded up to BLOCK_M, so BLOCK_M follows the typical expert size
-# to keep padding waste low on decode-like routings; BLOCK_N = 128 matches one weight-scale block.
+# to keep padding waste low on decode-like routings; BLOCK_N = 128 matches one weight-scale block. The
+# launch order is not in the table: choose_config sets it from k and the size of a (launch_order).
 TILE_CONFIGS = (
     TileConfig(max_mean_tokens=16, block_m=16, block_n=128, block_k=128, num_warps=4, num_stages=4),
     TileConfig(max_mean_tokens=32, block_m=32, block_n=128, block_k=128, num_warps=4, num_stages=4),
     TileConfig(max_mean_tokens=64, block_m=64, block_n=128, block_k=128, num_warps=4, num_stages=4),
-    TileConfig(max_mean_tokens=float("inf"), block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=3,
-               row_group=8),
+    TileConfig(max_mean_tokens=float("inf"), block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=3),
 )
+
+# The launch order of the chosen tile, from benchmarks/triton_sweep.py on an H100 (docs/perf-notes.md,
+# CUDA events, L2 flushed), the 64 x 128 tile unless named:
+# - k <= PERSISTENT_MAX_K, a tile of 4 warps (two fit an SM): a persistent grid of 2 programs per SM, one
+#   program's K loop running while the other stores its tile (with 2-3 K blocks per tile the epilogue is
+#   a large part of it): ds_down_prefill (k = 256) 311.5 against 372.9 µs one program per tile,
+#   qwen_down (k = 384) 111.6 against 119.6; at k = 4096 and 7168 2-6 % slower, so not there;
+# - else, a larger than ROW_GROUP_MIN_L2_SHARE of the L2: groups of ROW_GROUP_TILES row tiles
+#   (kernel._tile_in_order), so a is read from DRAM once rather than once per column tile: ds_gateup_prefill
+#   (a 97 MB, 4 column tiles) 391.4 against 501.4, qwen_gateup (24 MB, 6) 169.4 against 203.8,
+#   balanced_big (128 x 128 tiles, 235 MB) 2498.5 against 3469.0; where a stays in the L2 (ds_decode_ep8,
+#   11 MB; ds_decode_ep16, 4 MB) the grouped order was 6-9 % slower (the experts' weights, all the bytes
+#   there are, were then read by fewer experts at a time), so not there.
+PERSISTENT_MAX_K = 512
+ROW_GROUP_MIN_L2_SHARE = 1 / 3
+ROW_GROUP_TILES = 8
+DEFAULT_L2_BYTES = 50 * 2**20  # the interpreter's stand-in (an H100's L2)
 
 
 @dataclass(frozen=True)
@@ -91,7 +108,18 @@ TRITON_TWO_KINDS = TwoKinds(split_rows=64, small_block_m=16, large=TILE_CONFIGS[
 
 
 def choose_config(problem: Problem) -> TileConfig:
-    return next(c for c in TILE_CONFIGS if problem.mean_tokens <= c.max_mean_tokens)
+    """The table's tile for the mean tokens per expert, in the launch order for k and a's size."""
+    return launch_order(problem, next(c for c in TILE_CONFIGS if problem.mean_tokens <= c.max_mean_tokens))
+
+
+def launch_order(problem: Problem, config: TileConfig) -> TileConfig:
+    """config with the launch order the rules above give for this problem."""
+    if config.num_warps == 4 and problem.k <= PERSISTENT_MAX_K:
+        return replace(config, programs_per_sm=2, row_group=0)
+    l2_bytes = device_properties(problem.device).L2_cache_size if problem.device.type == "cuda" else DEFAULT_L2_BYTES
+    if problem.total_m * problem.k > ROW_GROUP_MIN_L2_SHARE * l2_bytes:
+        return replace(config, programs_per_sm=0, row_group=ROW_GROUP_TILES)
+    return replace(config, programs_per_sm=0, row_group=0)
 
 
 def device_facts(device: torch.device) -> tuple[bool, int]:
