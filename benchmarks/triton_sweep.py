@@ -1,6 +1,6 @@
 """Time Triton tile configurations on the public workloads (GPU); prints the best per workload.
 
-python benchmarks/triton_sweep.py [--budget-s 120] [--csv file]
+python benchmarks/triton_sweep.py [--budget-s 120] [--csv file] [--workloads a,b] [--configs "bm,bn,w,s,p,g;..."]
 python benchmarks/triton_sweep.py --buckets [--csv file]   # the mean-based table against expert specialization
 
 With --buckets, every workload (public and extra) runs four ways: the default (one tile from the mean
@@ -10,12 +10,14 @@ launches, and TRITON_TWO_KINDS (both kinds in one persistent launch); CUDA-event
 """
 import argparse
 import csv
+import sys
 import time
 
 import torch
 
 from es_dual.accuracy import relative_errors, tolerance
 from es_dual.bench.__main__ import reference_f64
+from es_dual.bench.providers import PROVIDERS
 from es_dual.bench.timing import time_us
 from es_dual.bench.workloads import PUBLIC_WORKLOADS, WORKLOAD_SETS
 from es_dual.problem import check_inputs
@@ -82,19 +84,30 @@ def main():
     parser.add_argument("--budget-s", type=float, default=120)
     parser.add_argument("--csv")
     parser.add_argument("--buckets", action="store_true", help="the mean-based table against TRITON_BUCKETS")
+    parser.add_argument("--workloads", help="comma-separated names (default: the public workloads)")
+    parser.add_argument("--configs", help="candidates instead of CANDIDATES: 'block_m,block_n,warps,stages,"
+                                          "programs_per_sm,row_group;...'")
+    parser.add_argument("--peers", help="a folder with peer_triton_moe: vLLM's kernel timed alongside (vllm column)")
     args = parser.parse_args()
     if args.buckets:
         return compare_buckets(args.csv)
+    candidates = CANDIDATES if not args.configs else [
+        TileConfig(float("inf"), bm, bn, 128, w, s, p, g)
+        for bm, bn, w, s, p, g in (map(int, c.split(",")) for c in args.configs.split(";"))]
+    by_name = {w.name: w for w in WORKLOAD_SETS["all"]}
+    workloads = [by_name[name] for name in args.workloads.split(",")] if args.workloads else PUBLIC_WORKLOADS
+    if args.peers:
+        sys.path.insert(0, args.peers)
     deadline = time.monotonic() + args.budget_s
     rows = []
     print("columns: " + " | ".join(f"{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages} p{c.programs_per_sm} g{c.row_group}"
-                                   for c in CANDIDATES))
-    for w in PUBLIC_WORKLOADS:
+                                   for c in candidates))
+    for w in workloads:
         inputs = w.make_inputs("cuda")
         problem = check_inputs(**inputs)
         out = torch.empty(problem.total_m, problem.n, dtype=torch.bfloat16, device="cuda")
         results = []
-        for config in CANDIDATES:
+        for config in candidates:
             if time.monotonic() > deadline:
                 break
             fn = lambda: grouped_gemm_triton(problem, *inputs.values(), out, config=config)
@@ -110,7 +123,10 @@ def main():
         if results:
             chosen_us = time_us(lambda: grouped_gemm_triton(problem, *inputs.values(), out), problem.device)
             line = " ".join(f"{us:7.1f}" for us, _ in results)
-            print(f"{w.name:<20} table {chosen_us:7.1f} | {line}", flush=True)
+            vllm = ""
+            if args.peers:  # vLLM's kernel on the same inputs, in its users' layout (its sorted ids made here)
+                vllm = f" | vllm {time_us(PROVIDERS['vllm_triton'].prepare(problem, inputs).run, problem.device):7.1f}"
+            print(f"{w.name:<20} table {chosen_us:7.1f} | {line}{vllm}", flush=True)
         del inputs
     if args.csv and rows:
         with open(args.csv, "w", newline="") as f:
