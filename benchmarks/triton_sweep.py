@@ -86,22 +86,22 @@ def main():
     parser.add_argument("--buckets", action="store_true", help="the mean-based table against TRITON_BUCKETS")
     parser.add_argument("--workloads", help="comma-separated names (default: the public workloads)")
     parser.add_argument("--configs", help="candidates instead of CANDIDATES: 'block_m,block_n,warps,stages,"
-                                          "programs_per_sm,row_group;...'")
+                                          "programs_per_sm,row_group[,k_unroll];...'")
     parser.add_argument("--peers", help="a folder with peer_triton_moe: vLLM's kernel timed alongside (vllm column)")
     args = parser.parse_args()
     if args.buckets:
         return compare_buckets(args.csv)
     candidates = CANDIDATES if not args.configs else [
-        TileConfig(float("inf"), bm, bn, 128, w, s, p, g)
-        for bm, bn, w, s, p, g in (map(int, c.split(",")) for c in args.configs.split(";"))]
+        TileConfig(float("inf"), bm, bn, 128, w, s, p, g, *unroll)
+        for bm, bn, w, s, p, g, *unroll in (map(int, c.split(",")) for c in args.configs.split(";"))]
     by_name = {w.name: w for w in WORKLOAD_SETS["all"]}
     workloads = [by_name[name] for name in args.workloads.split(",")] if args.workloads else PUBLIC_WORKLOADS
     if args.peers:
         sys.path.insert(0, args.peers)
     deadline = time.monotonic() + args.budget_s
     rows = []
-    print("columns: " + " | ".join(f"{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages} p{c.programs_per_sm} g{c.row_group}"
-                                   for c in candidates))
+    print("columns: " + " | ".join(f"{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages} p{c.programs_per_sm} "
+                                   f"g{c.row_group} u{c.k_unroll}" for c in candidates))
     for w in workloads:
         inputs = w.make_inputs("cuda")
         problem = check_inputs(**inputs)
@@ -119,7 +119,7 @@ def main():
             results.append((us, config))
             rows.append(dict(workload=w.name, bm=config.block_m, bn=config.block_n, warps=config.num_warps,
                              stages=config.num_stages, programs_per_sm=config.programs_per_sm,
-                             row_group=config.row_group, us=us))
+                             row_group=config.row_group, k_unroll=config.k_unroll, us=us))
         if results:
             chosen_us = time_us(lambda: grouped_gemm_triton(problem, *inputs.values(), out), problem.device)
             line = " ".join(f"{us:7.1f}" for us, _ in results)

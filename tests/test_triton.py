@@ -66,9 +66,10 @@ def test_exact_inputs_bit_equal_to_reference(device, counts, k, seed):
 
 
 # Every launch shape choose_config may pick: the table's rows in each launch order (row tiles fastest,
-# persistent, row tiles in groups).
+# persistent, row tiles in groups), and with two K blocks per loop step.
 LAUNCH_VARIANTS = (TILE_CONFIGS + tuple(c.persistent(2) for c in TILE_CONFIGS)
-                   + tuple(replace(c, row_group=8) for c in TILE_CONFIGS))
+                   + tuple(replace(c, row_group=8) for c in TILE_CONFIGS)
+                   + tuple(replace(c, k_unroll=2) for c in TILE_CONFIGS))
 
 
 @given(
@@ -96,6 +97,21 @@ def test_row_grouped_launch_order_changes_no_bit(device, row_group):
     for group in (0, row_group):
         out = poisoned_out(163, 400, torch.bfloat16, device)
         grouped_gemm_triton(problem, *inputs.values(), out, config=replace(TILE_CONFIGS[0], row_group=group))
+        outs.append(out)
+    assert torch.equal(outs[0].cpu(), outs[1].cpu())
+    assert_matches(outs[1], reference64(inputs))
+
+
+@pytest.mark.parametrize("k", [256, 384, 400])  # 2 and 3 blocks, 4 with a ragged last one
+def test_two_k_blocks_per_step_change_no_bit(device, k):
+    """Two K blocks per loop step (TileConfig.k_unroll; an odd block count's last block alone, a ragged
+    last block) promote the same products in the same order as one per step: equal bits."""
+    inputs = make_inputs([37, 0, 70, 5], 208, k, 11, device)
+    problem = check_inputs(**inputs, out=poisoned_out(112, 208, torch.bfloat16, device))
+    outs = []
+    for unroll in (1, 2):
+        out = poisoned_out(112, 208, torch.bfloat16, device)
+        grouped_gemm_triton(problem, *inputs.values(), out, config=replace(TILE_CONFIGS[0], k_unroll=unroll))
         outs.append(out)
     assert torch.equal(outs[0].cpu(), outs[1].cpu())
     assert_matches(outs[1], reference64(inputs))

@@ -16,6 +16,8 @@ and one tile computes, with one 128-wide scale group per K step:
                   # (BLOCK_N <= 128: the tile's columns share one weight scale, a scalar folded into a_scale)
     out[rows, cols] = acc.to(out.dtype)            # rows past the expert's end are masked
 
+(K_UNROLL = 2 takes two K blocks per loop step: both products first, then their promotions in order.)
+
 Two launch shapes (PERSISTENT, a compile-time switch):
 - a grid of (cdiv(total_m, BLOCK_M) + E, cdiv(n, BLOCK_N)) programs, an upper bound of the row tiles
   the host can compute; programs past the last real tile do nothing; the programs take their tiles in
@@ -135,13 +137,50 @@ def _tile_in_order(tile, m_tiles, n_tiles, ROW_GROUP: tl.constexpr):
 
 
 @triton.jit
+def _block_product(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptr, b_scale_ptrs, kb, k, kk, row_ok, col_ok, n_tile,
+                   expert64, stride_ask, stride_bse, stride_bsn, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   SCALE_BLOCK: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr):
+    """K block kb of a tile (a_ptrs, b_ptrs at its first column): the FP8 product in float32, the rows'
+    activation scales and the weight scale(s) of the block (one number when the tile's columns lie in one
+    weight scale block)."""
+    if EVEN_K:  # k % BLOCK_K == 0: no K mask to compute
+        a_tile = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+        b_tile = tl.load(b_ptrs, mask=col_ok[:, None], other=0.0)
+    else:
+        k_ok = kk < k - kb * BLOCK_K
+        a_tile = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b_tile = tl.load(b_ptrs, mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+    if UPCAST:  # no FP8 tensor cores below sm_89; e4m3 -> bf16 is exact
+        a_tile = a_tile.to(tl.bfloat16)
+        b_tile = b_tile.to(tl.bfloat16)
+    partial = tl.dot(a_tile, tl.trans(b_tile))
+    scale_group = (kb * BLOCK_K) // SCALE_BLOCK
+    a_s = tl.load(a_scale_ptrs + scale_group * stride_ask, mask=row_ok, other=0.0)
+    if BLOCK_N <= SCALE_BLOCK:
+        b_s = tl.load(b_scale_ptr + expert64 * stride_bse + (n_tile * BLOCK_N // SCALE_BLOCK) * stride_bsn + scale_group)
+    else:
+        b_s = tl.load(b_scale_ptrs + scale_group, mask=col_ok, other=0.0)
+    return partial, a_s, b_s
+
+
+@triton.jit
+def _promote(acc, partial, a_s, b_s, BLOCK_N: tl.constexpr, SCALE_BLOCK: tl.constexpr):
+    """acc + partial scaled by its two scales, in float32."""
+    if BLOCK_N <= SCALE_BLOCK:  # the tile's columns lie in one weight scale block: one FMA per element
+        acc += partial * (a_s * b_s)[:, None]
+    else:
+        acc += partial * a_s[:, None] * b_s[None, :]
+    return acc
+
+
+@triton.jit
 def _gemm_tile(
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr,
     n, k, num_experts,
     stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
     m_tile, n_tile, expert, tiles_before, row_lo, row_hi,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr, K_UNROLL: tl.constexpr,
 ):
     """Row tile m_tile (of expert `expert`, rows row_lo .. row_hi, tiles_before row tiles of the experts
     before it) by column tile n_tile; nothing when expert = num_experts (a tile past the last)."""
@@ -160,31 +199,31 @@ def _gemm_tile(
         a_scale_ptrs = a_scale_ptr + rows64 * stride_asm
         b_scale_ptrs = b_scale_ptr + expert64 * stride_bse + (cols64 // SCALE_BLOCK) * stride_bsn
 
-        # ---- K loop: FP8 product of one K block, then both scales in float32 ----
+        # ---- K loop: FP8 products of K_UNROLL K blocks, then each one's two scales in float32, in order ----
+        # K_UNROLL = 2 issues the second block's product before the first one is promoted: per two blocks
+        # one wait for the tensor cores, one barrier and one set of loop instructions (the same sums in the
+        # same order, so the same bits as one block per step)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for kb in range(0, tl.cdiv(k, BLOCK_K)):
-            if EVEN_K:  # k % BLOCK_K == 0: no K mask to compute
-                a_tile = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-                b_tile = tl.load(b_ptrs, mask=col_ok[:, None], other=0.0)
-            else:
-                k_ok = kk < k - kb * BLOCK_K
-                a_tile = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-                b_tile = tl.load(b_ptrs, mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-            if UPCAST:  # no FP8 tensor cores below sm_89; e4m3 -> bf16 is exact
-                a_tile = a_tile.to(tl.bfloat16)
-                b_tile = b_tile.to(tl.bfloat16)
-            partial = tl.dot(a_tile, tl.trans(b_tile))
-            scale_group = (kb * BLOCK_K) // SCALE_BLOCK
-            a_s = tl.load(a_scale_ptrs + scale_group * stride_ask, mask=row_ok, other=0.0)
-            if BLOCK_N <= SCALE_BLOCK:  # the tile's columns lie in one weight scale block: one FMA per element
-                b_s = tl.load(b_scale_ptr + expert64 * stride_bse + (n_tile * BLOCK_N // SCALE_BLOCK) * stride_bsn
-                              + scale_group)
-                acc += partial * (a_s * b_s)[:, None]
-            else:
-                b_s = tl.load(b_scale_ptrs + scale_group, mask=col_ok, other=0.0)
-                acc += partial * a_s[:, None] * b_s[None, :]
-            a_ptrs += BLOCK_K
-            b_ptrs += BLOCK_K
+        k_blocks = tl.cdiv(k, BLOCK_K)
+        for kb in range(0, k_blocks - (K_UNROLL - 1), K_UNROLL):
+            p0, a_s0, b_s0 = _block_product(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptr, b_scale_ptrs, kb, k, kk, row_ok,
+                                            col_ok, n_tile, expert64, stride_ask, stride_bse, stride_bsn, BLOCK_N,
+                                            BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST)
+            if K_UNROLL == 2:
+                p1, a_s1, b_s1 = _block_product(a_ptrs + BLOCK_K, b_ptrs + BLOCK_K, a_scale_ptrs, b_scale_ptr,
+                                                b_scale_ptrs, kb + 1, k, kk, row_ok, col_ok, n_tile, expert64,
+                                                stride_ask, stride_bse, stride_bsn, BLOCK_N, BLOCK_K, SCALE_BLOCK,
+                                                EVEN_K, UPCAST)
+            acc = _promote(acc, p0, a_s0, b_s0, BLOCK_N, SCALE_BLOCK)
+            if K_UNROLL == 2:
+                acc = _promote(acc, p1, a_s1, b_s1, BLOCK_N, SCALE_BLOCK)
+            a_ptrs += K_UNROLL * BLOCK_K
+            b_ptrs += K_UNROLL * BLOCK_K
+        if K_UNROLL == 2 and k_blocks % 2 == 1:  # an odd count's last block
+            p0, a_s0, b_s0 = _block_product(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptr, b_scale_ptrs, k_blocks - 1, k,
+                                            kk, row_ok, col_ok, n_tile, expert64, stride_ask, stride_bse, stride_bsn,
+                                            BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST)
+            acc = _promote(acc, p0, a_s0, b_s0, BLOCK_N, SCALE_BLOCK)
 
         # ---- epilogue: only this expert's rows, only real columns ----
         if SOFTWARE_BF16_ROUNDING:
@@ -199,7 +238,7 @@ def _resident_tile(
     stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
     lo, hi, tiles, tiles_end, in_range, tile, m_tiles,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr, K_UNROLL: tl.constexpr,
 ):
     """Tile `tile` (m_tile fastest) of a kind whose schedule (lo, hi, tiles, tiles_end) is in registers."""
     m_tile = tile % m_tiles
@@ -208,7 +247,7 @@ def _resident_tile(
         a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
         stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
         m_tile, tile // m_tiles, expert, tiles_before, row_lo, row_hi,
-        BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+        BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, K_UNROLL,
     )
 
 
@@ -225,6 +264,7 @@ def grouped_gemm_fp8_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
     EXPERT_CHUNK: tl.constexpr, PERSISTENT: tl.constexpr, RESIDENT_SCHEDULE: tl.constexpr, EVEN_K: tl.constexpr,
     UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr, MASKED: tl.constexpr, ROW_GROUP: tl.constexpr,
+    K_UNROLL: tl.constexpr,
 ):
     if PERSISTENT:
         # One program per resident slot loops over the tiles, m_tile fastest. With every expert in one
@@ -245,7 +285,7 @@ def grouped_gemm_fp8_kernel(
                     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
                     stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                     lo, hi, tiles, tiles_end, in_range, tile, m_tiles,
-                    BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+                    BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, K_UNROLL,
                 )
             else:
                 m_tile = tile % m_tiles
@@ -255,7 +295,7 @@ def grouped_gemm_fp8_kernel(
                     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
                     stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                     m_tile, tile // m_tiles, expert, tiles_before, row_lo, row_hi,
-                    BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+                    BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, K_UNROLL,
                 )
     else:
         m_tile, n_tile = _tile_in_order(tl.program_id(1) * tl.num_programs(0) + tl.program_id(0),
@@ -266,7 +306,7 @@ def grouped_gemm_fp8_kernel(
             a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
             stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
             m_tile, n_tile, expert, tiles_before, row_lo, row_hi,
-            BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+            BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, K_UNROLL,
         )
 
 
@@ -281,7 +321,7 @@ def grouped_gemm_fp8_two_kinds_kernel(
     # meta-parameters (every expert in one scan chunk: num_experts <= EXPERT_CHUNK)
     BLOCK_M_LARGE: tl.constexpr, BLOCK_M_SMALL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SCALE_BLOCK: tl.constexpr, EXPERT_CHUNK: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
-    SOFTWARE_BF16_ROUNDING: tl.constexpr, MASKED: tl.constexpr,
+    SOFTWARE_BF16_ROUNDING: tl.constexpr, MASKED: tl.constexpr, K_UNROLL: tl.constexpr,
 ):
     """Expert specialization in one persistent launch: each program walks the large experts' tiles
     (BLOCK_M_LARGE rows) and then the small experts' tiles (BLOCK_M_SMALL rows), so the short tiles fill
@@ -302,12 +342,12 @@ def grouped_gemm_fp8_two_kinds_kernel(
                 a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
                 stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                 lo, hi, tiles_large, end_large, in_range, tile, m_large,
-                BLOCK_M_LARGE, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+                BLOCK_M_LARGE, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, K_UNROLL,
             )
         else:
             _resident_tile(
                 a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
                 stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                 lo, hi, tiles_small, end_small, in_range, tile - large, m_small,
-                BLOCK_M_SMALL, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+                BLOCK_M_SMALL, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, K_UNROLL,
             )

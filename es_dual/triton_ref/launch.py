@@ -30,6 +30,7 @@ class TileConfig:
     num_stages: int
     programs_per_sm: int = 0  # > 0: a persistent grid of this many programs per SM; 0: one program per tile
     row_group: int = 0  # one program per tile: row tiles per group of the launch order (kernel._tile_in_order)
+    k_unroll: int = 1  # K blocks per step of the K loop (1 or 2; kernel._gemm_tile)
 
     def __post_init__(self):
         # one scale group per K block; tl.dot needs every tile side >= 16
@@ -37,6 +38,7 @@ class TileConfig:
             SCALE_BLOCK % self.block_k == 0
             and min(self.block_m, self.block_n, self.block_k) >= 16
             and all(x & (x - 1) == 0 for x in (self.block_m, self.block_n, self.block_k))
+            and self.k_unroll in (1, 2)
         )
         if not ok:
             raise ValueError(f"invalid Triton tile configuration {self}")
@@ -200,7 +202,7 @@ def _shared_constants(problem: Problem, config: TileConfig, upcast) -> dict:
         EXPERT_CHUNK=_expert_chunk(problem.num_experts), EVEN_K=k % config.block_k == 0,
         UPCAST=not fp8_cores if upcast is None else upcast,
         SOFTWARE_BF16_ROUNDING=problem.device.type == "cpu" and problem.out_dtype == torch.bfloat16,
-        MASKED=problem.max_m > 0,
+        MASKED=problem.max_m > 0, K_UNROLL=config.k_unroll,
     )
 
 
