@@ -41,6 +41,11 @@ LAYER_CONFIGS = [dict(), dict(overlap_max_pairs=0),
                  dict(_TC_DOWN, overlap_max_pairs=0), dict(_TC_DOWN, down_mma_stages=2),
                  dict(_TC_DOWN, down_mma_stages=4), dict(_TC_DOWN, down_block_n=32),
                  dict(_TC_DOWN, down_block_n=64, down_mma_warps=2)]
+# gate_up in fewer, resident programs: with the overlap, SiLU and down launch once every gate_up program has
+# started, so a gate_up grid of more than one resident wave (the default, 16 programs of 8 warps per SM)
+# keeps down's early weight loads back until its last wave; with at most 32 warps of gate_up per SM, down's
+# programs can be resident from the start and its weights stream alongside gate_up's
+LAYER_CONFIGS += [dict(programs_per_sm=p, gate_up_warps=w) for p, w in ((4, 8), (2, 8), (8, 4), (6, 4), (4, 4))]
 
 
 def _write_csv(path, rows):
