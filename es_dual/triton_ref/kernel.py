@@ -137,12 +137,12 @@ def _tile_in_order(tile, m_tiles, n_tiles, ROW_GROUP: tl.constexpr):
 
 
 @triton.jit
-def _block_product(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptr, b_scale_ptrs, kb, k, kk, row_ok, col_ok, n_tile,
-                   expert64, stride_ask, stride_bse, stride_bsn, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   SCALE_BLOCK: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr):
+def _block_product(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_ok, col_ok, stride_ask,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr, EVEN_K: tl.constexpr,
+                   UPCAST: tl.constexpr):
     """K block kb of a tile (a_ptrs, b_ptrs at its first column): the FP8 product in float32, the rows'
-    activation scales and the weight scale(s) of the block (one number when the tile's columns lie in one
-    weight scale block)."""
+    activation scales and the weight scale(s) of the block (b_scale_ptrs: one pointer when the tile's
+    columns lie in one weight scale block, else one per column)."""
     if EVEN_K:  # k % BLOCK_K == 0: no K mask to compute
         a_tile = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
         b_tile = tl.load(b_ptrs, mask=col_ok[:, None], other=0.0)
@@ -157,7 +157,7 @@ def _block_product(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptr, b_scale_ptrs, kb, 
     scale_group = (kb * BLOCK_K) // SCALE_BLOCK
     a_s = tl.load(a_scale_ptrs + scale_group * stride_ask, mask=row_ok, other=0.0)
     if BLOCK_N <= SCALE_BLOCK:
-        b_s = tl.load(b_scale_ptr + expert64 * stride_bse + (n_tile * BLOCK_N // SCALE_BLOCK) * stride_bsn + scale_group)
+        b_s = tl.load(b_scale_ptrs + scale_group)
     else:
         b_s = tl.load(b_scale_ptrs + scale_group, mask=col_ok, other=0.0)
     return partial, a_s, b_s
@@ -197,7 +197,10 @@ def _gemm_tile(
         a_ptrs = a_ptr + rows64[:, None] * stride_am + kk[None, :]
         b_ptrs = b_ptr + expert64 * stride_be + cols64[:, None] * stride_bn + kk[None, :]
         a_scale_ptrs = a_scale_ptr + rows64 * stride_asm
-        b_scale_ptrs = b_scale_ptr + expert64 * stride_bse + (cols64 // SCALE_BLOCK) * stride_bsn
+        if BLOCK_N <= SCALE_BLOCK:  # the tile's columns lie in one weight scale block: one scale per K block
+            b_scale_ptrs = b_scale_ptr + expert64 * stride_bse + (n_tile * BLOCK_N // SCALE_BLOCK) * stride_bsn
+        else:
+            b_scale_ptrs = b_scale_ptr + expert64 * stride_bse + (cols64 // SCALE_BLOCK) * stride_bsn
 
         # ---- K loop: FP8 products of K_UNROLL K blocks, then each one's two scales in float32, in order ----
         # K_UNROLL = 2 issues the second block's product before the first one is promoted: per two blocks
@@ -206,13 +209,11 @@ def _gemm_tile(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         k_blocks = tl.cdiv(k, BLOCK_K)
         for kb in range(0, k_blocks - (K_UNROLL - 1), K_UNROLL):
-            p0, a_s0, b_s0 = _block_product(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptr, b_scale_ptrs, kb, k, kk, row_ok,
-                                            col_ok, n_tile, expert64, stride_ask, stride_bse, stride_bsn, BLOCK_N,
-                                            BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST)
+            p0, a_s0, b_s0 = _block_product(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_ok, col_ok,
+                                            stride_ask, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST)
             if K_UNROLL == 2:
-                p1, a_s1, b_s1 = _block_product(a_ptrs + BLOCK_K, b_ptrs + BLOCK_K, a_scale_ptrs, b_scale_ptr,
-                                                b_scale_ptrs, kb + 1, k, kk, row_ok, col_ok, n_tile, expert64,
-                                                stride_ask, stride_bse, stride_bsn, BLOCK_N, BLOCK_K, SCALE_BLOCK,
+                p1, a_s1, b_s1 = _block_product(a_ptrs + BLOCK_K, b_ptrs + BLOCK_K, a_scale_ptrs, b_scale_ptrs, kb + 1,
+                                                k, kk, row_ok, col_ok, stride_ask, BLOCK_N, BLOCK_K, SCALE_BLOCK,
                                                 EVEN_K, UPCAST)
             acc = _promote(acc, p0, a_s0, b_s0, BLOCK_N, SCALE_BLOCK)
             if K_UNROLL == 2:
@@ -220,9 +221,8 @@ def _gemm_tile(
             a_ptrs += K_UNROLL * BLOCK_K
             b_ptrs += K_UNROLL * BLOCK_K
         if K_UNROLL == 2 and k_blocks % 2 == 1:  # an odd count's last block
-            p0, a_s0, b_s0 = _block_product(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptr, b_scale_ptrs, k_blocks - 1, k,
-                                            kk, row_ok, col_ok, n_tile, expert64, stride_ask, stride_bse, stride_bsn,
-                                            BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST)
+            p0, a_s0, b_s0 = _block_product(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, k_blocks - 1, k, kk, row_ok,
+                                            col_ok, stride_ask, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST)
             acc = _promote(acc, p0, a_s0, b_s0, BLOCK_N, SCALE_BLOCK)
 
         # ---- epilogue: only this expert's rows, only real columns ----
