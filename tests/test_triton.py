@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 import es_dual
 from es_dual.problem import Problem, check_inputs
 from es_dual.triton_ref.launch import (
-    TILE_CONFIGS, TRITON_BUCKETS, TRITON_TWO_KINDS, LaunchSequence, TritonBucket, choose_config, grouped_gemm_triton,
-    plan_triton, plan_two_kinds,
+    DECODE_TILE, TILE_CONFIGS, TRITON_BUCKETS, TRITON_TWO_KINDS, LaunchSequence, TritonBucket, choose_config,
+    grouped_gemm_triton, plan_triton, plan_two_kinds,
 )
 from support import assert_matches, make_inputs, needs_gpu, poisoned_out, reference64, routings, run_backend
 
@@ -65,11 +65,12 @@ def test_exact_inputs_bit_equal_to_reference(device, counts, k, seed):
     assert torch.equal(got.cpu(), expected.cpu())
 
 
-# Every launch shape choose_config may pick: the table's rows in each launch order (row tiles fastest,
-# persistent, row tiles in groups), and with two K blocks per loop step.
-LAUNCH_VARIANTS = (TILE_CONFIGS + tuple(c.persistent(2) for c in TILE_CONFIGS)
-                   + tuple(replace(c, row_group=8) for c in TILE_CONFIGS)
-                   + tuple(replace(c, k_unroll=2) for c in TILE_CONFIGS))
+# Every launch shape choose_config may pick: the table's rows and the buckets' decode tile in each launch
+# order (row tiles fastest, persistent, row tiles in groups), and with the scales folded (tiles of one
+# weight scale block's columns).
+TILES = TILE_CONFIGS + (DECODE_TILE,)
+LAUNCH_VARIANTS = (TILES + tuple(c.persistent(2) for c in TILES) + tuple(replace(c, row_group=8) for c in TILES)
+                   + tuple(replace(c, fold_scales=True) for c in TILES if c.block_n <= 128))
 
 
 @given(
@@ -96,25 +97,46 @@ def test_row_grouped_launch_order_changes_no_bit(device, row_group):
     outs = []
     for group in (0, row_group):
         out = poisoned_out(163, 400, torch.bfloat16, device)
-        grouped_gemm_triton(problem, *inputs.values(), out, config=replace(TILE_CONFIGS[0], row_group=group))
+        grouped_gemm_triton(problem, *inputs.values(), out, config=replace(DECODE_TILE, row_group=group))
         outs.append(out)
     assert torch.equal(outs[0].cpu(), outs[1].cpu())
     assert_matches(outs[1], reference64(inputs))
+
+
+def _large_tile_outputs(inputs, device):
+    """The large tile's output with one promotion per K block, then with the scales folded."""
+    problem = check_inputs(**inputs)
+    outs = []
+    for fold in (False, True):
+        out = poisoned_out(problem.total_m, problem.n, torch.bfloat16, device)
+        grouped_gemm_triton(problem, *inputs.values(), out, config=replace(TILE_CONFIGS[-1], fold_scales=fold))
+        outs.append(out)
+    return outs
 
 
 @pytest.mark.parametrize("k", [256, 384, 400])  # 2 and 3 blocks, 4 with a ragged last one
-def test_two_k_blocks_per_step_change_no_bit(device, k):
-    """Two K blocks per loop step (TileConfig.k_unroll; an odd block count's last block alone, a ragged
-    last block) promote the same products in the same order as one per step: equal bits."""
-    inputs = make_inputs([37, 0, 70, 5], 208, k, 11, device)
-    problem = check_inputs(**inputs, out=poisoned_out(112, 208, torch.bfloat16, device))
-    outs = []
-    for unroll in (1, 2):
-        out = poisoned_out(112, 208, torch.bfloat16, device)
-        grouped_gemm_triton(problem, *inputs.values(), out, config=replace(TILE_CONFIGS[0], k_unroll=unroll))
-        outs.append(out)
-    assert torch.equal(outs[0].cpu(), outs[1].cpu())
-    assert_matches(outs[1], reference64(inputs))
+def test_folded_scales_agree_with_one_promotion_per_block(device, k):
+    """The two accumulators with folded scales (TileConfig.fold_scales; an odd block count's last block
+    promoted alone, a ragged last block): the same bits as one promotion per block where every sum is
+    exact (small integers, power-of-two scales), the reference's values on quantized inputs."""
+    promoted, folded = _large_tile_outputs(make_inputs([37, 0, 170, 5], 208, k, 11, device, exact=True), device)
+    assert torch.equal(promoted.cpu(), folded.cpu())
+    inputs = make_inputs([37, 0, 170, 5], 208, k, 11, device)
+    assert_matches(_large_tile_outputs(inputs, device)[1], reference64(inputs))
+
+
+def test_folded_scales_take_zero_blocks(device):
+    """A zero scale on a zero block (an all-zero token group or weight block, as quantizers write them), in
+    an accumulator's first block and later ones, adds nothing and leaves no NaN."""
+    inputs = make_inputs([37, 70], 208, 512, 5, device)
+    inputs["a"][3, 128:256].zero_()
+    inputs["a_scale"][3, 1] = 0.0
+    inputs["a"][40, :128].zero_()
+    inputs["a_scale"][40, 0] = 0.0
+    inputs["b"][1, :128, 384:].zero_()
+    inputs["b_scale"][1, 0, 3] = 0.0
+    for out in _large_tile_outputs(inputs, device):
+        assert_matches(out, reference64(inputs))
 
 
 # The expert-specialized table, and one whose buckets are persistent launches (both launch shapes per bucket).
@@ -178,7 +200,7 @@ def test_persistent_scan_past_one_chunk(device):
     counts[3], counts[1030], counts[1099] = 5, 17, 40
     inputs = make_inputs(counts, 48, 128, seed=3, device=device)
     out = poisoned_out(sum(counts), 48, torch.bfloat16, device)
-    grouped_gemm_triton(check_inputs(**inputs, out=out), *inputs.values(), out, config=TILE_CONFIGS[0].persistent(2))
+    grouped_gemm_triton(check_inputs(**inputs, out=out), *inputs.values(), out, config=DECODE_TILE.persistent(2))
     assert_matches(out, reference64(inputs))
 
 

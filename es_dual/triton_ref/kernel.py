@@ -16,7 +16,10 @@ and one tile computes, with one 128-wide scale group per K step:
                   # (BLOCK_N <= 128: the tile's columns share one weight scale, a scalar folded into a_scale)
     out[rows, cols] = acc.to(out.dtype)            # rows past the expert's end are masked
 
-(K_UNROLL = 2 takes two K blocks per loop step: both products first, then their promotions in order.)
+(FOLD_SCALES, for tiles whose columns share one weight scale, keeps two accumulators, for the even and the
+odd K blocks, each in units of its latest block's scale s_j per row, so that each block's product
+accumulates into its dot: acc = dot(a_j, b_j, acc * (s_{j-2} / s_j)), and out = acc_even * s_even +
+acc_odd * s_odd; the same sums, rounded differently.)
 
 Two launch shapes (PERSISTENT, a compile-time switch):
 - a grid of (cdiv(total_m, BLOCK_M) + E, cdiv(n, BLOCK_N)) programs, an upper bound of the row tiles
@@ -137,12 +140,12 @@ def _tile_in_order(tile, m_tiles, n_tiles, ROW_GROUP: tl.constexpr):
 
 
 @triton.jit
-def _block_product(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_ok, col_ok, stride_ask,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr, EVEN_K: tl.constexpr,
-                   UPCAST: tl.constexpr):
-    """K block kb of a tile (a_ptrs, b_ptrs at its first column): the FP8 product in float32, the rows'
-    activation scales and the weight scale(s) of the block (b_scale_ptrs: one pointer when the tile's
-    columns lie in one weight scale block, else one per column)."""
+def _load_block(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_ok, col_ok, stride_ask,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr, EVEN_K: tl.constexpr,
+                UPCAST: tl.constexpr):
+    """K block kb of a tile (a_ptrs, b_ptrs at its first column): its a and b tiles, the rows' activation
+    scales and the weight scale(s) of the block (b_scale_ptrs: one pointer when the tile's columns lie in
+    one weight scale block, else one per column)."""
     if EVEN_K:  # k % BLOCK_K == 0: no K mask to compute
         a_tile = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
         b_tile = tl.load(b_ptrs, mask=col_ok[:, None], other=0.0)
@@ -153,14 +156,13 @@ def _block_product(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_ok
     if UPCAST:  # no FP8 tensor cores below sm_89; e4m3 -> bf16 is exact
         a_tile = a_tile.to(tl.bfloat16)
         b_tile = b_tile.to(tl.bfloat16)
-    partial = tl.dot(a_tile, tl.trans(b_tile))
     scale_group = (kb * BLOCK_K) // SCALE_BLOCK
     a_s = tl.load(a_scale_ptrs + scale_group * stride_ask, mask=row_ok, other=0.0)
     if BLOCK_N <= SCALE_BLOCK:
         b_s = tl.load(b_scale_ptrs + scale_group)
     else:
         b_s = tl.load(b_scale_ptrs + scale_group, mask=col_ok, other=0.0)
-    return partial, a_s, b_s
+    return a_tile, b_tile, a_s, b_s
 
 
 @triton.jit
@@ -174,13 +176,33 @@ def _promote(acc, partial, a_s, b_s, BLOCK_N: tl.constexpr, SCALE_BLOCK: tl.cons
 
 
 @triton.jit
+def _add_block(acc, a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_ok, col_ok, stride_ask,
+               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr, EVEN_K: tl.constexpr,
+               UPCAST: tl.constexpr):
+    """acc plus K block kb's FP8 product times its two scales."""
+    a_tile, b_tile, a_s, b_s = _load_block(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_ok, col_ok,
+                                           stride_ask, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST)
+    return _promote(acc, tl.dot(a_tile, tl.trans(b_tile)), a_s, b_s, BLOCK_N, SCALE_BLOCK)
+
+
+@triton.jit
+def _folded_step(acc, scale, a_tile, b_tile, block_scale):
+    """acc, held in units of `scale` per row, plus this block's product, in units of block_scale: the
+    product accumulates into acc rescaled, so the dot chains into its accumulator. A zero block_scale
+    scales a zero block (a row past the expert's end, or a zero block as quantizers write it): its product
+    adds nothing, and acc keeps its units."""
+    block_scale = tl.where(block_scale == 0.0, scale, block_scale)
+    return tl.dot(a_tile, tl.trans(b_tile), acc * (scale / block_scale)[:, None]), block_scale
+
+
+@triton.jit
 def _gemm_tile(
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr,
     n, k, num_experts,
     stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
     m_tile, n_tile, expert, tiles_before, row_lo, row_hi,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr, K_UNROLL: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr, FOLD_SCALES: tl.constexpr,
 ):
     """Row tile m_tile (of expert `expert`, rows row_lo .. row_hi, tiles_before row tiles of the experts
     before it) by column tile n_tile; nothing when expert = num_experts (a tile past the last)."""
@@ -202,28 +224,38 @@ def _gemm_tile(
         else:
             b_scale_ptrs = b_scale_ptr + expert64 * stride_bse + (cols64 // SCALE_BLOCK) * stride_bsn
 
-        # ---- K loop: FP8 products of K_UNROLL K blocks, then each one's two scales in float32, in order ----
-        # K_UNROLL = 2 issues the second block's product before the first one is promoted: per two blocks
-        # one wait for the tensor cores, one barrier and one set of loop instructions (the same sums in the
-        # same order, so the same bits as one block per step)
+        # ---- K loop: each K block's FP8 product, then its two scales in float32, in order ----
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         k_blocks = tl.cdiv(k, BLOCK_K)
-        for kb in range(0, k_blocks - (K_UNROLL - 1), K_UNROLL):
-            p0, a_s0, b_s0 = _block_product(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_ok, col_ok,
-                                            stride_ask, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST)
-            if K_UNROLL == 2:
-                p1, a_s1, b_s1 = _block_product(a_ptrs + BLOCK_K, b_ptrs + BLOCK_K, a_scale_ptrs, b_scale_ptrs, kb + 1,
-                                                k, kk, row_ok, col_ok, stride_ask, BLOCK_N, BLOCK_K, SCALE_BLOCK,
-                                                EVEN_K, UPCAST)
-            acc = _promote(acc, p0, a_s0, b_s0, BLOCK_N, SCALE_BLOCK)
-            if K_UNROLL == 2:
-                acc = _promote(acc, p1, a_s1, b_s1, BLOCK_N, SCALE_BLOCK)
-            a_ptrs += K_UNROLL * BLOCK_K
-            b_ptrs += K_UNROLL * BLOCK_K
-        if K_UNROLL == 2 and k_blocks % 2 == 1:  # an odd count's last block
-            p0, a_s0, b_s0 = _block_product(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, k_blocks - 1, k, kk, row_ok,
-                                            col_ok, stride_ask, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST)
-            acc = _promote(acc, p0, a_s0, b_s0, BLOCK_N, SCALE_BLOCK)
+        if FOLD_SCALES:
+            # Triton waits for a product right after issuing it unless the product only feeds the next
+            # dot's accumulator. Two accumulators, one for the even and one for the odd K blocks, each
+            # held in units of its latest block's scale, chain into their dots; the odd block's rescale
+            # and issue then overlap the even block's tensor-core work. (Tiles whose columns share one
+            # weight scale, so the units are one value per row.)
+            acc_odd = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            s_even = tl.full((BLOCK_M,), 1.0, tl.float32)
+            s_odd = tl.full((BLOCK_M,), 1.0, tl.float32)
+            for kb in range(0, k_blocks - 1, 2):
+                a0, b0, a_s0, b_s0 = _load_block(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_ok,
+                                                 col_ok, stride_ask, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST)
+                a1, b1, a_s1, b_s1 = _load_block(a_ptrs + BLOCK_K, b_ptrs + BLOCK_K, a_scale_ptrs, b_scale_ptrs,
+                                                 kb + 1, k, kk, row_ok, col_ok, stride_ask, BLOCK_N, BLOCK_K,
+                                                 SCALE_BLOCK, EVEN_K, UPCAST)
+                acc, s_even = _folded_step(acc, s_even, a0, b0, a_s0 * b_s0)
+                acc_odd, s_odd = _folded_step(acc_odd, s_odd, a1, b1, a_s1 * b_s1)
+                a_ptrs += 2 * BLOCK_K
+                b_ptrs += 2 * BLOCK_K
+            acc = acc * s_even[:, None] + acc_odd * s_odd[:, None]
+            if k_blocks % 2 == 1:  # an odd count's last block
+                acc = _add_block(acc, a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, k_blocks - 1, k, kk, row_ok, col_ok,
+                                 stride_ask, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST)
+        else:
+            for kb in range(0, k_blocks):
+                acc = _add_block(acc, a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_ok, col_ok,
+                                 stride_ask, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST)
+                a_ptrs += BLOCK_K
+                b_ptrs += BLOCK_K
 
         # ---- epilogue: only this expert's rows, only real columns ----
         if SOFTWARE_BF16_ROUNDING:
@@ -238,7 +270,7 @@ def _resident_tile(
     stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
     lo, hi, tiles, tiles_end, in_range, tile, m_tiles,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr, K_UNROLL: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr, FOLD_SCALES: tl.constexpr,
 ):
     """Tile `tile` (m_tile fastest) of a kind whose schedule (lo, hi, tiles, tiles_end) is in registers."""
     m_tile = tile % m_tiles
@@ -247,7 +279,7 @@ def _resident_tile(
         a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
         stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
         m_tile, tile // m_tiles, expert, tiles_before, row_lo, row_hi,
-        BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, K_UNROLL,
+        BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, FOLD_SCALES,
     )
 
 
@@ -264,7 +296,7 @@ def grouped_gemm_fp8_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
     EXPERT_CHUNK: tl.constexpr, PERSISTENT: tl.constexpr, RESIDENT_SCHEDULE: tl.constexpr, EVEN_K: tl.constexpr,
     UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr, MASKED: tl.constexpr, ROW_GROUP: tl.constexpr,
-    K_UNROLL: tl.constexpr,
+    FOLD_SCALES: tl.constexpr,
 ):
     if PERSISTENT:
         # One program per resident slot loops over the tiles, m_tile fastest. With every expert in one
@@ -285,7 +317,7 @@ def grouped_gemm_fp8_kernel(
                     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
                     stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                     lo, hi, tiles, tiles_end, in_range, tile, m_tiles,
-                    BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, K_UNROLL,
+                    BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, FOLD_SCALES,
                 )
             else:
                 m_tile = tile % m_tiles
@@ -295,7 +327,7 @@ def grouped_gemm_fp8_kernel(
                     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
                     stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                     m_tile, tile // m_tiles, expert, tiles_before, row_lo, row_hi,
-                    BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, K_UNROLL,
+                    BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, FOLD_SCALES,
                 )
     else:
         m_tile, n_tile = _tile_in_order(tl.program_id(1) * tl.num_programs(0) + tl.program_id(0),
@@ -306,7 +338,7 @@ def grouped_gemm_fp8_kernel(
             a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
             stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
             m_tile, n_tile, expert, tiles_before, row_lo, row_hi,
-            BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, K_UNROLL,
+            BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, FOLD_SCALES,
         )
 
 
@@ -321,7 +353,7 @@ def grouped_gemm_fp8_two_kinds_kernel(
     # meta-parameters (every expert in one scan chunk: num_experts <= EXPERT_CHUNK)
     BLOCK_M_LARGE: tl.constexpr, BLOCK_M_SMALL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SCALE_BLOCK: tl.constexpr, EXPERT_CHUNK: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
-    SOFTWARE_BF16_ROUNDING: tl.constexpr, MASKED: tl.constexpr, K_UNROLL: tl.constexpr,
+    SOFTWARE_BF16_ROUNDING: tl.constexpr, MASKED: tl.constexpr, FOLD_SCALES: tl.constexpr,
 ):
     """Expert specialization in one persistent launch: each program walks the large experts' tiles
     (BLOCK_M_LARGE rows) and then the small experts' tiles (BLOCK_M_SMALL rows), so the short tiles fill
@@ -342,12 +374,12 @@ def grouped_gemm_fp8_two_kinds_kernel(
                 a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
                 stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                 lo, hi, tiles_large, end_large, in_range, tile, m_large,
-                BLOCK_M_LARGE, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, K_UNROLL,
+                BLOCK_M_LARGE, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, FOLD_SCALES,
             )
         else:
             _resident_tile(
                 a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
                 stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                 lo, hi, tiles_small, end_small, in_range, tile - large, m_small,
-                BLOCK_M_SMALL, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, K_UNROLL,
+                BLOCK_M_SMALL, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, FOLD_SCALES,
             )

@@ -30,7 +30,7 @@ class TileConfig:
     num_stages: int
     programs_per_sm: int = 0  # > 0: a persistent grid of this many programs per SM; 0: one program per tile
     row_group: int = 0  # one program per tile: row tiles per group of the launch order (kernel._tile_in_order)
-    k_unroll: int = 1  # K blocks per step of the K loop (1 or 2; kernel._gemm_tile)
+    fold_scales: bool = False  # two accumulators with the scales folded in (kernel.FOLD_SCALES; block_n <= 128)
 
     def __post_init__(self):
         # one scale group per K block; tl.dot needs every tile side >= 16
@@ -38,7 +38,7 @@ class TileConfig:
             SCALE_BLOCK % self.block_k == 0
             and min(self.block_m, self.block_n, self.block_k) >= 16
             and all(x & (x - 1) == 0 for x in (self.block_m, self.block_n, self.block_k))
-            and self.k_unroll in (1, 2)
+            and (not self.fold_scales or self.block_n <= SCALE_BLOCK)
         )
         if not ok:
             raise ValueError(f"invalid Triton tile configuration {self}")
@@ -48,15 +48,22 @@ class TileConfig:
         return replace(self, programs_per_sm=programs_per_sm)
 
 
-# Why these rows: an expert's rows are padded up to BLOCK_M, so BLOCK_M follows the typical expert size
-# to keep padding waste low on decode-like routings; BLOCK_N = 128 matches one weight-scale block. The
-# launch order is not in the table: choose_config sets it from k and the size of a (launch_order).
+# Why these rows: BLOCK_N = 128 matches one weight-scale block. Up to 64 tokens per expert on average the
+# call streams weights and a row tile holds a whole expert: 64 rows are one WGMMA's M, so fewer rows save
+# no weight bytes, only tensor-core work that is hidden behind them (benchmarks/triton_sweep.py on an H100,
+# decode_uniform8, 8 tokens per expert: 64 x 128 324.6 µs, 32 x 128 331.2, 16 x 128 331.5 (3-6 stages
+# 325.6-339.0); an earlier sweep 343.5 against 349.3). Above, 128 x 128 with 8 warps reads each expert's
+# weights once per 128 tokens, with the scales folded into two accumulators so that the tensor cores work
+# through part of the scale arithmetic (benchmarks/triton_promotion_probe.py, balanced_big's shape on an
+# H100: 2300.4 µs against 2391.6-2449.4 promoting each block; 3 stages: 4 do not fit with two blocks per
+# step). The launch order is not in the table: choose_config sets it from k and the size of a (launch_order).
 TILE_CONFIGS = (
-    TileConfig(max_mean_tokens=16, block_m=16, block_n=128, block_k=128, num_warps=4, num_stages=4),
-    TileConfig(max_mean_tokens=32, block_m=32, block_n=128, block_k=128, num_warps=4, num_stages=4),
     TileConfig(max_mean_tokens=64, block_m=64, block_n=128, block_k=128, num_warps=4, num_stages=4),
-    TileConfig(max_mean_tokens=float("inf"), block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=3),
+    TileConfig(max_mean_tokens=float("inf"), block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=3,
+               fold_scales=True),
 )
+# Rows padded to 16 for experts of a few tokens, in the expert-specialized launches below.
+DECODE_TILE = TileConfig(max_mean_tokens=16, block_m=16, block_n=128, block_k=128, num_warps=4, num_stages=4)
 
 # The launch order of the chosen tile, from benchmarks/triton_sweep.py on an H100 (docs/perf-notes.md,
 # CUDA events, L2 flushed), the 64 x 128 tile unless named:
@@ -87,9 +94,9 @@ class TritonBucket:
 # weights are then read once per 128 tokens instead of once per 16. Bounds from the tiles' row padding;
 # not yet measured against the mean-based table (benchmarks/triton_sweep.py --buckets), so not the default.
 TRITON_BUCKETS = (
-    TritonBucket(16, TILE_CONFIGS[0]),
-    TritonBucket(64, TILE_CONFIGS[2]),
-    TritonBucket(float("inf"), TILE_CONFIGS[3]),
+    TritonBucket(16, DECODE_TILE),
+    TritonBucket(64, TILE_CONFIGS[0]),
+    TritonBucket(float("inf"), TILE_CONFIGS[1]),
 )
 ALL_ROWS = 2**31 - 1  # max_rows of a launch that takes every expert (row counts are int32 in the kernel)
 
@@ -106,7 +113,7 @@ class TwoKinds:
 
 
 # Not yet measured (benchmarks/triton_sweep.py --buckets), so not the default.
-TRITON_TWO_KINDS = TwoKinds(split_rows=64, small_block_m=16, large=TILE_CONFIGS[3], programs_per_sm=1)
+TRITON_TWO_KINDS = TwoKinds(split_rows=64, small_block_m=16, large=TILE_CONFIGS[1], programs_per_sm=1)
 
 
 def choose_config(problem: Problem) -> TileConfig:
@@ -202,7 +209,7 @@ def _shared_constants(problem: Problem, config: TileConfig, upcast) -> dict:
         EXPERT_CHUNK=_expert_chunk(problem.num_experts), EVEN_K=k % config.block_k == 0,
         UPCAST=not fp8_cores if upcast is None else upcast,
         SOFTWARE_BF16_ROUNDING=problem.device.type == "cpu" and problem.out_dtype == torch.bfloat16,
-        MASKED=problem.max_m > 0, K_UNROLL=config.k_unroll,
+        MASKED=problem.max_m > 0, FOLD_SCALES=config.fold_scales,
     )
 
 
