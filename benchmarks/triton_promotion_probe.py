@@ -8,11 +8,11 @@ barrier every K block, so the FMAs, the address arithmetic and the next block's 
 tensor cores idle (SASS: WARPGROUP.DEPBAR.LE gsb0, 0x0 after each QGMMA group). Variants, each a plain
 grouped GEMM over E experts of m rows (128 x 128 tiles, row tiles in groups of 8, K-major scales):
   each    one K block per step: product, wait, promote (the kernel's K loop)
-  pairs   two products per step, then both promotions (the kernel's k_unroll = 2)
+  pairs   two products per step, then both promotions
   folded  two accumulators, one for even and one for odd K blocks, each kept in units of its latest scale:
           acc = dot(a, b, acc * (previous scale / this scale)), the scale applied once at the end. The dot
           chains into its accumulator, so the odd block's rescale and issue can run while the even block's
-          WGMMA is in flight (SASS: one wait per two blocks between the two dots)
+          WGMMA is in flight (SASS: one wait per two blocks, between the two dots; the kernel's fold_scales)
 Each variant is checked against `each` (relative error), timed with CUDA events and the L2 flushed.
 python benchmarks/triton_promotion_probe.py [--shape E,m,n,k] [--configs "variant,warps,stages;..."]
 """
