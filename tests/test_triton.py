@@ -1,4 +1,5 @@
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ from hypothesis import strategies as st
 
 import es_dual
 from es_dual.problem import Problem, check_inputs
+from es_dual.triton_ref import launch
 from es_dual.triton_ref.launch import (
     DECODE_TILE, TILE_CONFIGS, TRITON_BUCKETS, TRITON_TWO_KINDS, LaunchSequence, TritonBucket, choose_config,
     grouped_gemm_triton, plan_triton, plan_two_kinds,
@@ -213,6 +215,15 @@ def test_persistent_scan_past_one_chunk(device):
 def test_launch_order_from_k_and_the_size_of_a(total_m, k, experts, order):
     config = choose_config(Problem(total_m, 4096, k, experts, torch.bfloat16, torch.device("cpu")))
     assert (config.programs_per_sm, config.row_group) == order
+
+
+@pytest.mark.parametrize("shared, folded", [(232448, True), (166912, False), (101376, False)])  # H100, A100, sm_89
+def test_scales_folded_where_the_pipeline_fits(monkeypatch, shared, folded):
+    monkeypatch.setattr(launch, "max_shared_memory", lambda device: shared)
+    monkeypatch.setattr(launch, "device_properties", lambda device: SimpleNamespace(L2_cache_size=50 << 20))
+    config = choose_config(Problem(32768, 4096, 7168, 8, torch.bfloat16, torch.device("cuda", 0)))
+    assert (config.block_m, config.fold_scales) == (128, folded)
+    assert launch.pipeline_shared_bytes(config) <= shared
 
 
 def test_tile_configs_cover_every_mean():

@@ -9,6 +9,7 @@ Each launch's grid is sized by the bound sum_e cdiv(m_e, BLOCK_M) <= cdiv(total_
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import torch
@@ -117,8 +118,27 @@ TRITON_TWO_KINDS = TwoKinds(split_rows=64, small_block_m=16, large=TILE_CONFIGS[
 
 
 def choose_config(problem: Problem) -> TileConfig:
-    """The table's tile for the mean tokens per expert, in the launch order for k and a's size."""
-    return launch_order(problem, next(c for c in TILE_CONFIGS if problem.mean_tokens <= c.max_mean_tokens))
+    """The table's tile for the mean tokens per expert, in the launch order for k and a's size; one K block
+    per step where the folded scales' pipeline does not fit the GPU's shared memory (192 KB for the large
+    tile: Hopper has 227, sm_80 163, sm_86, sm_89 and sm_120 99)."""
+    config = next(c for c in TILE_CONFIGS if problem.mean_tokens <= c.max_mean_tokens)
+    if (config.fold_scales and problem.device.type == "cuda"
+            and pipeline_shared_bytes(config) > max_shared_memory(problem.device)):
+        config = replace(config, fold_scales=False)
+    return launch_order(problem, config)
+
+
+def pipeline_shared_bytes(config: TileConfig) -> int:
+    """Shared memory of a tile's load pipeline: num_stages steps of FP8 a and b blocks, two K blocks per
+    step with the scales folded."""
+    return config.num_stages * (2 if config.fold_scales else 1) * (config.block_m + config.block_n) * config.block_k
+
+
+@functools.lru_cache(maxsize=None)
+def max_shared_memory(device: torch.device) -> int:
+    """Shared memory one program may use on the device, the limit Triton checks its launches against."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
 
 
 def launch_order(problem: Problem, config: TileConfig) -> TileConfig:
