@@ -11,8 +11,9 @@ grouped GEMM over E experts of m rows (128 x 128 tiles, row tiles in groups of 8
   pairs   two products per step, then both promotions
   folded  two accumulators, one for even and one for odd K blocks, each kept in units of its latest scale:
           acc = dot(a, b, acc * (previous scale / this scale)), the scale applied once at the end. The dot
-          chains into its accumulator, so the odd block's rescale and issue can run while the even block's
-          WGMMA is in flight (SASS: one wait per two blocks, between the two dots; the kernel's fold_scales)
+          chains into its accumulator, so Triton leaves the odd block's WGMMAs in flight across the loop's
+          back edge, while the next step's loads issue (SASS: waits before each rescale; the kernel's
+          fold_scales)
 Each variant is checked against `each` (relative error), timed with CUDA events and the L2 flushed.
 python benchmarks/triton_promotion_probe.py [--shape E,m,n,k] [--configs "variant,warps,stages;..."]
 """

@@ -230,9 +230,10 @@ def _gemm_tile(
         if FOLD_SCALES:
             # Triton waits for a product right after issuing it unless the product only feeds the next
             # dot's accumulator. Two accumulators, one for the even and one for the odd K blocks, each
-            # held in units of its latest block's scale, chain into their dots; the odd block's rescale
-            # and issue then overlap the even block's tensor-core work. (Tiles whose columns share one
-            # weight scale, so the units are one value per row.)
+            # held in units of its latest block's scale, chain into their dots: the odd block's WGMMAs
+            # run while the next step's loads and address arithmetic issue, one barrier per two blocks,
+            # and no product registers beside the accumulators (SASS, sm_90). (Tiles whose columns share
+            # one weight scale, so the units are one value per row.)
             acc_odd = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             s_even = tl.full((BLOCK_M,), 1.0, tl.float32)
             s_odd = tl.full((BLOCK_M,), 1.0, tl.float32)

@@ -54,8 +54,8 @@ class TileConfig:
 # no weight bytes, only tensor-core work that is hidden behind them (benchmarks/triton_sweep.py on an H100,
 # decode_uniform8, 8 tokens per expert: 64 x 128 324.6 µs, 32 x 128 331.2, 16 x 128 331.5 (3-6 stages
 # 325.6-339.0); an earlier sweep 343.5 against 349.3). Above, 128 x 128 with 8 warps reads each expert's
-# weights once per 128 tokens, with the scales folded into two accumulators so that the tensor cores work
-# through part of the scale arithmetic (benchmarks/triton_promotion_probe.py, balanced_big's shape on an
+# weights once per 128 tokens, with the scales folded into two accumulators so that its products chain
+# into their dots (benchmarks/triton_promotion_probe.py, balanced_big's shape on an
 # H100: 2300.4 µs against 2391.6-2449.4 promoting each block; 3 stages: 4 do not fit with two blocks per
 # step). The launch order is not in the table: choose_config sets it from k and the size of a (launch_order).
 TILE_CONFIGS = (
