@@ -1,5 +1,4 @@
 from dataclasses import replace
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -219,11 +218,13 @@ def test_launch_order_from_k_and_the_size_of_a(total_m, k, experts, order):
 
 @pytest.mark.parametrize("shared, folded", [(232448, True), (166912, False), (101376, False)])  # H100, A100, sm_89
 def test_scales_folded_where_the_pipeline_fits(monkeypatch, shared, folded):
+    """Every launch of the large tile (the mean table's, the buckets', the two kinds') folds its scales only
+    where two K blocks per stage fit the GPU's shared memory."""
     monkeypatch.setattr(launch, "max_shared_memory", lambda device: shared)
-    monkeypatch.setattr(launch, "device_properties", lambda device: SimpleNamespace(L2_cache_size=50 << 20))
-    config = choose_config(Problem(32768, 4096, 7168, 8, torch.bfloat16, torch.device("cuda", 0)))
-    assert (config.block_m, config.fold_scales) == (128, folded)
-    assert launch.pipeline_shared_bytes(config) <= shared
+    problem = Problem(32768, 4096, 7168, 8, torch.bfloat16, torch.device("cuda", 0))
+    for config in (TILE_CONFIGS[-1], TRITON_BUCKETS[-1].config, TRITON_TWO_KINDS.large):
+        assert config.fold_scales and launch.folds_scales(problem, config) == folded
+    assert not launch.folds_scales(problem, replace(TILE_CONFIGS[-1], fold_scales=False))
 
 
 def test_tile_configs_cover_every_mean():

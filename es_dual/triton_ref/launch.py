@@ -118,20 +118,18 @@ TRITON_TWO_KINDS = TwoKinds(split_rows=64, small_block_m=16, large=TILE_CONFIGS[
 
 
 def choose_config(problem: Problem) -> TileConfig:
-    """The table's tile for the mean tokens per expert, in the launch order for k and a's size; one K block
-    per step where the folded scales' pipeline does not fit the GPU's shared memory (192 KB for the large
-    tile: Hopper has 227, sm_80 163, sm_86, sm_89 and sm_120 99)."""
-    config = next(c for c in TILE_CONFIGS if problem.mean_tokens <= c.max_mean_tokens)
-    if (config.fold_scales and problem.device.type == "cuda"
-            and pipeline_shared_bytes(config) > max_shared_memory(problem.device)):
-        config = replace(config, fold_scales=False)
-    return launch_order(problem, config)
+    """The table's tile for the mean tokens per expert, in the launch order for k and a's size."""
+    return launch_order(problem, next(c for c in TILE_CONFIGS if problem.mean_tokens <= c.max_mean_tokens))
 
 
-def pipeline_shared_bytes(config: TileConfig) -> int:
-    """Shared memory of a tile's load pipeline: num_stages steps of FP8 a and b blocks, two K blocks per
-    step with the scales folded."""
-    return config.num_stages * (2 if config.fold_scales else 1) * (config.block_m + config.block_n) * config.block_k
+def folds_scales(problem: Problem, config: TileConfig) -> bool:
+    """Whether a launch of config folds the scales: where the tile asks for it and the pipeline of two K
+    blocks per step fits the GPU's shared memory (192 KB for the large tile: Hopper has 227, sm_80 163,
+    sm_86, sm_89 and sm_120 99; elsewhere one K block per step, half of it)."""
+    if not config.fold_scales or problem.device.type != "cuda":
+        return config.fold_scales
+    pipeline_bytes = config.num_stages * 2 * (config.block_m + config.block_n) * config.block_k  # FP8 a and b
+    return pipeline_bytes <= max_shared_memory(problem.device)
 
 
 @functools.lru_cache(maxsize=None)
@@ -229,7 +227,7 @@ def _shared_constants(problem: Problem, config: TileConfig, upcast) -> dict:
         EXPERT_CHUNK=_expert_chunk(problem.num_experts), EVEN_K=k % config.block_k == 0,
         UPCAST=not fp8_cores if upcast is None else upcast,
         SOFTWARE_BF16_ROUNDING=problem.device.type == "cpu" and problem.out_dtype == torch.bfloat16,
-        MASKED=problem.max_m > 0, FOLD_SCALES=config.fold_scales,
+        MASKED=problem.max_m > 0, FOLD_SCALES=folds_scales(problem, config),
     )
 
 
