@@ -8,7 +8,7 @@ before each call), each as GB/s of the weight bytes it reads; next to them, torc
 contiguous bytes: what a plain read of that size gets. Each configuration's whole layer output is checked
 against the layer's reference ("!" marks one that is not within its tolerance).
 
---layer: instead, the whole decode path (its two or three launches) for each of LAYER_CONFIGS, in kernel mode as
+--layer: instead, the whole decode path (its three launches) for each of LAYER_CONFIGS, in kernel mode as
 the layer benchmark times it (one call captured in a CUDA graph and replayed, the L2 flushed by reading
 before each replay, warmed up): what the launches cost together, with or without their overlap.
 """
@@ -46,8 +46,6 @@ LAYER_CONFIGS = [dict(), dict(overlap_max_pairs=0),
 # keeps down's early weight loads back until its last wave; with at most 32 warps of gate_up per SM, down's
 # programs can be resident from the start and its weights stream alongside gate_up's
 LAYER_CONFIGS += [dict(programs_per_sm=p, gate_up_warps=w) for p, w in ((4, 8), (2, 8), (8, 4), (6, 4), (4, 4))]
-# the SiLU step in gate_up's last program per pair (one launch fewer), with and without the overlap
-LAYER_CONFIGS += [dict(silu_in_gate_up=True), dict(silu_in_gate_up=True, overlap_max_pairs=0)]
 
 
 def _write_csv(path, rows):
@@ -92,10 +90,10 @@ def sweep(batches, csv_path):
                     out = plan(*args)
                     errors = relative_errors(out.float(), reference)
                     inter = layer_module._Intermediates(plan.regions, plan.nbytes, device)
-                    *before_down, down = plan.launches(inter, out, *args)
-                    for launch, ptrs, tensors in before_down:  # the down step's inputs
+                    gate_up, silu, down = plan.launches(inter, out, *args)
+                    for launch, ptrs, tensors in (gate_up, silu):  # the down step's inputs
                         launch(ptrs, tensors)
-                    launch, ptrs, tensors = before_down[0] if kernel == "gate_up" else down
+                    launch, ptrs, tensors = gate_up if kernel == "gate_up" else down
                     us = time_us(lambda: launch(ptrs, tensors), device, quick=True)
                 except Exception as exc:  # out of shared memory or registers
                     print(f"  {fields}: {type(exc).__name__}: {str(exc)[:80]}")

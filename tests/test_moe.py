@@ -361,16 +361,15 @@ def test_close_to_unquantized_layer(device, shape):
 @given(r=routings(max_tokens=layer_module.DECODE_MAX_PAIRS // 8), shape=st.sampled_from(SHAPES),
        splits=st.sampled_from([None, 1, 2, 3]), ids_dtype=st.sampled_from([torch.int32, torch.int64]),
        invalid=st.booleans(), duplicate=st.booleans(), overlap=st.booleans(), i_chunk=st.sampled_from([32, 128]),
-       tensor_cores=st.booleans(), finish=st.booleans())
+       tensor_cores=st.booleans())
 @settings(max_examples=min(EXAMPLES, 30))
 def test_decode_path_against_reference(device, r, shape, splits, ids_dtype, invalid, duplicate, overlap, i_chunk,
-                                       tensor_cores, finish):
-    """The decode kernels, with the gate_up GEMM split along K into `splits` parts (None: the default for
-    the device), the down kernel's I in chunks of i_chunk columns (several chunks: with the overlap, the
-    wait sits between a chunk's weights and its y), launched as programmatic dependents or not (overlap;
-    on a GPU that has them), gate_up and down on the CUDA cores or the tensor cores, the SiLU step in a
-    kernel of its own or in gate_up's last program per pair (finish), against the reference; ids out of
-    range contribute nothing, a token naming one expert twice is two pairs."""
+                                       tensor_cores):
+    """The three decode kernels, with the gate_up GEMM split along K into `splits` parts (None: the
+    default for the device), the down kernel's I in chunks of i_chunk columns (several chunks: with the
+    overlap, the wait sits between a chunk's weights and its y), launched as programmatic dependents or
+    not (overlap; on a GPU that has them), gate_up and down on the CUDA cores or the tensor cores, against
+    the reference; ids out of range contribute nothing, a token naming one expert twice is two pairs."""
     layer = make_layer(r, *shape, device, ids_dtype)
     ids = layer["topk_ids"]
     if invalid and r.tokens:
@@ -379,31 +378,12 @@ def test_decode_path_against_reference(device, r, shape, splits, ids_dtype, inva
     if duplicate and r.tokens and r.topk > 1:
         ids[::2, 1] = ids[::2, 0]
     config = layer_module.DecodeConfig(overlap_max_pairs=layer_module.DECODE_MAX_PAIRS if overlap else 0,
-                                       down_i_chunk=i_chunk, gate_up_tensor_cores=tensor_cores, silu_in_gate_up=finish,
+                                       down_i_chunk=i_chunk, gate_up_tensor_cores=tensor_cores,
                                        down_tensor_cores_from_pairs=0 if tensor_cores else layer_module.DECODE_MAX_PAIRS + 1,
                                        **(dict(gate_up_warps=4, gate_up_stages=3, down_block_n=64, down_mma_warps=4)
                                           if tensor_cores else {}))
     plan = layer_module._DecodePlan(layer_module.check_moe_inputs(**layer), ids_dtype, splits=splits, config=config)
     assert_layer_close(plan(**layer), reference_of(layer))
-
-
-@pytest.mark.parametrize("tensor_cores", [False, True])
-def test_decode_silu_in_gate_up_leaves_its_counts_at_zero(device, tensor_cores):
-    """The SiLU step in gate_up's last program per pair: each pair's count is back at 0 after a call (the
-    next call counts from there), calls with other routings and a pair out of range stay exact, and the
-    layer runs no SiLU launch of its own."""
-    config = layer_module.DecodeConfig(silu_in_gate_up=True, gate_up_tensor_cores=tensor_cores, gate_up_warps=4)
-    plan = None
-    for seed, kind in ((31, "uniform"), (32, "subset"), (33, "uniform")):
-        layer = make_layer(Routing(2, 16, 4, kind, seed), *SHAPES[0], device)
-        if seed == 32:
-            layer["topk_ids"][1, 2] = -1
-        plan = plan or layer_module._DecodePlan(layer_module.check_moe_inputs(**layer), torch.int32, splits=3,
-                                                config=config)
-        assert_layer_close(plan(**layer), reference_of(layer))
-        assert not plan.pair_counts(device).any()
-    inter = layer_module._Intermediates(plan.regions, plan.nbytes, device)
-    assert len(plan.launches(inter, torch.empty(0), *layer.values())) == 2
 
 
 def test_auto_takes_the_decode_path_up_to_its_limit(device, monkeypatch):

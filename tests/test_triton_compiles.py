@@ -56,13 +56,14 @@ SCRIPT = textwrap.dedent('''
                      dict(down_ptr="*bf16", pair_rows_ptr="*i32", topk_ids_ptr="*i32", topk_weights_ptr="*fp32",
                           out_ptr="*bf16"), dict(BLOCK_T=1, BLOCK_H=1024, INTERPRETER=False))
     gate_up = dict(hidden_ptr="*bf16", topk_ids_ptr="*i32", w_ptr="*fp8e4nv", w_scale_ptr="*fp32",
-                   partial_ptr="*fp32", count_ptr="*i32", q_ptr="*fp8e4nv", scale_ptr="*fp32")
-    for overlap, finish in ((False, False), (True, False), (True, True)):  # finish: the SiLU step in gate_up
-        finishing = dict(FINISH=finish, GROUPS_BLOCK=4, SPLITS_BLOCK=16, OVERLAP=overlap, INTERPRETER=False)
+                   partial_ptr="*fp32")
+    for overlap in (False, True):
         compile_for_sm90(decode.decode_gate_up_kernel, gate_up,
-                         dict(BLOCK_N=64, GROUP=128, KG=4, SPLIT_GROUPS=8, **finishing), num_warps=4, num_stages=1)
+                         dict(BLOCK_N=64, GROUP=128, KG=4, SPLIT_GROUPS=8, OVERLAP=overlap, INTERPRETER=False),
+                         num_warps=4, num_stages=1)
         compile_for_sm90(decode.decode_gate_up_mma_kernel, gate_up,
-                         dict(BLOCK_N=128, GROUP=128, SPLIT_GROUPS=8, **finishing), num_warps=4, num_stages=3)
+                         dict(BLOCK_N=128, GROUP=128, SPLIT_GROUPS=8, OVERLAP=overlap, INTERPRETER=False),
+                         num_warps=4, num_stages=3)
     down = dict(y_ptr="*fp8e4nv", y_scale_ptr="*fp32", topk_ids_ptr="*i64", topk_weights_ptr="*fp32",
                 w_ptr="*fp8e4nv", w_scale_ptr="*fp32", out_ptr="*bf16")
     for block_n, i_chunk in ((16, 256), (8, 512)):

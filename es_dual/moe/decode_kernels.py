@@ -32,10 +32,6 @@ converts FP8 to float32. Their products are exact and summed in the tensor cores
 group (Hopper's FP8 products accumulate with fewer bits than float32's, as in the grouped GEMMs, which
 also promote every 128 of K into float32).
 
-With FINISH (DecodeConfig.silu_in_gate_up), no SiLU kernel runs: the last of a pair's gate_up programs to
-store its partial sums (an atomic count per pair, which that program sets back to 0) finishes the pair's
-SiLU units itself, so down follows gate_up directly.
-
 With OVERLAP (Hopper and later, the three launched back to back), the SiLU and down kernels are launched
 as programmatic dependents (Triton's launch_pdl): each kernel lets the next one launch from its start, and
 the next one waits (griddepcontrol.wait: its predecessor complete, its writes visible) before it reads
@@ -86,14 +82,13 @@ def _gate_up_tile(topk_ids_ptr, w_scale_ptr, topk, num_experts, n, stride_wse, s
 @triton.jit
 def decode_gate_up_kernel(
     # pointers
-    hidden_ptr, topk_ids_ptr, w_ptr, w_scale_ptr, partial_ptr, count_ptr, q_ptr, scale_ptr,
+    hidden_ptr, topk_ids_ptr, w_ptr, w_scale_ptr, partial_ptr,
     # sizes: n = 2I (the gate rows, then the up rows)
-    pairs, hidden_size, n, topk, num_experts, splits,
+    pairs, hidden_size, n, topk, num_experts,
     # strides, in elements
-    stride_hidden, stride_we, stride_wn, stride_wse, stride_wsn, stride_split, stride_q, stride_scale,
+    stride_hidden, stride_we, stride_wn, stride_wse, stride_wsn, stride_split,
     # meta-parameters: SPLIT_GROUPS scale groups of K per split, KG of them per load
     BLOCK_N: tl.constexpr, GROUP: tl.constexpr, KG: tl.constexpr, SPLIT_GROUPS: tl.constexpr,
-    FINISH: tl.constexpr, GROUPS_BLOCK: tl.constexpr, SPLITS_BLOCK: tl.constexpr,
     OVERLAP: tl.constexpr, INTERPRETER: tl.constexpr,
 ):
     """Program (pair, weight tile, split): one K split of the pair's gate_up columns, float32."""
@@ -123,22 +118,18 @@ def decode_gate_up_kernel(
             w = tl.load(w_rows + k[None, :, :], mask=col_ok[:, None, None] & k_ok[None, :, :], other=0.0)
             acc += tl.sum(tl.sum(w.to(tl.float32) * a[None, :, :], axis=2), axis=1)
         tl.store(partial_ptr + tl.program_id(2) * stride_split + pair * n + cols64, acc, mask=col_ok)
-        if FINISH:
-            _finish_pair(partial_ptr, count_ptr, q_ptr, scale_ptr, pair, n // 2, splits, stride_split, stride_q,
-                         stride_scale, GROUP, GROUPS_BLOCK, SPLITS_BLOCK, INTERPRETER)
 
 
 @triton.jit
 def decode_gate_up_mma_kernel(
     # pointers
-    hidden_ptr, topk_ids_ptr, w_ptr, w_scale_ptr, partial_ptr, count_ptr, q_ptr, scale_ptr,
+    hidden_ptr, topk_ids_ptr, w_ptr, w_scale_ptr, partial_ptr,
     # sizes: n = 2I (the gate rows, then the up rows)
-    pairs, hidden_size, n, topk, num_experts, splits,
+    pairs, hidden_size, n, topk, num_experts,
     # strides, in elements
-    stride_hidden, stride_we, stride_wn, stride_wse, stride_wsn, stride_split, stride_q, stride_scale,
+    stride_hidden, stride_we, stride_wn, stride_wse, stride_wsn, stride_split,
     # meta-parameters: SPLIT_GROUPS scale groups of K per split, one per loop step
     BLOCK_N: tl.constexpr, GROUP: tl.constexpr, SPLIT_GROUPS: tl.constexpr,
-    FINISH: tl.constexpr, GROUPS_BLOCK: tl.constexpr, SPLITS_BLOCK: tl.constexpr,
     OVERLAP: tl.constexpr, INTERPRETER: tl.constexpr,
 ):
     """decode_gate_up_kernel on the tensor cores: per scale group, the tile's (BLOCK_N, GROUP) weights
@@ -179,52 +170,6 @@ def decode_gate_up_mma_kernel(
             w_scale_ptr_g += 1
             k_left -= GROUP
         tl.store(partial_ptr + tl.program_id(2) * stride_split + pair * n + cols.to(tl.int64), acc, mask=col_ok)
-        if FINISH:
-            _finish_pair(partial_ptr, count_ptr, q_ptr, scale_ptr, pair, n // 2, splits, stride_split, stride_q,
-                         stride_scale, GROUP, GROUPS_BLOCK, SPLITS_BLOCK, INTERPRETER)
-
-
-@triton.jit
-def _silu_units(partial_ptr, q_ptr, scale_ptr, pair, group, cols, row_ok, col_ok, intermediate, splits,
-                stride_split, stride_q, stride_scale, SPLITS_BLOCK: tl.constexpr, INTERPRETER: tl.constexpr):
-    """Units (pair, scale group of I), one per line of cols: gate and up summed over the splits (SPLITS_BLOCK
-    splits' partial sums per load, read from the L2, where other programs stored them) and rounded to bf16,
-    then SiLU(gate) * up quantized and stored, as kernels.silu_mul_quantize_kernel does."""
-    split = tl.arange(0, SPLITS_BLOCK)
-    gate_ptrs = partial_ptr + pair.to(tl.int64)[:, None, None] * (2 * intermediate) + cols[:, None, :]
-    gate = tl.zeros(cols.shape, dtype=tl.float32)
-    up = tl.zeros(cols.shape, dtype=tl.float32)
-    for s0 in range(0, splits, SPLITS_BLOCK):
-        s = s0 + split
-        ptrs = gate_ptrs + s.to(tl.int64)[None, :, None] * stride_split
-        ok = col_ok[:, None, :] & (s[None, :, None] < splits)
-        gate += tl.sum(tl.load(ptrs, mask=ok, other=0.0, cache_modifier=".cg"), axis=1)
-        up += tl.sum(tl.load(ptrs + intermediate, mask=ok, other=0.0, cache_modifier=".cg"), axis=1)
-    gate = _to_bf16_value(gate, INTERPRETER)
-    up = _to_bf16_value(up, INTERPRETER)
-    y = _silu_mul(gate, up, INTERPRETER)
-    _quantize_store(y, pair, group, cols, row_ok, col_ok, q_ptr, stride_q, scale_ptr, stride_scale, INTERPRETER)
-
-
-@triton.jit
-def _finish_pair(partial_ptr, count_ptr, q_ptr, scale_ptr, pair, intermediate, splits, stride_split, stride_q,
-                 stride_scale, GROUP: tl.constexpr, GROUPS_BLOCK: tl.constexpr, SPLITS_BLOCK: tl.constexpr,
-                 INTERPRETER: tl.constexpr):
-    """After a gate_up program stored its partial sums: the last of the pair's programs (tiles x splits of
-    them) to count itself in finishes the pair's SiLU units, so that no kernel runs between gate_up and
-    down; it sets the count back to 0 for the next call. The count is an atomic add with release and
-    acquire at the GPU's scope, after a barrier of the program's threads: every partial sum of the pair is
-    stored before the last program reads them (from the L2)."""
-    tl.debug_barrier()  # each thread's partial sums stored before the program counts itself in
-    arrived = tl.atomic_add(count_ptr + pair, 1, sem="acq_rel", scope="gpu")
-    if arrived == tl.num_programs(1) * tl.num_programs(2) - 1:
-        tl.store(count_ptr + pair, 0)
-        group = tl.arange(0, GROUPS_BLOCK)
-        cols = group[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
-        row_ok = group < tl.cdiv(intermediate, GROUP)
-        _silu_units(partial_ptr, q_ptr, scale_ptr, tl.zeros_like(group) + pair, group, cols, row_ok,
-                    row_ok[:, None] & (cols < intermediate), intermediate, splits, stride_split, stride_q,
-                    stride_scale, SPLITS_BLOCK, INTERPRETER)
 
 
 @triton.jit
@@ -239,15 +184,29 @@ def decode_silu_mul_quantize_kernel(
     GROUP: tl.constexpr, BLOCK_UNITS: tl.constexpr, SPLITS_BLOCK: tl.constexpr, OVERLAP: tl.constexpr,
     INTERPRETER: tl.constexpr,
 ):
-    """Units (pair, scale group of I): _silu_units, after gate_up (FINISH off)."""
+    """Units (pair, scale group of I): gate and up summed over the splits and rounded to bf16, then
+    SiLU(gate) * up quantized, as kernels.silu_mul_quantize_kernel does."""
     if OVERLAP:
         gdc_launch_dependents()  # the down kernel may launch and start reading its weights
         gdc_wait()  # gate_up's partial sums complete and visible
     pair, group, cols, row_ok, col_ok = _unit_tile(pairs, pairs, intermediate, GROUP, BLOCK_UNITS)
     expert = tl.load(topk_ids_ptr + pair, mask=row_ok, other=-1)
     row_ok = row_ok & (expert >= 0) & (expert < num_experts)
-    _silu_units(partial_ptr, q_ptr, scale_ptr, pair, group, cols, row_ok, col_ok & row_ok[:, None], intermediate,
-                splits, stride_split, stride_q, stride_scale, SPLITS_BLOCK, INTERPRETER)
+    col_ok = col_ok & row_ok[:, None]
+    split = tl.arange(0, SPLITS_BLOCK)
+    gate_ptrs = partial_ptr + pair.to(tl.int64)[:, None, None] * (2 * intermediate) + cols[:, None, :]
+    gate = tl.zeros((BLOCK_UNITS, GROUP), dtype=tl.float32)
+    up = tl.zeros((BLOCK_UNITS, GROUP), dtype=tl.float32)
+    for s0 in range(0, splits, SPLITS_BLOCK):  # SPLITS_BLOCK splits' partial sums per load
+        s = s0 + split
+        ptrs = gate_ptrs + s.to(tl.int64)[None, :, None] * stride_split
+        ok = col_ok[:, None, :] & (s[None, :, None] < splits)
+        gate += tl.sum(tl.load(ptrs, mask=ok, other=0.0), axis=1)
+        up += tl.sum(tl.load(ptrs + intermediate, mask=ok, other=0.0), axis=1)
+    gate = _to_bf16_value(gate, INTERPRETER)
+    up = _to_bf16_value(up, INTERPRETER)
+    y = _silu_mul(gate, up, INTERPRETER)
+    _quantize_store(y, pair, group, cols, row_ok, col_ok, q_ptr, stride_q, scale_ptr, stride_scale, INTERPRETER)
 
 
 @triton.jit

@@ -572,9 +572,6 @@ class DecodeConfig(NamedTuple):
     # fill many SMs
     silu_units: int = 2
     silu_splits_per_load: int = 16
-    # the SiLU step done by each pair's last gate_up program instead of a kernel of its own (FINISH in
-    # decode_kernels.py): one launch fewer between gate_up and down
-    silu_in_gate_up: bool = False
 
 
 # The defaults: the best in sum over DeepSeek-R1 TP8 and Qwen3-235B TP4 at 1 and 8 tokens of
@@ -597,8 +594,8 @@ DECODE_CONFIG = DecodeConfig()
 
 
 class _DecodePlan:
-    """The layer at decode sizes (decode_kernels.py): three Triton kernels on the pairs as they come (two
-    where gate_up finishes the SiLU step; no routing, no grouped GEMM), the gate_up GEMM split along K into `splits` parts (default: enough
+    """The layer at decode sizes (decode_kernels.py): three Triton kernels on the pairs as they come (no
+    routing, no grouped GEMM), the gate_up GEMM split along K into `splits` parts (default: enough
     programs for config.programs_per_sm per SM). The intermediates live in one buffer."""
 
     def __init__(self, shape: MoeShape, ids_dtype: torch.dtype, splits: int | None = None,
@@ -635,29 +632,25 @@ class _DecodePlan:
         gate_up_kernel, per_load = ((decode_gate_up_mma_kernel, {}) if config.gate_up_tensor_cores else
                                     (decode_gate_up_kernel,
                                      dict(KG=min(config.gate_up_groups, _next_power_of_2(split_groups)))))
-        # what the SiLU step needs, in its kernel or in gate_up's last program per pair
-        silu_sizes = dict(splits=self.splits, stride_split=pairs * 2 * intermediate,
-                          stride_q=intermediate, stride_scale=groups_i,
-                          SPLITS_BLOCK=min(_next_power_of_2(self.splits), config.silu_splits_per_load))
-        self.finish = config.silu_in_gate_up
         self.gate_up = direct_launch(
             gate_up_kernel, (pairs, tiles_gate_up, self.splits),
-            (torch.bfloat16, ids_dtype, FP8, torch.float32, torch.float32, torch.int32, _fp8_target_dtype(device),
-             torch.float32), device,
+            (torch.bfloat16, ids_dtype, FP8, torch.float32, torch.float32), device,
             dict(num_warps=config.gate_up_warps, num_stages=config.gate_up_stages),
             pairs=pairs, hidden_size=hidden_size, n=2 * intermediate, topk=topk, num_experts=num_experts,
             stride_hidden=hidden_size, stride_we=2 * intermediate * hidden_size, stride_wn=hidden_size,
-            stride_wse=cdiv(2 * intermediate, SCALE_BLOCK) * groups_h, stride_wsn=groups_h, **silu_sizes,
-            BLOCK_N=config.gate_up_block_n, GROUP=SCALE_BLOCK, **per_load, SPLIT_GROUPS=split_groups,
-            FINISH=self.finish, GROUPS_BLOCK=_next_power_of_2(groups_i), OVERLAP=overlap, INTERPRETER=interpreted)
+            stride_wse=cdiv(2 * intermediate, SCALE_BLOCK) * groups_h, stride_wsn=groups_h,
+            stride_split=pairs * 2 * intermediate, BLOCK_N=config.gate_up_block_n, GROUP=SCALE_BLOCK,
+            **per_load, SPLIT_GROUPS=split_groups, OVERLAP=overlap, INTERPRETER=interpreted)
         # few units per program, each with all its splits in one load where they fit
         per_program = _units_per_program(pairs, groups_i, device) if interpreted else config.silu_units
-        self.silu = None if self.finish else direct_launch(
+        self.silu = direct_launch(
             decode_silu_mul_quantize_kernel, (cdiv(pairs * groups_i, per_program),),
             (torch.float32, ids_dtype, _fp8_target_dtype(device), torch.float32), device, dependent,
-            pairs=pairs, intermediate=intermediate, num_experts=num_experts, **silu_sizes, GROUP=SCALE_BLOCK,
-            BLOCK_UNITS=per_program, OVERLAP=overlap, INTERPRETER=interpreted)
-        self._counts = {}
+            pairs=pairs, intermediate=intermediate, num_experts=num_experts, splits=self.splits,
+            stride_split=pairs * 2 * intermediate, stride_q=intermediate, stride_scale=groups_i,
+            GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program,
+            SPLITS_BLOCK=min(_next_power_of_2(self.splits), config.silu_splits_per_load), OVERLAP=overlap,
+            INTERPRETER=interpreted)
         # the CUDA-core kernel loads I_CHUNK columns of every k at once; the tensor-core one a group per step
         down_mma = pairs >= config.down_tensor_cores_from_pairs
         down_kernel, down_per_load, down_launch = (
@@ -686,32 +679,17 @@ class _DecodePlan:
             launch(ptrs, tensors)
         return out
 
-    def pair_counts(self, device) -> torch.Tensor:
-        """The gate_up programs' count per pair when they finish the SiLU step (decode_kernels._finish_pair):
-        zeros, which every call leaves at zero. One per stream, so that calls on two streams at once do not
-        count into each other's (a graph replays the counts of the stream it was captured on)."""
-        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
-        counts = self._counts.get(stream)
-        if counts is None:
-            counts = self._counts[stream] = torch.zeros(self.shape.tokens * self.shape.topk, dtype=torch.int32,
-                                                        device=device)
-        return counts
-
     def launches(self, inter, out, hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids) -> tuple:
-        """The call's launches in order (gate_up, SiLU unless gate_up finishes it, down), each (planned
-        launch, data pointers, its tensors' maker), on the intermediates `inter` (benchmarks/decode_sweep.py
-        times them one by one)."""
+        """The call's three launches in order, each (planned launch, data pointers, its tensors' maker), on
+        the intermediates `inter` (benchmarks/decode_sweep.py times them one by one)."""
         partial, y, y_scale = inter.ptrs
         tensors = inter.tensors
         ids, weights, h = topk_ids.data_ptr(), topk_weights.data_ptr(), hidden.data_ptr()
-        counts = self.pair_counts(hidden.device)
-        gate_up = (self.gate_up, (h, ids, w13.data_ptr(), w13_scale.data_ptr(), partial, counts.data_ptr(), y, y_scale),
-                   tensors(hidden, topk_ids, w13, w13_scale, "partial", counts, "y_bits", "y_scale"))
-        silu = () if self.finish else (
-            (self.silu, (partial, ids, y, y_scale), tensors("partial", topk_ids, "y_bits", "y_scale")),)
-        down = (self.down, (y, y_scale, ids, weights, w2.data_ptr(), w2_scale.data_ptr(), out.data_ptr()),
-                tensors("y", "y_scale", topk_ids, topk_weights, w2, w2_scale, out))
-        return (gate_up, *silu, down)
+        return ((self.gate_up, (h, ids, w13.data_ptr(), w13_scale.data_ptr(), partial),
+                 tensors(hidden, topk_ids, w13, w13_scale, "partial")),
+                (self.silu, (partial, ids, y, y_scale), tensors("partial", topk_ids, "y_bits", "y_scale")),
+                (self.down, (y, y_scale, ids, weights, w2.data_ptr(), w2_scale.data_ptr(), out.data_ptr()),
+                 tensors("y", "y_scale", topk_ids, topk_weights, w2, w2_scale, out)))
 
 
 class _LayerPlan:
