@@ -12,8 +12,9 @@ grouped GEMM over E experts of m rows (128 x 128 tiles, row tiles in groups of 8
   folded  two accumulators, one for even and one for odd K blocks, each kept in units of its latest scale:
           acc = dot(a, b, acc * (previous scale / this scale)), the scale applied once at the end. The dot
           chains into its accumulator, so Triton leaves the odd block's WGMMAs in flight across the loop's
-          back edge, while the next step's loads issue (SASS: waits before each rescale; the kernel's
-          fold_scales)
+          back edge, while the next step's loads issue (SASS: waits before each rescale). In the kernel
+          it was slower and lost bits (the tensor cores add each product into the running sum with
+          fewer bits than float32; docs/perf-notes.md)
 Each variant is checked against `each` (relative error), timed with CUDA events and the L2 flushed.
 python benchmarks/triton_promotion_probe.py [--shape E,m,n,k] [--configs "variant,warps,stages;..."]
 """

@@ -86,14 +86,14 @@ def main():
     parser.add_argument("--buckets", action="store_true", help="the mean-based table against TRITON_BUCKETS")
     parser.add_argument("--workloads", help="comma-separated names (default: the public workloads)")
     parser.add_argument("--configs", help="candidates instead of CANDIDATES: 'block_m,block_n,warps,stages,"
-                                          "programs_per_sm,row_group[,fold_scales];...'")
+                                          "programs_per_sm,row_group;...'")
     parser.add_argument("--peers", help="a folder with peer_triton_moe: vLLM's kernel timed alongside (vllm column)")
     args = parser.parse_args()
     if args.buckets:
         return compare_buckets(args.csv)
     candidates = CANDIDATES if not args.configs else [
-        TileConfig(float("inf"), bm, bn, 128, w, s, p, g, *map(bool, fold))
-        for bm, bn, w, s, p, g, *fold in (map(int, c.split(",")) for c in args.configs.split(";"))]
+        TileConfig(float("inf"), bm, bn, 128, w, s, p, g)
+        for bm, bn, w, s, p, g in (map(int, c.split(",")) for c in args.configs.split(";"))]
     by_name = {w.name: w for w in WORKLOAD_SETS["all"]}
     workloads = [by_name[name] for name in args.workloads.split(",")] if args.workloads else PUBLIC_WORKLOADS
     if args.peers:
@@ -101,7 +101,7 @@ def main():
     deadline = time.monotonic() + args.budget_s
     rows = []
     print("columns: " + " | ".join(f"{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages} p{c.programs_per_sm} "
-                                   f"g{c.row_group} f{int(c.fold_scales)}" for c in candidates))
+                                   f"g{c.row_group}" for c in candidates))
     for w in workloads:
         inputs = w.make_inputs("cuda")
         problem = check_inputs(**inputs)
@@ -119,7 +119,7 @@ def main():
             results.append((us, config))
             rows.append(dict(workload=w.name, bm=config.block_m, bn=config.block_n, warps=config.num_warps,
                              stages=config.num_stages, programs_per_sm=config.programs_per_sm,
-                             row_group=config.row_group, fold_scales=int(config.fold_scales), us=us))
+                             row_group=config.row_group, us=us))
         if results:
             chosen_us = time_us(lambda: grouped_gemm_triton(problem, *inputs.values(), out), problem.device)
             line = " ".join(f"{us:7.1f}" for us, _ in results)

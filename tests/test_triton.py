@@ -7,7 +7,6 @@ from hypothesis import strategies as st
 
 import es_dual
 from es_dual.problem import Problem, check_inputs
-from es_dual.triton_ref import launch
 from es_dual.triton_ref.launch import (
     DECODE_TILE, TILE_CONFIGS, TRITON_BUCKETS, TRITON_TWO_KINDS, LaunchSequence, TritonBucket, choose_config,
     grouped_gemm_triton, plan_triton, plan_two_kinds,
@@ -67,11 +66,9 @@ def test_exact_inputs_bit_equal_to_reference(device, counts, k, seed):
 
 
 # Every launch shape choose_config may pick: the table's rows and the buckets' decode tile in each launch
-# order (row tiles fastest, persistent, row tiles in groups), and with the scales folded (tiles of one
-# weight scale block's columns).
+# order (row tiles fastest, persistent, row tiles in groups).
 TILES = TILE_CONFIGS + (DECODE_TILE,)
-LAUNCH_VARIANTS = (TILES + tuple(c.persistent(2) for c in TILES) + tuple(replace(c, row_group=8) for c in TILES)
-                   + tuple(replace(c, fold_scales=True) for c in TILES if c.block_n <= 128))
+LAUNCH_VARIANTS = TILES + tuple(c.persistent(2) for c in TILES) + tuple(replace(c, row_group=8) for c in TILES)
 
 
 @given(
@@ -102,42 +99,6 @@ def test_row_grouped_launch_order_changes_no_bit(device, row_group):
         outs.append(out)
     assert torch.equal(outs[0].cpu(), outs[1].cpu())
     assert_matches(outs[1], reference64(inputs))
-
-
-def _large_tile_outputs(inputs, device):
-    """The large tile's output with one promotion per K block, then with the scales folded."""
-    problem = check_inputs(**inputs)
-    outs = []
-    for fold in (False, True):
-        out = poisoned_out(problem.total_m, problem.n, torch.bfloat16, device)
-        grouped_gemm_triton(problem, *inputs.values(), out, config=replace(TILE_CONFIGS[-1], fold_scales=fold))
-        outs.append(out)
-    return outs
-
-
-@pytest.mark.parametrize("k", [256, 384, 400])  # 2 and 3 blocks, 4 with a ragged last one
-def test_folded_scales_agree_with_one_promotion_per_block(device, k):
-    """The two accumulators with folded scales (TileConfig.fold_scales; an odd block count's last block
-    promoted alone, a ragged last block): the same bits as one promotion per block where every sum is
-    exact (small integers, power-of-two scales), the reference's values on quantized inputs."""
-    promoted, folded = _large_tile_outputs(make_inputs([37, 0, 170, 5], 208, k, 11, device, exact=True), device)
-    assert torch.equal(promoted.cpu(), folded.cpu())
-    inputs = make_inputs([37, 0, 170, 5], 208, k, 11, device)
-    assert_matches(_large_tile_outputs(inputs, device)[1], reference64(inputs))
-
-
-def test_folded_scales_take_zero_blocks(device):
-    """A zero scale on a zero block (an all-zero token group or weight block, as quantizers write them), in
-    an accumulator's first block and later ones, adds nothing and leaves no NaN."""
-    inputs = make_inputs([37, 70], 208, 512, 5, device)
-    inputs["a"][3, 128:256].zero_()
-    inputs["a_scale"][3, 1] = 0.0
-    inputs["a"][40, :128].zero_()
-    inputs["a_scale"][40, 0] = 0.0
-    inputs["b"][1, :128, 384:].zero_()
-    inputs["b_scale"][1, 0, 3] = 0.0
-    for out in _large_tile_outputs(inputs, device):
-        assert_matches(out, reference64(inputs))
 
 
 # The expert-specialized table, and one whose buckets are persistent launches (both launch shapes per bucket).
@@ -214,17 +175,6 @@ def test_persistent_scan_past_one_chunk(device):
 def test_launch_order_from_k_and_the_size_of_a(total_m, k, experts, order):
     config = choose_config(Problem(total_m, 4096, k, experts, torch.bfloat16, torch.device("cpu")))
     assert (config.programs_per_sm, config.row_group) == order
-
-
-@pytest.mark.parametrize("shared, folded", [(232448, True), (166912, False), (101376, False)])  # H100, A100, sm_89
-def test_scales_folded_where_the_pipeline_fits(monkeypatch, shared, folded):
-    """Every launch of the large tile (the mean table's, the buckets', the two kinds') folds its scales only
-    where two K blocks per stage fit the GPU's shared memory."""
-    monkeypatch.setattr(launch, "max_shared_memory", lambda device: shared)
-    problem = Problem(32768, 4096, 7168, 8, torch.bfloat16, torch.device("cuda", 0))
-    for config in (TILE_CONFIGS[-1], TRITON_BUCKETS[-1].config, TRITON_TWO_KINDS.large):
-        assert config.fold_scales and launch.folds_scales(problem, config) == folded
-    assert not launch.folds_scales(problem, replace(TILE_CONFIGS[-1], fold_scales=False))
 
 
 def test_tile_configs_cover_every_mean():

@@ -29,17 +29,12 @@ SCRIPT = textwrap.dedent('''
                 compile_for_sm90(grouped_gemm_fp8_kernel, gemm, dict(
                     BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, SCALE_BLOCK=128, EXPERT_CHUNK=128, PERSISTENT=persistent,
                     RESIDENT_SCHEDULE=persistent and not upcast, EVEN_K=not masked, UPCAST=upcast, SOFTWARE_BF16_ROUNDING=False, MASKED=masked,
-                    ROW_GROUP=0 if persistent else 8, FOLD_SCALES=False),
+                    ROW_GROUP=0 if persistent else 8),
                     num_warps=4, num_stages=4)
-    for even_k in (False, True):  # the two accumulators with folded scales (the odd last block, ragged or not)
-        compile_for_sm90(grouped_gemm_fp8_kernel, gemm, dict(
-            BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, SCALE_BLOCK=128, EXPERT_CHUNK=128, PERSISTENT=False,
-            RESIDENT_SCHEDULE=False, EVEN_K=even_k, UPCAST=False, SOFTWARE_BF16_ROUNDING=False, MASKED=False,
-            ROW_GROUP=8, FOLD_SCALES=True), num_warps=8, num_stages=2)
     for upcast in (False, True):
         compile_for_sm90(two_kinds_kernel, gemm, dict(
             BLOCK_M_LARGE=128, BLOCK_M_SMALL=16, BLOCK_N=128, BLOCK_K=128, SCALE_BLOCK=128, EXPERT_CHUNK=128,
-            EVEN_K=True, UPCAST=upcast, SOFTWARE_BF16_ROUNDING=False, MASKED=False, FOLD_SCALES=False), num_warps=8,
+            EVEN_K=True, UPCAST=upcast, SOFTWARE_BF16_ROUNDING=False, MASKED=False), num_warps=8,
             num_stages=3)
     compile_for_sm90(moe.route_kernel, dict(ids_ptr="*i64", offsets_ptr="*i32", pair_rows_ptr="*i32"),
                      dict(QUERIES=32, CHUNK=256), num_warps=4)

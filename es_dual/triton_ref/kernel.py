@@ -16,11 +16,6 @@ and one tile computes, with one 128-wide scale group per K step:
                   # (BLOCK_N <= 128: the tile's columns share one weight scale, a scalar folded into a_scale)
     out[rows, cols] = acc.to(out.dtype)            # rows past the expert's end are masked
 
-(FOLD_SCALES, for tiles whose columns share one weight scale, keeps two accumulators, for the even and the
-odd K blocks, each in units of its latest block's scale s_j per row, so that each block's product
-accumulates into its dot: acc = dot(a_j, b_j, acc * (s_{j-2} / s_j)), and out = acc_even * s_even +
-acc_odd * s_odd; the same sums, rounded differently.)
-
 Two launch shapes (PERSISTENT, a compile-time switch):
 - a grid of (cdiv(total_m, BLOCK_M) + E, cdiv(n, BLOCK_N)) programs, an upper bound of the row tiles
   the host can compute; programs past the last real tile do nothing; the programs take their tiles in
@@ -186,23 +181,13 @@ def _add_block(acc, a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_o
 
 
 @triton.jit
-def _folded_step(acc, scale, a_tile, b_tile, block_scale):
-    """acc, held in units of `scale` per row, plus this block's product, in units of block_scale: the
-    product accumulates into acc rescaled, so the dot chains into its accumulator. A zero block_scale
-    scales a zero block (a row past the expert's end, or a zero block as quantizers write it): its product
-    adds nothing, and acc keeps its units."""
-    block_scale = tl.where(block_scale == 0.0, scale, block_scale)
-    return tl.dot(a_tile, tl.trans(b_tile), acc * (scale / block_scale)[:, None]), block_scale
-
-
-@triton.jit
 def _gemm_tile(
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr,
     n, k, num_experts,
     stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
     m_tile, n_tile, expert, tiles_before, row_lo, row_hi,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr, FOLD_SCALES: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr,
 ):
     """Row tile m_tile (of expert `expert`, rows row_lo .. row_hi, tiles_before row tiles of the experts
     before it) by column tile n_tile; nothing when expert = num_experts (a tile past the last)."""
@@ -227,36 +212,11 @@ def _gemm_tile(
         # ---- K loop: each K block's FP8 product, then its two scales in float32, in order ----
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         k_blocks = tl.cdiv(k, BLOCK_K)
-        if FOLD_SCALES:
-            # Triton waits for a product right after issuing it unless the product only feeds the next
-            # dot's accumulator. Two accumulators, one for the even and one for the odd K blocks, each
-            # held in units of its latest block's scale, chain into their dots: the odd block's WGMMAs
-            # run while the next step's loads and address arithmetic issue, one barrier per two blocks,
-            # and no product registers beside the accumulators (SASS, sm_90). (Tiles whose columns share
-            # one weight scale, so the units are one value per row.)
-            acc_odd = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            s_even = tl.full((BLOCK_M,), 1.0, tl.float32)
-            s_odd = tl.full((BLOCK_M,), 1.0, tl.float32)
-            for kb in range(0, k_blocks - 1, 2):
-                a0, b0, a_s0, b_s0 = _load_block(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_ok,
-                                                 col_ok, stride_ask, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST)
-                a1, b1, a_s1, b_s1 = _load_block(a_ptrs + BLOCK_K, b_ptrs + BLOCK_K, a_scale_ptrs, b_scale_ptrs,
-                                                 kb + 1, k, kk, row_ok, col_ok, stride_ask, BLOCK_N, BLOCK_K,
-                                                 SCALE_BLOCK, EVEN_K, UPCAST)
-                acc, s_even = _folded_step(acc, s_even, a0, b0, a_s0 * b_s0)
-                acc_odd, s_odd = _folded_step(acc_odd, s_odd, a1, b1, a_s1 * b_s1)
-                a_ptrs += 2 * BLOCK_K
-                b_ptrs += 2 * BLOCK_K
-            acc = acc * s_even[:, None] + acc_odd * s_odd[:, None]
-            if k_blocks % 2 == 1:  # an odd count's last block
-                acc = _add_block(acc, a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, k_blocks - 1, k, kk, row_ok, col_ok,
-                                 stride_ask, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST)
-        else:
-            for kb in range(0, k_blocks):
-                acc = _add_block(acc, a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_ok, col_ok,
-                                 stride_ask, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST)
-                a_ptrs += BLOCK_K
-                b_ptrs += BLOCK_K
+        for kb in range(0, k_blocks):
+            acc = _add_block(acc, a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_ok, col_ok,
+                             stride_ask, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST)
+            a_ptrs += BLOCK_K
+            b_ptrs += BLOCK_K
 
         # ---- epilogue: only this expert's rows, only real columns ----
         if SOFTWARE_BF16_ROUNDING:
@@ -271,7 +231,7 @@ def _resident_tile(
     stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
     lo, hi, tiles, tiles_end, in_range, tile, m_tiles,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr, FOLD_SCALES: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr,
 ):
     """Tile `tile` (m_tile fastest) of a kind whose schedule (lo, hi, tiles, tiles_end) is in registers."""
     m_tile = tile % m_tiles
@@ -280,7 +240,7 @@ def _resident_tile(
         a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
         stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
         m_tile, tile // m_tiles, expert, tiles_before, row_lo, row_hi,
-        BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, FOLD_SCALES,
+        BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
     )
 
 
@@ -297,7 +257,6 @@ def grouped_gemm_fp8_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
     EXPERT_CHUNK: tl.constexpr, PERSISTENT: tl.constexpr, RESIDENT_SCHEDULE: tl.constexpr, EVEN_K: tl.constexpr,
     UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr, MASKED: tl.constexpr, ROW_GROUP: tl.constexpr,
-    FOLD_SCALES: tl.constexpr,
 ):
     if PERSISTENT:
         # One program per resident slot loops over the tiles, m_tile fastest. With every expert in one
@@ -318,7 +277,7 @@ def grouped_gemm_fp8_kernel(
                     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
                     stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                     lo, hi, tiles, tiles_end, in_range, tile, m_tiles,
-                    BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, FOLD_SCALES,
+                    BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
                 )
             else:
                 m_tile = tile % m_tiles
@@ -328,7 +287,7 @@ def grouped_gemm_fp8_kernel(
                     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
                     stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                     m_tile, tile // m_tiles, expert, tiles_before, row_lo, row_hi,
-                    BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, FOLD_SCALES,
+                    BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
                 )
     else:
         m_tile, n_tile = _tile_in_order(tl.program_id(1) * tl.num_programs(0) + tl.program_id(0),
@@ -339,7 +298,7 @@ def grouped_gemm_fp8_kernel(
             a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
             stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
             m_tile, n_tile, expert, tiles_before, row_lo, row_hi,
-            BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, FOLD_SCALES,
+            BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
         )
 
 
@@ -354,7 +313,7 @@ def grouped_gemm_fp8_two_kinds_kernel(
     # meta-parameters (every expert in one scan chunk: num_experts <= EXPERT_CHUNK)
     BLOCK_M_LARGE: tl.constexpr, BLOCK_M_SMALL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SCALE_BLOCK: tl.constexpr, EXPERT_CHUNK: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
-    SOFTWARE_BF16_ROUNDING: tl.constexpr, MASKED: tl.constexpr, FOLD_SCALES: tl.constexpr,
+    SOFTWARE_BF16_ROUNDING: tl.constexpr, MASKED: tl.constexpr,
 ):
     """Expert specialization in one persistent launch: each program walks the large experts' tiles
     (BLOCK_M_LARGE rows) and then the small experts' tiles (BLOCK_M_SMALL rows), so the short tiles fill
@@ -375,12 +334,12 @@ def grouped_gemm_fp8_two_kinds_kernel(
                 a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
                 stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                 lo, hi, tiles_large, end_large, in_range, tile, m_large,
-                BLOCK_M_LARGE, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, FOLD_SCALES,
+                BLOCK_M_LARGE, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
             )
         else:
             _resident_tile(
                 a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
                 stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                 lo, hi, tiles_small, end_small, in_range, tile - large, m_small,
-                BLOCK_M_SMALL, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, FOLD_SCALES,
+                BLOCK_M_SMALL, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
             )

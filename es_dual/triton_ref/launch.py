@@ -9,7 +9,6 @@ Each launch's grid is sized by the bound sum_e cdiv(m_e, BLOCK_M) <= cdiv(total_
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, replace
 
 import torch
@@ -31,7 +30,6 @@ class TileConfig:
     num_stages: int
     programs_per_sm: int = 0  # > 0: a persistent grid of this many programs per SM; 0: one program per tile
     row_group: int = 0  # one program per tile: row tiles per group of the launch order (kernel._tile_in_order)
-    fold_scales: bool = False  # two accumulators with the scales folded in (kernel.FOLD_SCALES; block_n <= 128)
 
     def __post_init__(self):
         # one scale group per K block; tl.dot needs every tile side >= 16
@@ -39,7 +37,6 @@ class TileConfig:
             SCALE_BLOCK % self.block_k == 0
             and min(self.block_m, self.block_n, self.block_k) >= 16
             and all(x & (x - 1) == 0 for x in (self.block_m, self.block_n, self.block_k))
-            and (not self.fold_scales or self.block_n <= SCALE_BLOCK)
         )
         if not ok:
             raise ValueError(f"invalid Triton tile configuration {self}")
@@ -54,14 +51,14 @@ class TileConfig:
 # no weight bytes, only tensor-core work that is hidden behind them (benchmarks/triton_sweep.py on an H100,
 # decode_uniform8, 8 tokens per expert: 64 x 128 324.6 µs, 32 x 128 331.2, 16 x 128 331.5 (3-6 stages
 # 325.6-339.0); an earlier sweep 343.5 against 349.3). Above, 128 x 128 with 8 warps reads each expert's
-# weights once per 128 tokens, with the scales folded into two accumulators so that its products chain
-# into their dots (benchmarks/triton_promotion_probe.py, balanced_big's shape on an
-# H100: 2300.4 µs against 2391.6-2449.4 promoting each block; 3 stages: 4 do not fit with two blocks per
-# step). The launch order is not in the table: choose_config sets it from k and the size of a (launch_order).
+# weights once per 128 tokens (balanced_big on an H100: 2508.0 µs with 3 stages,
+# benchmarks/results/tuning/triton_sweep_fold_H100_2026-12-07c.csv; scales folded into two accumulators, so
+# that the products chain into their dots, were slower in the kernel (2591.7) and lost bits: the tensor cores add each product into the
+# running sum with fewer bits than float32, which promoting each block into float32 avoids, docs/perf-notes.md).
+# The launch order is not in the table: choose_config sets it from k and the size of a (launch_order).
 TILE_CONFIGS = (
     TileConfig(max_mean_tokens=64, block_m=64, block_n=128, block_k=128, num_warps=4, num_stages=4),
-    TileConfig(max_mean_tokens=float("inf"), block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=3,
-               fold_scales=True),
+    TileConfig(max_mean_tokens=float("inf"), block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=3),
 )
 # Rows padded to 16 for experts of a few tokens, in the expert-specialized launches below.
 DECODE_TILE = TileConfig(max_mean_tokens=16, block_m=16, block_n=128, block_k=128, num_warps=4, num_stages=4)
@@ -120,23 +117,6 @@ TRITON_TWO_KINDS = TwoKinds(split_rows=64, small_block_m=16, large=TILE_CONFIGS[
 def choose_config(problem: Problem) -> TileConfig:
     """The table's tile for the mean tokens per expert, in the launch order for k and a's size."""
     return launch_order(problem, next(c for c in TILE_CONFIGS if problem.mean_tokens <= c.max_mean_tokens))
-
-
-def folds_scales(problem: Problem, config: TileConfig) -> bool:
-    """Whether a launch of config folds the scales: where the tile asks for it and the pipeline of two K
-    blocks per step fits the GPU's shared memory (192 KB for the large tile: Hopper has 227, sm_80 163,
-    sm_86, sm_89 and sm_120 99; elsewhere one K block per step, half of it)."""
-    if not config.fold_scales or problem.device.type != "cuda":
-        return config.fold_scales
-    pipeline_bytes = config.num_stages * 2 * (config.block_m + config.block_n) * config.block_k  # FP8 a and b
-    return pipeline_bytes <= max_shared_memory(problem.device)
-
-
-@functools.lru_cache(maxsize=None)
-def max_shared_memory(device: torch.device) -> int:
-    """Shared memory one program may use on the device, the limit Triton checks its launches against."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
 
 
 def launch_order(problem: Problem, config: TileConfig) -> TileConfig:
@@ -227,7 +207,7 @@ def _shared_constants(problem: Problem, config: TileConfig, upcast) -> dict:
         EXPERT_CHUNK=_expert_chunk(problem.num_experts), EVEN_K=k % config.block_k == 0,
         UPCAST=not fp8_cores if upcast is None else upcast,
         SOFTWARE_BF16_ROUNDING=problem.device.type == "cpu" and problem.out_dtype == torch.bfloat16,
-        MASKED=problem.max_m > 0, FOLD_SCALES=folds_scales(problem, config),
+        MASKED=problem.max_m > 0,
     )
 
 
