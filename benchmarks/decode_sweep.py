@@ -46,6 +46,9 @@ LAYER_CONFIGS = [dict(), dict(overlap_max_pairs=0),
 # keeps down's early weight loads back until its last wave; with at most 32 warps of gate_up per SM, down's
 # programs can be resident from the start and its weights stream alongside gate_up's
 LAYER_CONFIGS += [dict(programs_per_sm=p, gate_up_warps=w) for p, w in ((4, 8), (2, 8), (8, 4), (6, 4), (4, 4))]
+# every column of I in one load in the CUDA-core down kernel: all of a program's weights requested before its
+# wait for the SiLU step, so they stream while gate_up runs (the default loads 128 columns before the wait)
+LAYER_CONFIGS += [dict(down_i_chunk=512), dict(down_i_chunk=512, down_warps=8)]
 
 
 def _write_csv(path, rows):
