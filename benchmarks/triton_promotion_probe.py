@@ -32,18 +32,22 @@ VARIANTS = {"each": 0, "pairs": 1, "folded": 2}
 
 
 @triton.jit
-def probe_kernel(a_ptr, b_ptr, as_ptr, bs_ptr, out_ptr, m, n, k, VARIANT: tl.constexpr,
-                 BM: tl.constexpr, BN: tl.constexpr, GROUP: tl.constexpr):
-    BK: tl.constexpr = 128
+def _tile(m, n, BM: tl.constexpr, BN: tl.constexpr, GROUP: tl.constexpr):
+    """Program (tile, expert)'s (expert, row tile, column tile): row tiles in groups of GROUP."""
     pid = tl.program_id(0)
-    e = tl.program_id(1)
     m_tiles = m // BM
     n_tiles = n // BN
     group = pid // (GROUP * n_tiles)
     size = min(m_tiles - group * GROUP, GROUP)
     local = pid - group * GROUP * n_tiles
-    m_tile = group * GROUP + local % size
-    n_tile = local // size
+    return tl.program_id(1), group * GROUP + local % size, local // size
+
+
+@triton.jit
+def probe_kernel(a_ptr, b_ptr, as_ptr, bs_ptr, out_ptr, m, n, k, VARIANT: tl.constexpr,
+                 BM: tl.constexpr, BN: tl.constexpr, GROUP: tl.constexpr):
+    BK: tl.constexpr = 128
+    e, m_tile, n_tile = _tile(m, n, BM, BN, GROUP)
     rows = (e * m + m_tile * BM + tl.arange(0, BM)).to(tl.int64)
     cols = (e * n + n_tile * BN + tl.arange(0, BN)).to(tl.int64)
     kk = tl.arange(0, BK)
@@ -92,15 +96,7 @@ def tma_probe_kernel(a_desc, b_desc, as_ptr, bs_ptr, out_ptr, m, n, k, BM: tl.co
     """`each` with the a and b tiles loaded by TMA (host-made tensor descriptors): one instruction per tile
     instead of each thread's address arithmetic and 16-byte copies."""
     BK: tl.constexpr = 128
-    pid = tl.program_id(0)
-    e = tl.program_id(1)
-    m_tiles = m // BM
-    n_tiles = n // BN
-    group = pid // (GROUP * n_tiles)
-    size = min(m_tiles - group * GROUP, GROUP)
-    local = pid - group * GROUP * n_tiles
-    m_tile = group * GROUP + local % size
-    n_tile = local // size
+    e, m_tile, n_tile = _tile(m, n, BM, BN, GROUP)
     row0 = e * m + m_tile * BM
     col0 = e * n + n_tile * BN
     rows = (row0 + tl.arange(0, BM)).to(tl.int64)

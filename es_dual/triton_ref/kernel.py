@@ -135,12 +135,22 @@ def _tile_in_order(tile, m_tiles, n_tiles, ROW_GROUP: tl.constexpr):
 
 
 @triton.jit
-def _load_block(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_ok, col_ok, stride_ask,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr, EVEN_K: tl.constexpr,
-                UPCAST: tl.constexpr):
-    """K block kb of a tile (a_ptrs, b_ptrs at its first column): its a and b tiles, the rows' activation
-    scales and the weight scale(s) of the block (b_scale_ptrs: one pointer when the tile's columns lie in
-    one weight scale block, else one per column)."""
+def _promote(acc, partial, a_s, b_s, BLOCK_N: tl.constexpr, SCALE_BLOCK: tl.constexpr):
+    """acc + partial scaled by its two scales, in float32."""
+    if BLOCK_N <= SCALE_BLOCK:  # the tile's columns lie in one weight scale block: one FMA per element
+        acc += partial * (a_s * b_s)[:, None]
+    else:
+        acc += partial * a_s[:, None] * b_s[None, :]
+    return acc
+
+
+@triton.jit
+def _add_block(acc, a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_ok, col_ok, stride_ask,
+               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr, EVEN_K: tl.constexpr,
+               UPCAST: tl.constexpr):
+    """acc plus K block kb's FP8 product (a_ptrs, b_ptrs at the block's first column) times the rows'
+    activation scales and the block's weight scale(s) (b_scale_ptrs: one pointer when the tile's columns
+    lie in one weight scale block, else one per column)."""
     if EVEN_K:  # k % BLOCK_K == 0: no K mask to compute
         a_tile = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
         b_tile = tl.load(b_ptrs, mask=col_ok[:, None], other=0.0)
@@ -157,26 +167,6 @@ def _load_block(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_ok, c
         b_s = tl.load(b_scale_ptrs + scale_group)
     else:
         b_s = tl.load(b_scale_ptrs + scale_group, mask=col_ok, other=0.0)
-    return a_tile, b_tile, a_s, b_s
-
-
-@triton.jit
-def _promote(acc, partial, a_s, b_s, BLOCK_N: tl.constexpr, SCALE_BLOCK: tl.constexpr):
-    """acc + partial scaled by its two scales, in float32."""
-    if BLOCK_N <= SCALE_BLOCK:  # the tile's columns lie in one weight scale block: one FMA per element
-        acc += partial * (a_s * b_s)[:, None]
-    else:
-        acc += partial * a_s[:, None] * b_s[None, :]
-    return acc
-
-
-@triton.jit
-def _add_block(acc, a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_ok, col_ok, stride_ask,
-               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr, EVEN_K: tl.constexpr,
-               UPCAST: tl.constexpr):
-    """acc plus K block kb's FP8 product times its two scales."""
-    a_tile, b_tile, a_s, b_s = _load_block(a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_ok, col_ok,
-                                           stride_ask, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST)
     return _promote(acc, tl.dot(a_tile, tl.trans(b_tile)), a_s, b_s, BLOCK_N, SCALE_BLOCK)
 
 

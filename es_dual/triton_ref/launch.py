@@ -52,9 +52,10 @@ class TileConfig:
 # decode_uniform8, 8 tokens per expert: 64 x 128 324.6 µs, 32 x 128 331.2, 16 x 128 331.5 (3-6 stages
 # 325.6-339.0); an earlier sweep 343.5 against 349.3). Above, 128 x 128 with 8 warps reads each expert's
 # weights once per 128 tokens (balanced_big on an H100: 2508.0 µs with 3 stages,
-# benchmarks/results/tuning/triton_sweep_fold_H100_2026-12-07c.csv; scales folded into two accumulators, so
-# that the products chain into their dots, were slower in the kernel (2591.7) and lost bits: the tensor cores add each product into the
-# running sum with fewer bits than float32, which promoting each block into float32 avoids, docs/perf-notes.md).
+# benchmarks/results/tuning/triton_sweep_fold_H100_2026-12-07c.csv). Scales folded into two accumulators,
+# so that the products chain into their dots, were slower (2591.7) and lost bits: the tensor cores add each
+# product into the running sum with fewer bits than float32, which promoting each block into float32
+# avoids (docs/perf-notes.md).
 # The launch order is not in the table: choose_config sets it from k and the size of a (launch_order).
 TILE_CONFIGS = (
     TileConfig(max_mean_tokens=64, block_m=64, block_n=128, block_k=128, num_warps=4, num_stages=4),
