@@ -8,9 +8,11 @@ python benchmarks/gluon_wgmma_probe.py [--tile 128x64] [--warps 8] [--k-blocks 8
                                         [--warp-specialize WARPS,REGS]
 (--runtime-k: the K loop over a run-time count instead of a compile-time one; --warp-specialize: the TMA
 loads in a producer partition of WARPS warps with REGS registers, the math warps given the rest)
-Needs Triton 3.6's Gluon (the GPU machine's; Gluon's TMA names changed after it: on another Triton, a venv
-with `pip install triton==3.6.0`), ptxas (nvcc's or Triton's) and cuobjdump (Triton's); see
-docs/perf-notes.md.
+The library's kernel built on these findings is es_dual/triton_ref/hopper.py (tests/test_triton_compiles.py
+checks its WGMMA waits the same way).
+Needs Triton 3.6's Gluon (the GPU machine's; its PTX from Triton 3.9 comes out of ptxas serialized: on another
+Triton, a venv with `pip install triton==3.6.0 torch==2.13.0`), es_dual importable (PYTHONPATH=. from the
+repository root), ptxas (nvcc's or Triton's) and cuobjdump (Triton's); see docs/perf-notes.md.
 """
 import argparse
 import os
@@ -24,6 +26,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+
+from es_dual.triton_ref.hopper import allocate_stages
 
 
 @gluon.jit
@@ -170,15 +174,8 @@ def warp_specialized_tile(a_desc, b_desc, a_scale_ptr, b_scale_ptr, c_ptr, strid
     """One output tile: a's rows from off_m, b's from off_n, stored at c's rows from off_m and columns from
     out_col; the stages and their barriers, then the math and producer partitions."""
     BM: gl.constexpr = a_desc.block_type.shape[0]
-    BK: gl.constexpr = a_desc.block_type.shape[1]
     BN: gl.constexpr = b_desc.block_type.shape[0]
-    a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BM, BK], a_desc.layout)
-    b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES, BN, BK], b_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)
+    a_bufs, b_bufs, ready, empty = allocate_stages(a_desc, b_desc, STAGES)
     gl.warp_specialize([
         (_ws_math, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, a_scale_ptr, b_scale_ptr, c_ptr, stride_c, off_m,
                     out_col, k_blocks, K_BLOCKS, RUNTIME_K, STAGES, BM, BN, num_warps)),
@@ -235,13 +232,15 @@ def compile_report(kernel, signature: dict, constants: dict, warps: int) -> str:
                               capture_output=True, text=True, check=True).stderr
         sass = subprocess.run([_tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True, check=True).stdout
     registers = re.search(r"Used (\d+) registers", info)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", info)
     notes = re.findall(r"\((C75\d\d)\) ([^\n]*)", info)
     waits = re.findall(r"wgmma.wait_group.sync.aligned\s+(\d+)", ptx)
     waits = ", ".join(f"{waits.count(n)} x wait({n})" for n in sorted(set(waits), reverse=True))
     regs = ", ".join(f"{op} {n}" for op, n in re.findall(r"setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx))
     print(f"  PTX: {ptx.count('wgmma.mma_async')} wgmma.mma_async, {waits}" + (f"; setmaxnreg {regs}" if regs else ""))
-    print(f"  ptxas: {registers.group(1) if registers else '?'} registers, {compiled.metadata.shared} B shared; "
-          + ("; ".join(f"{code}: {text[:90]}" for code, text in notes) or "no notes"))
+    print(f"  ptxas: {registers.group(1) if registers else '?'} registers, {compiled.metadata.shared} B shared, "
+          f"spills {spills.group(1) if spills else '?'} B stored, {spills.group(2) if spills else '?'} B loaded; "
+          + ("; ".join(f"{code}: {text[:200]}" for code, text in notes) or "no notes"))
     print(f"  SASS: {sass.count('QGMMA')} QGMMA, {sass.count('WARPGROUP.DEPBAR')} WGMMA waits")
     return sass
 

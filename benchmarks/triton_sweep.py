@@ -1,12 +1,15 @@
 """Time Triton tile configurations on the public workloads (GPU); prints the best per workload.
 
-python benchmarks/triton_sweep.py [--budget-s 120] [--csv file] [--workloads a,b] [--configs "bm,bn,w,s,p,g;..."]
+python benchmarks/triton_sweep.py [--budget-s 120] [--csv file] [--workloads a,b] [--configs "bm,bn,w,s,p,g[,ws];..."]
 python benchmarks/triton_sweep.py --buckets [--csv file]   # the mean-based table against expert specialization
 
 With --buckets, every workload (public and extra) runs four ways: the default (one tile from the mean
 tokens per expert), TRITON_BUCKETS (one launch per bucket of experts), TRITON_BUCKETS with persistent
 launches, and TRITON_TWO_KINDS (both kinds in one persistent launch); CUDA-event timing with the L2 flushed
 (time_us), each output checked against the float64 reference with es_dual.accuracy.tolerance ("!": outside it).
+Without it, every candidate is timed the same way and checked the same way ("!" after its time: wrong).
+A warp-specialized candidate (ws = 1: hopper.large_tile_kernel) is skipped, with the reason, where it cannot
+run (launch.hopper_tile_reasons): the Triton kernel would run in its place.
 """
 import argparse
 import csv
@@ -22,18 +25,20 @@ from es_dual.bench.timing import time_us
 from es_dual.bench.workloads import PUBLIC_WORKLOADS, WORKLOAD_SETS
 from es_dual.problem import check_inputs
 from es_dual.triton_ref.launch import (
-    TRITON_BUCKETS, TRITON_TWO_KINDS, TileConfig, TritonBucket, TwoKinds, grouped_gemm_triton, plan_two_kinds,
+    TRITON_BUCKETS, TRITON_TWO_KINDS, TileConfig, TritonBucket, TwoKinds, grouped_gemm_triton, hopper_tile_reasons,
+    plan_two_kinds,
 )
 
 # (block_m, block_n, warps, stages, programs per SM (0 = one program per tile), row tiles per group of the
-# launch order (0 = row tiles fastest))
+# launch order (0 = row tiles fastest)[, warp-specialized (1: hopper.large_tile_kernel)])
 CANDIDATES = [
-    TileConfig(float("inf"), bm, bn, 128, warps, stages, pps, group)
-    for bm, bn, warps, stages, pps, group in (
-        (16, 128, 4, 4, 0, 0), (16, 128, 4, 4, 2, 0), (32, 128, 4, 4, 2, 0), (64, 128, 4, 4, 0, 0),
-        (64, 128, 4, 4, 0, 8), (64, 128, 4, 4, 2, 0), (64, 64, 4, 4, 2, 0), (64, 128, 4, 3, 3, 0),
-        (128, 128, 8, 3, 0, 0), (128, 128, 8, 3, 0, 8), (128, 128, 8, 3, 0, 16), (128, 256, 8, 3, 0, 0),
-        (128, 256, 8, 3, 0, 8), (128, 256, 8, 3, 1, 0),
+    TileConfig(float("inf"), bm, bn, 128, warps, stages, pps, group, bool(ws))
+    for bm, bn, warps, stages, pps, group, ws in (
+        (16, 128, 4, 4, 0, 0, 0), (16, 128, 4, 4, 2, 0, 0), (32, 128, 4, 4, 2, 0, 0), (64, 128, 4, 4, 0, 0, 0),
+        (64, 128, 4, 4, 0, 8, 0), (64, 128, 4, 4, 2, 0, 0), (64, 64, 4, 4, 2, 0, 0), (64, 128, 4, 3, 3, 0, 0),
+        (128, 128, 8, 3, 0, 0, 0), (128, 128, 8, 3, 0, 8, 0), (128, 128, 8, 3, 0, 16, 0), (128, 256, 8, 3, 0, 0, 0),
+        (128, 256, 8, 3, 0, 8, 0), (128, 256, 8, 3, 1, 0, 0), (128, 128, 8, 3, 0, 8, 1), (128, 128, 8, 4, 0, 8, 1),
+        (128, 128, 8, 5, 0, 8, 1), (128, 128, 8, 4, 0, 0, 1),
     )
 ]
 
@@ -86,14 +91,14 @@ def main():
     parser.add_argument("--buckets", action="store_true", help="the mean-based table against TRITON_BUCKETS")
     parser.add_argument("--workloads", help="comma-separated names (default: the public workloads)")
     parser.add_argument("--configs", help="candidates instead of CANDIDATES: 'block_m,block_n,warps,stages,"
-                                          "programs_per_sm,row_group;...'")
+                                          "programs_per_sm,row_group[,warp_specialized];...'")
     parser.add_argument("--peers", help="a folder with peer_triton_moe: vLLM's kernel timed alongside (vllm column)")
     args = parser.parse_args()
     if args.buckets:
         return compare_buckets(args.csv)
     candidates = CANDIDATES if not args.configs else [
-        TileConfig(float("inf"), bm, bn, 128, w, s, p, g)
-        for bm, bn, w, s, p, g in (map(int, c.split(",")) for c in args.configs.split(";"))]
+        TileConfig(float("inf"), bm, bn, 128, w, s, p, g, bool(ws))
+        for bm, bn, w, s, p, g, ws in ((list(map(int, c.split(","))) + [0])[:7] for c in args.configs.split(";"))]
     by_name = {w.name: w for w in WORKLOAD_SETS["all"]}
     workloads = [by_name[name] for name in args.workloads.split(",")] if args.workloads else PUBLIC_WORKLOADS
     if args.peers:
@@ -101,33 +106,42 @@ def main():
     deadline = time.monotonic() + args.budget_s
     rows = []
     print("columns: " + " | ".join(f"{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages} p{c.programs_per_sm} "
-                                   f"g{c.row_group}" for c in candidates))
+                                   f"g{c.row_group}{' ws' if c.warp_specialized else ''}" for c in candidates)
+          + "   (µs, time_us: events, L2 flushed; !: outside es_dual.accuracy.tolerance of the float64 reference)")
+    max_tol, rms_tol = tolerance(torch.bfloat16)
     for w in workloads:
         inputs = w.make_inputs("cuda")
         problem = check_inputs(**inputs)
+        reference = reference_f64(**inputs)
         out = torch.empty(problem.total_m, problem.n, dtype=torch.bfloat16, device="cuda")
         results = []
         for config in candidates:
             if time.monotonic() > deadline:
                 break
+            if config.warp_specialized and hopper_tile_reasons(problem):
+                print(f"{w.name} {config}: skipped, {'; '.join(hopper_tile_reasons(problem))}")
+                continue
             fn = lambda: grouped_gemm_triton(problem, *inputs.values(), out, config=config)
             try:
                 us = time_us(fn, problem.device)
             except Exception as exc:  # out of shared memory or registers for this shape
                 print(f"{w.name} {config}: {type(exc).__name__}")
                 continue
-            results.append((us, config))
+            max_rel, rms_rel = relative_errors(out, reference)
+            ok = max_rel <= max_tol and rms_rel <= rms_tol
+            results.append((us, ok))
             rows.append(dict(workload=w.name, bm=config.block_m, bn=config.block_n, warps=config.num_warps,
                              stages=config.num_stages, programs_per_sm=config.programs_per_sm,
-                             row_group=config.row_group, us=us))
+                             row_group=config.row_group, warp_specialized=config.warp_specialized, us=us,
+                             max_rel_err=max_rel, rms_rel_err=rms_rel, correct=ok))
         if results:
             chosen_us = time_us(lambda: grouped_gemm_triton(problem, *inputs.values(), out), problem.device)
-            line = " ".join(f"{us:7.1f}" for us, _ in results)
+            line = " ".join(f"{us:7.1f}{'' if ok else '!'}" for us, ok in results)
             vllm = ""
             if args.peers:  # vLLM's kernel on the same inputs, in its users' layout (its sorted ids made here)
                 vllm = f" | vllm {time_us(PROVIDERS['vllm_triton'].prepare(problem, inputs).run, problem.device):7.1f}"
             print(f"{w.name:<20} table {chosen_us:7.1f} | {line}{vllm}", flush=True)
-        del inputs
+        del inputs, reference
     if args.csv and rows:
         with open(args.csv, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -86,6 +86,15 @@ def assert_matches(out: torch.Tensor, ref: torch.Tensor) -> None:
     assert_close(out[owned], ref[owned])
 
 
+def mn_major(a_scale: torch.Tensor, ld: int) -> torch.Tensor:
+    """a_scale's values in MN-major storage with leading dimension ld (>= total_m; the rows past total_m
+    of each group are padding, as DeepGEMM's TMA-aligned scales have)."""
+    total_m, groups = a_scale.shape
+    storage = torch.full((groups, ld), float("nan"), dtype=a_scale.dtype, device=a_scale.device)
+    storage[:, :total_m] = a_scale.t()
+    return storage.t()[:total_m]
+
+
 def poisoned_out(total_m, n, out_dtype, device) -> torch.Tensor:
     return torch.full((total_m, n), float("nan"), dtype=out_dtype, device=device)
 

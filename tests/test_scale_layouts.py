@@ -12,16 +12,7 @@ from es_dual.cutlass import buckets
 from es_dual.cutlass.launch import grouped_gemm_cutlass
 from es_dual.dispatch import BACKENDS, available_backends, select_backend
 from es_dual.problem import Problem, check_call, check_inputs, mn_major_ld
-from support import make_inputs, needs_gpu
-
-
-def mn_major(a_scale: torch.Tensor, ld: int) -> torch.Tensor:
-    """a_scale's values in MN-major storage with leading dimension ld (>= total_m; the rows past total_m
-    of each group are padding, as DeepGEMM's TMA-aligned scales have)."""
-    total_m, groups = a_scale.shape
-    storage = torch.full((groups, ld), float("nan"), dtype=a_scale.dtype, device=a_scale.device)
-    storage[:, :total_m] = a_scale.t()
-    return storage.t()[:total_m]
+from support import make_inputs, mn_major, needs_gpu
 
 
 COUNTS = [5, 0, 3, 9]  # 17 rows: padded to 20 for 16-byte aligned groups

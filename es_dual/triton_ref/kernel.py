@@ -70,11 +70,10 @@ def _expert_rows(offsets_ptr, e, in_range, total_m, max_m, MASKED: tl.constexpr)
 
 
 @triton.jit
-def _chunk_rows(offsets_ptr, chunk_start, num_experts, total_m, max_m, min_rows, max_rows, BLOCK_M: tl.constexpr,
-                EXPERT_CHUNK: tl.constexpr, MASKED: tl.constexpr):
-    """(lo, hi, tiles, in_range) of experts chunk_start .. chunk_start + EXPERT_CHUNK - 1: their row ranges and
-    row tiles, none for experts outside min_rows < m <= max_rows."""
-    e_idx = chunk_start + tl.arange(0, EXPERT_CHUNK)
+def _chunk_rows(offsets_ptr, e_idx, num_experts, total_m, max_m, min_rows, max_rows, BLOCK_M: tl.constexpr,
+                MASKED: tl.constexpr):
+    """(lo, hi, tiles, in_range) of experts e_idx (a chunk of consecutive ones): their row ranges and row
+    tiles, none for experts outside min_rows < m <= max_rows."""
     in_range = e_idx < num_experts
     lo, hi = _expert_rows(offsets_ptr, e_idx, in_range, total_m, max_m, MASKED)
     rows = hi - lo
@@ -98,14 +97,23 @@ def _locate_row_tile(offsets_ptr, num_experts, total_m, max_m, min_rows, max_row
                      EXPERT_CHUNK: tl.constexpr, MASKED: tl.constexpr):
     """(expert, tiles before it, its first row, its end row, row tiles of all experts) for row tile m_tile:
     a chunked scan of the experts' row ranges (expert = num_experts: the tile is past the last)."""
+    return locate_in_chunks(offsets_ptr, num_experts, total_m, max_m, min_rows, max_rows, m_tile,
+                            tl.arange(0, EXPERT_CHUNK), BLOCK_M, EXPERT_CHUNK, MASKED)
+
+
+@triton.jit
+def locate_in_chunks(offsets_ptr, num_experts, total_m, max_m, min_rows, max_rows, m_tile, chunk_index,
+                     BLOCK_M: tl.constexpr, EXPERT_CHUNK: tl.constexpr, MASKED: tl.constexpr):
+    """_locate_row_tile with the chunk's indices 0 .. EXPERT_CHUNK - 1 given (chunk_index), so that a Gluon
+    kernel (hopper.py) can give them in its own layout."""
     expert = 0
     tiles_before = 0
     row_lo = 0
     row_hi = 0
     tiles_total = 0
     for chunk_start in range(0, num_experts, EXPERT_CHUNK):
-        lo, hi, tiles, in_range = _chunk_rows(offsets_ptr, chunk_start, num_experts, total_m, max_m, min_rows,
-                                              max_rows, BLOCK_M, EXPERT_CHUNK, MASKED)
+        lo, hi, tiles, in_range = _chunk_rows(offsets_ptr, chunk_start + chunk_index, num_experts, total_m, max_m,
+                                              min_rows, max_rows, BLOCK_M, MASKED)
         tiles_end = tiles_total + tl.cumsum(tiles, 0)
         n_before, t_before, lo_here, hi_here = _find_in_chunk(lo, hi, tiles, tiles_end, in_range, m_tile)
         expert += n_before
@@ -253,8 +261,8 @@ def grouped_gemm_fp8_kernel(
         # chunk (RESIDENT_SCHEDULE) the experts' rows and tiles are read once and stay in registers; each
         # tile is then located without a load.
         if RESIDENT_SCHEDULE:
-            lo, hi, tiles, in_range = _chunk_rows(offsets_ptr, 0, num_experts, total_m, max_m, min_rows, max_rows,
-                                                  BLOCK_M, EXPERT_CHUNK, MASKED)
+            lo, hi, tiles, in_range = _chunk_rows(offsets_ptr, tl.arange(0, EXPERT_CHUNK), num_experts, total_m,
+                                                  max_m, min_rows, max_rows, BLOCK_M, MASKED)
             tiles_end = tl.cumsum(tiles, 0)
             m_tiles = tl.sum(tiles, 0)
         else:
@@ -308,10 +316,11 @@ def grouped_gemm_fp8_two_kinds_kernel(
     """Expert specialization in one persistent launch: each program walks the large experts' tiles
     (BLOCK_M_LARGE rows) and then the small experts' tiles (BLOCK_M_SMALL rows), so the short tiles fill
     the tail the long ones leave, within one wave. The schedule of both kinds stays in registers."""
-    lo, hi, tiles_large, in_range = _chunk_rows(offsets_ptr, 0, num_experts, total_m, max_m, split_rows,
-                                                2147483647, BLOCK_M_LARGE, EXPERT_CHUNK, MASKED)
-    _, _, tiles_small, _ = _chunk_rows(offsets_ptr, 0, num_experts, total_m, max_m, 0, split_rows, BLOCK_M_SMALL,
-                                       EXPERT_CHUNK, MASKED)
+    experts = tl.arange(0, EXPERT_CHUNK)
+    lo, hi, tiles_large, in_range = _chunk_rows(offsets_ptr, experts, num_experts, total_m, max_m, split_rows,
+                                                2147483647, BLOCK_M_LARGE, MASKED)
+    _, _, tiles_small, _ = _chunk_rows(offsets_ptr, experts, num_experts, total_m, max_m, 0, split_rows, BLOCK_M_SMALL,
+                                       MASKED)
     end_large = tl.cumsum(tiles_large, 0)
     end_small = tl.cumsum(tiles_small, 0)
     m_large = tl.sum(tiles_large, 0)

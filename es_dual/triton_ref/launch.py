@@ -1,5 +1,9 @@
 """Launcher of the Triton grouped GEMM: tile choice from what the host knows, grid upper bound, launch.
 
+A tile is kernel.py's kernel, or, for a TileConfig with warp_specialized on an sm_90 GPU, hopper.py's
+warp-specialized Gluon kernel for the same 128 x 128 tile and the same tile map (hopper_tile_reasons says
+where it cannot run; kernel.py's tile runs there instead).
+
 The host knows total_m, n, k and E, never the per-expert counts. Two ways to choose tiles:
 - one tile for the call, from the mean tokens per expert (TILE_CONFIGS, the default);
 - expert specialization (TRITON_BUCKETS): one launch per bucket of experts by row count, each with its own
@@ -30,6 +34,9 @@ class TileConfig:
     num_stages: int
     programs_per_sm: int = 0  # > 0: a persistent grid of this many programs per SM; 0: one program per tile
     row_group: int = 0  # one program per tile: row tiles per group of the launch order (kernel._tile_in_order)
+    # The 128 x 128 tile, 8 warps, one program per tile, as hopper.large_tile_kernel (Gluon, warp-specialized)
+    # where hopper_tile_reasons has none, else as kernel.py's; num_stages: its shared-memory stages.
+    warp_specialized: bool = False
 
     def __post_init__(self):
         # one scale group per K block; tl.dot needs every tile side >= 16
@@ -38,6 +45,9 @@ class TileConfig:
             and min(self.block_m, self.block_n, self.block_k) >= 16
             and all(x & (x - 1) == 0 for x in (self.block_m, self.block_n, self.block_k))
         )
+        if self.warp_specialized:
+            ok = ok and (self.block_m, self.block_n, self.block_k, self.num_warps, self.programs_per_sm) == (
+                128, 128, 128, 8, 0)
         if not ok:
             raise ValueError(f"invalid Triton tile configuration {self}")
 
@@ -61,6 +71,9 @@ TILE_CONFIGS = (
     TileConfig(max_mean_tokens=64, block_m=64, block_n=128, block_k=128, num_warps=4, num_stages=4),
     TileConfig(max_mean_tokens=float("inf"), block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=3),
 )
+# The large tile warp-specialized (hopper.py): compiled and checked without a GPU (tests/test_triton_compiles.py),
+# not yet timed, so not in the table.
+WARP_SPECIALIZED_TILE = replace(TILE_CONFIGS[1], num_stages=4, warp_specialized=True)
 # Rows padded to 16 for experts of a few tokens, in the expert-specialized launches below.
 DECODE_TILE = TileConfig(max_mean_tokens=16, block_m=16, block_n=128, block_k=128, num_warps=4, num_stages=4)
 
@@ -139,7 +152,8 @@ def device_facts(device: torch.device) -> tuple[bool, int]:
 
 def plan_triton(problem: Problem, *, upcast=None, config=None, buckets=None):
     """The launch of a call of these sizes, ``launch(ptrs, tensors)`` (dispatch.Backend.plan), on
-    validated (contiguous) inputs with one offsets dtype: a DirectLaunch of the kernel, or one per bucket.
+    validated (contiguous) inputs with one offsets dtype: a DirectLaunch of the kernel (a HopperTileLaunch
+    for a warp-specialized tile that can run here), or one per bucket.
     ``upcast`` forces (True) or forbids (False) the bf16 path; ``config`` overrides the tile table (for
     tuning); ``buckets`` (e.g. TRITON_BUCKETS) specializes the tile by expert size instead."""
     if buckets is None:
@@ -164,8 +178,48 @@ class LaunchSequence:
             launch(ptrs, tensors)
 
 
-def _plan_launch(problem: Problem, config: TileConfig, min_rows: int, max_rows: int, upcast) -> DirectLaunch:
-    """The DirectLaunch of one tile configuration over the experts with min_rows < m <= max_rows."""
+HOPPER_BLOCK = 128  # hopper.BLOCK
+# The arguments of hopper.large_tile_kernel that are kernel.py's too (_shared_constants).
+HOPPER_SHARED_CONSTANTS = ("total_m", "n", "num_experts", "max_m", "stride_asm", "stride_ask", "stride_bse",
+                           "stride_bsn", "stride_om")
+
+
+def hopper_tile_reasons(problem: Problem, upcast=None) -> list[str]:
+    """Why a warp-specialized tile (hopper.large_tile_kernel) cannot run this problem; none: it can."""
+    if problem.device.type != "cuda":
+        return [f"runs on CUDA tensors, not {problem.device.type}"]
+    reasons = []
+    if device_capability(problem.device) != (9, 0):
+        reasons.append("needs an sm_90 GPU (WGMMA and TMA)")
+    if upcast:
+        reasons.append("has no bf16 path")
+    if problem.n % HOPPER_BLOCK:
+        reasons.append(f"needs n to be a multiple of {HOPPER_BLOCK}, got {problem.n}")
+    try:
+        from . import hopper  # noqa: F401
+    except (ImportError, AttributeError) as exc:  # a Triton without Gluon, or with other Gluon names
+        reasons.append(f"needs Triton's Gluon ({exc})")
+    return reasons
+
+
+class HopperTileLaunch:
+    """A launch of hopper.large_tile_kernel: its TMA descriptors are made from the tensors on each call."""
+
+    def __init__(self, grid: tuple, constants: dict):
+        from .hopper import MATH_WARPS, large_tile_kernel, tile_descriptors
+
+        self.kernel, self.descriptors = large_tile_kernel[grid], tile_descriptors
+        self.constants, self.num_warps = constants, MATH_WARPS
+
+    def __call__(self, ptrs, tensors) -> None:
+        a, a_scale, b, b_scale, offsets, out = tensors()
+        self.kernel(*self.descriptors(a, b), a_scale, b_scale, offsets, out, **self.constants,
+                    num_warps=self.num_warps)
+
+
+def _plan_launch(problem: Problem, config: TileConfig, min_rows: int, max_rows: int, upcast):
+    """The launch of one tile configuration over the experts with min_rows < m <= max_rows: a DirectLaunch
+    of kernel.py's kernel, or a HopperTileLaunch for a warp-specialized tile that can run here."""
     _, sm_count = device_facts(problem.device)
     total_m, n, num_experts = problem.total_m, problem.n, problem.num_experts
     # Row tiles: each of the experts with more than min_rows rows (at most total_m // (min_rows + 1) of
@@ -179,6 +233,12 @@ def _plan_launch(problem: Problem, config: TileConfig, min_rows: int, max_rows: 
     else:
         grid = (row_tiles_bound, col_tiles)
     expert_chunk = _expert_chunk(num_experts)
+    if config.warp_specialized and not hopper_tile_reasons(problem, upcast):
+        shared = _shared_constants(problem, config, upcast)
+        return HopperTileLaunch(grid, dict(
+            {name: shared[name] for name in HOPPER_SHARED_CONSTANTS}, min_rows=min_rows, max_rows=int(max_rows),
+            K_BLOCKS=cdiv(problem.k, HOPPER_BLOCK), EXPERT_CHUNK=expert_chunk, MASKED=problem.max_m > 0,
+            ROW_GROUP=config.row_group, STAGES=config.num_stages))
     constants = dict(
         min_rows=min_rows, max_rows=int(max_rows), BLOCK_M=config.block_m, PERSISTENT=persistent,
         ROW_GROUP=0 if persistent else config.row_group,
