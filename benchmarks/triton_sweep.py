@@ -118,8 +118,9 @@ def main():
         for config in candidates:
             if time.monotonic() > deadline:
                 break
-            if config.warp_specialized and hopper_tile_reasons(problem):
-                print(f"{w.name} {config}: skipped, {'; '.join(hopper_tile_reasons(problem))}")
+            reasons = hopper_tile_reasons(problem) if config.warp_specialized else []
+            if reasons:
+                print(f"{w.name} {config}: skipped, {'; '.join(reasons)}")
                 continue
             fn = lambda: grouped_gemm_triton(problem, *inputs.values(), out, config=config)
             try:

@@ -178,7 +178,6 @@ class LaunchSequence:
             launch(ptrs, tensors)
 
 
-HOPPER_BLOCK = 128  # hopper.BLOCK
 # The arguments of hopper.large_tile_kernel that are kernel.py's too (_shared_constants).
 HOPPER_SHARED_CONSTANTS = ("total_m", "n", "num_experts", "max_m", "stride_asm", "stride_ask", "stride_bse",
                            "stride_bsn", "stride_om")
@@ -193,8 +192,8 @@ def hopper_tile_reasons(problem: Problem, upcast=None) -> list[str]:
         reasons.append("needs an sm_90 GPU (WGMMA and TMA)")
     if upcast:
         reasons.append("has no bf16 path")
-    if problem.n % HOPPER_BLOCK:
-        reasons.append(f"needs n to be a multiple of {HOPPER_BLOCK}, got {problem.n}")
+    if problem.n % SCALE_BLOCK:  # hopper.BLOCK: its tile is one scale block each way
+        reasons.append(f"needs n to be a multiple of {SCALE_BLOCK}, got {problem.n}")
     try:
         from . import hopper  # noqa: F401
     except (ImportError, AttributeError) as exc:  # a Triton without Gluon, or with other Gluon names
@@ -237,7 +236,7 @@ def _plan_launch(problem: Problem, config: TileConfig, min_rows: int, max_rows: 
         shared = _shared_constants(problem, config, upcast)
         return HopperTileLaunch(grid, dict(
             {name: shared[name] for name in HOPPER_SHARED_CONSTANTS}, min_rows=min_rows, max_rows=int(max_rows),
-            K_BLOCKS=cdiv(problem.k, HOPPER_BLOCK), EXPERT_CHUNK=expert_chunk, MASKED=problem.max_m > 0,
+            K_BLOCKS=cdiv(problem.k, SCALE_BLOCK), EXPERT_CHUNK=expert_chunk, MASKED=problem.max_m > 0,
             ROW_GROUP=config.row_group, STAGES=config.num_stages))
     constants = dict(
         min_rows=min_rows, max_rows=int(max_rows), BLOCK_M=config.block_m, PERSISTENT=persistent,
