@@ -1,4 +1,4 @@
-"""The warp-specialized 128 x 128 tile (es_dual/triton_ref/hopper.py, a TileConfig with warp_specialized): on
+"""The warp-specialized 128 x 128 tile (es_dual/triton_ref/hopper.py, a TileConfig with hopper_stages): on
 an sm_90 GPU it runs hopper.large_tile_kernel, checked here against the float64 reference like kernel.py's
 tiles (routings around its 128-row tiles, K past the last full block, the masked layout, MN-major scales,
 graph replay); elsewhere the same configuration runs kernel.py's tile, which the interpreter checks."""
@@ -28,7 +28,7 @@ def _gpu_reasons() -> list[str]:
 
 
 needs_hopper_tile = pytest.mark.skipif(bool(_gpu_reasons()), reason="; ".join(_gpu_reasons()))
-LAUNCHES = (WARP_SPECIALIZED_TILE, replace(WARP_SPECIALIZED_TILE, row_group=0, num_stages=3))
+LAUNCHES = (WARP_SPECIALIZED_TILE, replace(WARP_SPECIALIZED_TILE, row_group=0, hopper_stages=3))
 K_CHOICES = (16, 112, 128, 160, 384, 1024, 2064)
 
 
@@ -123,14 +123,20 @@ def test_reasons_name_what_is_missing():
     cpu = Problem(256, 256, 256, 2, torch.bfloat16, torch.device("cpu"))
     assert hopper_tile_reasons(cpu) == ["runs on CUDA tensors, not cpu"]
     with pytest.raises(ValueError, match="invalid Triton tile"):
-        TileConfig(float("inf"), 64, 128, 128, 4, 4, warp_specialized=True)
+        TileConfig(float("inf"), 64, 128, 128, 4, 4, hopper_stages=4)
+    with pytest.raises(ValueError, match="invalid Triton tile"):
+        TileConfig(float("inf"), 128, 128, 128, 8, 3, hopper_stages=1)
 
 
 @needs_interpreter
 def test_elsewhere_the_same_tile_runs_in_the_triton_kernel():
     inputs = make_inputs([130, 0, 9], 128, 160, 2, "cpu")
     problem = check_inputs(**inputs)
-    assert not isinstance(plan_triton(problem, config=WARP_SPECIALIZED_TILE), HopperTileLaunch)
+    launch = plan_triton(problem, config=WARP_SPECIALIZED_TILE)
+    assert not isinstance(launch, HopperTileLaunch)
+    # kernel.py's stages, not the Gluon kernel's: 4 stages of 128 x 128 would not fit a GPU of 100 KB of
+    # shared memory per block
+    assert launch.options["num_stages"] == WARP_SPECIALIZED_TILE.num_stages != WARP_SPECIALIZED_TILE.hopper_stages
     assert_matches(_run(inputs, WARP_SPECIALIZED_TILE), reference64(inputs))
 
 

@@ -17,12 +17,18 @@ in two parts (gl.warp_specialize), the way DeepGEMM's kernels are built:
 
     the same float32 operations, in the same order, as kernel.py's.
 
-The K loop is unrolled (K_BLOCKS is compiled in: one compilation per k): over a run-time count ptxas
-serializes the WGMMAs again (benchmarks/gluon_wgmma_probe.py). The tile map is kernel.py's: the row tiles
-of each expert, located by a scan of the offsets (masked layout and row-count limits included), taken in
-groups of ROW_GROUP row tiles. A tile's rows past its expert's end are loaded (the next expert's rows, or
-zeros that TMA fills past the tensor's end) and never stored; K past k reads TMA's zeros. n must be a
-multiple of 128 (launch.hopper_tile_reasons): the store masks rows only.
+The K loop runs over k_blocks, a run-time count (one compilation for every k), in rounds of K_GROUP
+blocks unrolled. No WGMMA may be in flight across the loop's back edge (ptxas then serializes them all),
+so each round ends by waiting for its last block and promoting it: the tensor cores idle for that once
+per round. One unrolled sequence of every K block (an earlier form) was about 90 KB of code at k = 7168
+and ran 5x slower than kernel.py's tile on an H100 (docs/perf-notes.md): the math warps fetched the code
+anew for every tile.
+
+The tile map is kernel.py's: the row tiles of each expert, located by a scan of the offsets (masked layout
+and row-count limits included), taken in groups of ROW_GROUP row tiles. A tile's rows past its expert's
+end are loaded (the next expert's rows, or zeros that TMA fills past the tensor's end) and never stored;
+K past k reads TMA's zeros. n must be a multiple of 128 (launch.hopper_tile_reasons): the store masks
+rows only.
 """
 from __future__ import annotations
 
@@ -37,6 +43,10 @@ BLOCK = gl.constexpr(128)  # the tile's rows, columns and K block: one scale blo
 MATH_WARPS = 8
 PRODUCER_WARPS = gl.constexpr(4)
 PRODUCER_REGS = gl.constexpr(40)  # TMA issue only; the math warps get the rest (setmaxnreg)
+# K blocks per round of the math warps' loop (_math). Compiled for sm_90a by Triton 3.6 (the GPU machine's):
+# 2, no spills (3.9 too); 3, 728 B of spill stores (the sum partly in local memory); 4 and 8, the WGMMAs
+# serialized (C7512, "insufficient register resources").
+K_GROUP = gl.constexpr(2)
 # Names that changed after Triton 3.6 (gl.thread_barrier became gl.barrier, tma.async_copy_global_to_shared
 # tma.async_load): the kernels call whichever this Triton has.
 _partition_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
@@ -51,10 +61,9 @@ def tile_descriptors(a, b) -> tuple:
 
 
 @gluon.jit
-def _producer(a_desc, b_desc, a_bufs, b_bufs, ready, empty, a_row, b_row, K_BLOCKS: gl.constexpr,
-              STAGES: gl.constexpr):
+def _producer(a_desc, b_desc, a_bufs, b_bufs, ready, empty, a_row, b_row, k_blocks, STAGES: gl.constexpr):
     """The TMA warps: K block kb into stage kb % STAGES once the math warps have released it."""
-    for kb in range(K_BLOCKS):
+    for kb in range(k_blocks):
         s = kb % STAGES
         mbarrier.wait(empty.index(s), phase=((kb // STAGES) & 1) ^ 1, pred=kb >= STAGES)
         mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + b_desc.block_type.nbytes)
@@ -78,31 +87,54 @@ def _scales(a_scale_rows, b_scale_tile, row_ok, kb, stride_ask):
 
 
 @gluon.jit
-def _math(a_bufs, b_bufs, ready, empty, a_scale_ptr, b_scale_tile, out_ptr, row0, row_end, col0, stride_asm,
-          stride_ask, stride_om, K_BLOCKS: gl.constexpr, STAGES: gl.constexpr):
-    """The math warps: the unrolled K loop (module docstring), then the tile's rows < row_end stored."""
+def _release(empty, kb, STAGES: gl.constexpr):
+    """K block kb's stage handed back to the producer, once both warp groups are past their wait for it."""
+    _partition_barrier()  # one arrival per CTA
+    mbarrier.arrive(empty.index(kb % STAGES), count=1)
+
+
+@gluon.jit
+def _k_blocks(a_bufs, b_bufs, ready, empty, a_scale_rows, b_scale_tile, row_ok, stride_ask, total, first,
+              COUNT: gl.constexpr, STAGES: gl.constexpr, layout: gl.constexpr):
+    """K blocks first .. first + COUNT - 1 promoted into total, unrolled: each block is issued before the
+    previous one's promotion, so the tensor cores stay busy; the last block is waited for and promoted at
+    the end (nothing in flight on return: the caller's loop can go round)."""
+    pending = _product(a_bufs, b_bufs, ready, first, STAGES, layout)
+    pending_scale = _scales(a_scale_rows, b_scale_tile, row_ok, first, stride_ask)
+    for j in gl.static_range(1, COUNT + 1):
+        if j < COUNT:  # block first + j on the tensor cores while first + j - 1 finishes
+            issued = _product(a_bufs, b_bufs, ready, first + j, STAGES, layout)
+            issued_scale = _scales(a_scale_rows, b_scale_tile, row_ok, first + j, stride_ask)
+            done = warpgroup_mma_wait(num_outstanding=1, deps=(pending, ))
+        else:
+            done = warpgroup_mma_wait(num_outstanding=0, deps=(pending, ))
+        _release(empty, first + j - 1, STAGES)
+        total = total + done * pending_scale[:, None]
+        if j < COUNT:
+            pending = issued
+            pending_scale = issued_scale
+    return total
+
+
+@gluon.jit
+def _math(a_bufs, b_bufs, ready, empty, a_scale_ptr, b_scale_tile, out_ptr, row0, row_end, col0, k_blocks,
+          stride_asm, stride_ask, stride_om, STAGES: gl.constexpr):
+    """The math warps: the K loop (module docstring), then the tile's rows < row_end stored."""
     layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[gl.num_warps(), 1],
                                                      instr_shape=[16, BLOCK, 32])
     rows = row0 + gl.arange(0, BLOCK, layout=gl.SliceLayout(1, layout))
     row_ok = rows < row_end
     rows64 = rows.to(gl.int64)
     a_scale_rows = a_scale_ptr + rows64 * stride_asm
-    pending = _product(a_bufs, b_bufs, ready, 0, STAGES, layout)
-    pending_scale = _scales(a_scale_rows, b_scale_tile, row_ok, 0, stride_ask)
     total = gl.zeros([BLOCK, BLOCK], gl.float32, layout)
-    for kb in gl.static_range(1, K_BLOCKS + 1):
-        if kb < K_BLOCKS:  # block kb on the tensor cores, its scales on their way, while kb - 1 finishes
-            issued = _product(a_bufs, b_bufs, ready, kb, STAGES, layout)
-            issued_scale = _scales(a_scale_rows, b_scale_tile, row_ok, kb, stride_ask)
-            done = warpgroup_mma_wait(num_outstanding=1, deps=(pending, ))
-        else:
-            done = warpgroup_mma_wait(num_outstanding=0, deps=(pending, ))
-        _partition_barrier()  # both warp groups past their wait: the stage is free (one arrival per CTA)
-        mbarrier.arrive(empty.index((kb - 1) % STAGES), count=1)
-        total = total + done * pending_scale[:, None]
-        if kb < K_BLOCKS:
-            pending = issued
-            pending_scale = issued_scale
+    # Rounds of K_GROUP blocks in a run-time loop, then the blocks left one at a time (module docstring).
+    grouped_end = k_blocks // K_GROUP * K_GROUP
+    for first in range(0, grouped_end, K_GROUP):
+        total = _k_blocks(a_bufs, b_bufs, ready, empty, a_scale_rows, b_scale_tile, row_ok, stride_ask, total, first,
+                          K_GROUP, STAGES, layout)
+    for first in range(grouped_end, k_blocks):
+        total = _k_blocks(a_bufs, b_bufs, ready, empty, a_scale_rows, b_scale_tile, row_ok, stride_ask, total, first,
+                          1, STAGES, layout)
     cols = col0 + gl.arange(0, BLOCK, layout=gl.SliceLayout(0, layout))
     out_ptrs = out_ptr + rows64[:, None] * stride_om + cols[None, :]
     # Rows only: n is a multiple of 128 here. A column mask too made ptxas serialize the WGMMAs (C7512,
@@ -126,9 +158,9 @@ def allocate_stages(a_desc, b_desc, STAGES: gl.constexpr):
 @gluon.jit
 def large_tile_kernel(
     a_desc, b_desc, a_scale_ptr, b_scale_ptr, offsets_ptr, out_ptr,
-    total_m, n, num_experts, max_m, min_rows, max_rows,
+    total_m, n, num_experts, max_m, min_rows, max_rows, k_blocks,
     stride_asm, stride_ask, stride_bse, stride_bsn, stride_om,
-    K_BLOCKS: gl.constexpr, EXPERT_CHUNK: gl.constexpr, MASKED: gl.constexpr, ROW_GROUP: gl.constexpr,
+    EXPERT_CHUNK: gl.constexpr, MASKED: gl.constexpr, ROW_GROUP: gl.constexpr,
     STAGES: gl.constexpr,
 ):
     """Program (row tile, column tile) of kernel.grouped_gemm_fp8_kernel's grid for 128 x 128 tiles: the
@@ -145,7 +177,7 @@ def large_tile_kernel(
         b_scale_tile = b_scale_ptr + expert.to(gl.int64) * stride_bse + n_tile * stride_bsn
         gl.warp_specialize([
             (_math, (a_bufs, b_bufs, ready, empty, a_scale_ptr, b_scale_tile, out_ptr, row0, row_end,
-                     n_tile * BLOCK, stride_asm, stride_ask, stride_om, K_BLOCKS, STAGES)),
-            (_producer, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, row0, expert * n + n_tile * BLOCK, K_BLOCKS,
+                     n_tile * BLOCK, k_blocks, stride_asm, stride_ask, stride_om, STAGES)),
+            (_producer, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, row0, expert * n + n_tile * BLOCK, k_blocks,
                          STAGES)),
         ], [PRODUCER_WARPS], [PRODUCER_REGS])

@@ -1,6 +1,6 @@
 """Launcher of the Triton grouped GEMM: tile choice from what the host knows, grid upper bound, launch.
 
-A tile is kernel.py's kernel, or, for a TileConfig with warp_specialized on an sm_90 GPU, hopper.py's
+A tile is kernel.py's kernel, or, for a TileConfig with hopper_stages on an sm_90 GPU, hopper.py's
 warp-specialized Gluon kernel for the same 128 x 128 tile and the same tile map (hopper_tile_reasons says
 where it cannot run; kernel.py's tile runs there instead).
 
@@ -34,9 +34,10 @@ class TileConfig:
     num_stages: int
     programs_per_sm: int = 0  # > 0: a persistent grid of this many programs per SM; 0: one program per tile
     row_group: int = 0  # one program per tile: row tiles per group of the launch order (kernel._tile_in_order)
-    # The 128 x 128 tile, 8 warps, one program per tile, as hopper.large_tile_kernel (Gluon, warp-specialized)
-    # where hopper_tile_reasons has none, else as kernel.py's; num_stages: its shared-memory stages.
-    warp_specialized: bool = False
+    # > 0: the 128 x 128 tile, 8 warps, one program per tile, runs as hopper.large_tile_kernel (Gluon,
+    # warp-specialized) with this many shared-memory stages where hopper_tile_reasons has none; elsewhere
+    # it runs as kernel.py's with num_stages.
+    hopper_stages: int = 0
 
     def __post_init__(self):
         # one scale group per K block; tl.dot needs every tile side >= 16
@@ -45,15 +46,16 @@ class TileConfig:
             and min(self.block_m, self.block_n, self.block_k) >= 16
             and all(x & (x - 1) == 0 for x in (self.block_m, self.block_n, self.block_k))
         )
-        if self.warp_specialized:
-            ok = ok and (self.block_m, self.block_n, self.block_k, self.num_warps, self.programs_per_sm) == (
-                128, 128, 128, 8, 0)
+        if self.hopper_stages:
+            ok = ok and self.hopper_stages >= 2 and (
+                self.block_m, self.block_n, self.block_k, self.num_warps, self.programs_per_sm) == (128, 128, 128, 8, 0)
         if not ok:
             raise ValueError(f"invalid Triton tile configuration {self}")
 
     def persistent(self, programs_per_sm: int) -> "TileConfig":
-        """The same tile in a persistent grid of programs_per_sm programs per SM (for tuning)."""
-        return replace(self, programs_per_sm=programs_per_sm)
+        """The same tile in a persistent grid of programs_per_sm programs per SM (for tuning), as kernel.py's
+        tile: the warp-specialized one has one program per tile."""
+        return replace(self, programs_per_sm=programs_per_sm, hopper_stages=0)
 
 
 # Why these rows: BLOCK_N = 128 matches one weight-scale block. Up to 64 tokens per expert on average the
@@ -71,9 +73,10 @@ TILE_CONFIGS = (
     TileConfig(max_mean_tokens=64, block_m=64, block_n=128, block_k=128, num_warps=4, num_stages=4),
     TileConfig(max_mean_tokens=float("inf"), block_m=128, block_n=128, block_k=128, num_warps=8, num_stages=3),
 )
-# The large tile warp-specialized (hopper.py): compiled and checked without a GPU (tests/test_triton_compiles.py),
-# not yet timed, so not in the table.
-WARP_SPECIALIZED_TILE = replace(TILE_CONFIGS[1], num_stages=4, warp_specialized=True)
+# The large tile warp-specialized on Hopper (hopper.py), kernel.py's 3 stages elsewhere: correct on an H100
+# (tests/test_triton_hopper.py); its K loop in rounds of two blocks not yet timed (fully unrolled, it was 5x
+# slower than kernel.py's tile: docs/perf-notes.md), so not in the table.
+WARP_SPECIALIZED_TILE = replace(TILE_CONFIGS[1], hopper_stages=4)
 # Rows padded to 16 for experts of a few tokens, in the expert-specialized launches below.
 DECODE_TILE = TileConfig(max_mean_tokens=16, block_m=16, block_n=128, block_k=128, num_warps=4, num_stages=4)
 
@@ -232,12 +235,12 @@ def _plan_launch(problem: Problem, config: TileConfig, min_rows: int, max_rows: 
     else:
         grid = (row_tiles_bound, col_tiles)
     expert_chunk = _expert_chunk(num_experts)
-    if config.warp_specialized and not hopper_tile_reasons(problem, upcast):
+    if config.hopper_stages and not hopper_tile_reasons(problem, upcast):
         shared = _shared_constants(problem, config, upcast)
         return HopperTileLaunch(grid, dict(
             {name: shared[name] for name in HOPPER_SHARED_CONSTANTS}, min_rows=min_rows, max_rows=int(max_rows),
-            K_BLOCKS=cdiv(problem.k, SCALE_BLOCK), EXPERT_CHUNK=expert_chunk, MASKED=problem.max_m > 0,
-            ROW_GROUP=config.row_group, STAGES=config.num_stages))
+            k_blocks=cdiv(problem.k, SCALE_BLOCK), EXPERT_CHUNK=expert_chunk, MASKED=problem.max_m > 0,
+            ROW_GROUP=config.row_group, STAGES=config.hopper_stages))
     constants = dict(
         min_rows=min_rows, max_rows=int(max_rows), BLOCK_M=config.block_m, PERSISTENT=persistent,
         ROW_GROUP=0 if persistent else config.row_group,
