@@ -1,6 +1,7 @@
 """Time Triton tile configurations on the public workloads (GPU); prints the best per workload.
 
-python benchmarks/triton_sweep.py [--budget-s 120] [--csv file] [--workloads a,b] [--configs "bm,bn,w,s,p,g[,hs];..."]
+python benchmarks/triton_sweep.py [--budget-s 120] [--csv file] [--workloads a,b]
+                                  [--configs "bm,bn,w,s,p,g[,hs[,mp]];..."]
 python benchmarks/triton_sweep.py --buckets [--csv file]   # the mean-based table against expert specialization
 
 With --buckets, every workload (public and extra) runs four ways: the default (one tile from the mean
@@ -8,8 +9,9 @@ tokens per expert), TRITON_BUCKETS (one launch per bucket of experts), TRITON_BU
 launches, and TRITON_TWO_KINDS (both kinds in one persistent launch); CUDA-event timing with the L2 flushed
 (time_us), each output checked against the float64 reference with es_dual.accuracy.tolerance ("!": outside it).
 Without it, every candidate is timed the same way and checked the same way ("!" after its time: wrong).
-A warp-specialized candidate (hs > 0: hopper.large_tile_kernel with hs stages) is skipped, with the reason,
-where it cannot run (launch.hopper_tile_reasons): the Triton kernel would run in its place.
+A warp-specialized candidate (hs > 0: hopper.large_tile_kernel with hs stages and mp math partitions,
+default 1) is skipped, with the reason, where it cannot run (launch.hopper_tile_reasons): the Triton
+kernel would run in its place.
 """
 import argparse
 import csv
@@ -30,15 +32,17 @@ from es_dual.triton_ref.launch import (
 )
 
 # (block_m, block_n, warps, stages, programs per SM (0 = one program per tile), row tiles per group of the
-# launch order (0 = row tiles fastest)[, hopper.large_tile_kernel's stages (0: kernel.py's tile)])
+# launch order (0 = row tiles fastest)[, hopper.large_tile_kernel's stages (0: kernel.py's tile)[, its math
+# partitions]])
 CANDIDATES = [
-    TileConfig(float("inf"), bm, bn, 128, warps, stages, pps, group, hopper_stages)
-    for bm, bn, warps, stages, pps, group, hopper_stages in (
+    TileConfig(float("inf"), *fields[:2], 128, *fields[2:])
+    for fields in (
         (16, 128, 4, 4, 0, 0, 0), (16, 128, 4, 4, 2, 0, 0), (32, 128, 4, 4, 2, 0, 0), (64, 128, 4, 4, 0, 0, 0),
         (64, 128, 4, 4, 0, 8, 0), (64, 128, 4, 4, 2, 0, 0), (64, 64, 4, 4, 2, 0, 0), (64, 128, 4, 3, 3, 0, 0),
         (128, 128, 8, 3, 0, 0, 0), (128, 128, 8, 3, 0, 8, 0), (128, 128, 8, 3, 0, 16, 0), (128, 256, 8, 3, 0, 0, 0),
         (128, 256, 8, 3, 0, 8, 0), (128, 256, 8, 3, 1, 0, 0), (128, 128, 8, 3, 0, 8, 3), (128, 128, 8, 3, 0, 8, 4),
-        (128, 128, 8, 3, 0, 8, 5), (128, 128, 8, 3, 0, 0, 4),
+        (128, 128, 8, 3, 0, 8, 5), (128, 128, 8, 3, 0, 0, 4), (128, 128, 8, 3, 0, 8, 4, 2),
+        (128, 128, 8, 3, 0, 8, 3, 2),
     )
 ]
 
@@ -91,14 +95,14 @@ def main():
     parser.add_argument("--buckets", action="store_true", help="the mean-based table against TRITON_BUCKETS")
     parser.add_argument("--workloads", help="comma-separated names (default: the public workloads)")
     parser.add_argument("--configs", help="candidates instead of CANDIDATES: 'block_m,block_n,warps,stages,"
-                                          "programs_per_sm,row_group[,hopper_stages];...'")
+                                          "programs_per_sm,row_group[,hopper_stages[,hopper_math_partitions]];...'")
     parser.add_argument("--peers", help="a folder with peer_triton_moe: vLLM's kernel timed alongside (vllm column)")
     args = parser.parse_args()
     if args.buckets:
         return compare_buckets(args.csv)
     candidates = CANDIDATES if not args.configs else [
-        TileConfig(float("inf"), bm, bn, 128, w, s, p, g, hs)
-        for bm, bn, w, s, p, g, hs in ((list(map(int, c.split(","))) + [0])[:7] for c in args.configs.split(";"))]
+        TileConfig(float("inf"), *fields[:2], 128, *fields[2:])
+        for fields in (list(map(int, c.split(","))) for c in args.configs.split(";"))]
     by_name = {w.name: w for w in WORKLOAD_SETS["all"]}
     workloads = [by_name[name] for name in args.workloads.split(",")] if args.workloads else PUBLIC_WORKLOADS
     if args.peers:
@@ -106,7 +110,8 @@ def main():
     deadline = time.monotonic() + args.budget_s
     rows = []
     print("columns: " + " | ".join(f"{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages} p{c.programs_per_sm} "
-                                   f"g{c.row_group}" + (f" hs{c.hopper_stages}" if c.hopper_stages else "")
+                                   f"g{c.row_group}"
+                                   + (f" hs{c.hopper_stages} mp{c.hopper_math_partitions}" if c.hopper_stages else "")
                                    for c in candidates)
           + "   (µs, time_us: events, L2 flushed; !: outside es_dual.accuracy.tolerance of the float64 reference)")
     max_tol, rms_tol = tolerance(torch.bfloat16)
@@ -134,7 +139,8 @@ def main():
             results.append((us, ok))
             rows.append(dict(workload=w.name, bm=config.block_m, bn=config.block_n, warps=config.num_warps,
                              stages=config.num_stages, programs_per_sm=config.programs_per_sm,
-                             row_group=config.row_group, hopper_stages=config.hopper_stages, us=us,
+                             row_group=config.row_group, hopper_stages=config.hopper_stages,
+                             hopper_math_partitions=config.hopper_math_partitions, us=us,
                              max_rel_err=max_rel, rms_rel_err=rms_rel, correct=ok))
         if results:
             chosen_us = time_us(lambda: grouped_gemm_triton(problem, *inputs.values(), out), problem.device)

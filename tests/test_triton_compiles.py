@@ -94,17 +94,18 @@ HOPPER_SCRIPT = textwrap.dedent('''
     box = "tensordesc<fp8e4nv[128, 128],NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=8, rank=2)>"
     types = dict(a_desc=box, b_desc=box, a_scale_ptr="*fp32", b_scale_ptr="*fp32", offsets_ptr="*i32", out_ptr="*bf16")
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    for masked in (False, True):
-        constants = dict(EXPERT_CHUNK=128, MASKED=masked, ROW_GROUP=8, STAGES=4)
+    for masked, partitions in ((False, 1), (True, 1), (False, 2)):
+        constants = dict(EXPERT_CHUNK=128, MASKED=masked, ROW_GROUP=8, STAGES=4, MATH_PARTITIONS=partitions)
         signature = {n: "constexpr" if n in constants else types.get(n, "i32") for n in fn.arg_names}
         constexprs = {(fn.arg_names.index(n),): v for n, v in constants.items()}
         compiled = triton.compile(GluonASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs={}),
-                                  target=GPUTarget("cuda", 90, 32), options=dict(num_warps=hopper.MATH_WARPS))
+                                  target=GPUTarget("cuda", 90, 32),
+                                  options=dict(num_warps=hopper.MATH_WARPS // partitions))
         with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
             cubin.write(compiled.asm["cubin"])
             cubin.flush()
             sass = subprocess.run([cuobjdump, "-sass", cubin.name], capture_output=True, text=True, check=True).stdout
-        print("blocks", hopper.K_GROUP.value, sass.count("QGMMA"), sass.count("WARPGROUP.DEPBAR"),
+        print("blocks", partitions, hopper.K_GROUP.value, sass.count("QGMMA"), sass.count("WARPGROUP.DEPBAR"),
               sass.count("STL"))
 ''')
 
@@ -112,16 +113,17 @@ HOPPER_SCRIPT = textwrap.dedent('''
 def test_warp_specialized_tile_compiles_with_its_wgmma_pipeline():
     """hopper.large_tile_kernel compiles for sm_90a, and its math warps wait once per K block (the block's
     promotion overlaps the next block's WGMMAs), not once per WGMMA: ptxas serializes them when registers
-    run short (note C7512), which is what the kernel exists to avoid. Its K loop's code is a round of
-    K_GROUP blocks and a round of one (hopper._math): 4 WGMMAs and one wait per block, no spills."""
+    run short (note C7512), which is what the kernel exists to avoid. Each math partition's K loop is a
+    round of K_GROUP blocks and a round of one in the code (hopper._math): per block, 4 WGMMAs of 64 rows
+    for each of the tile's two warp groups and one wait per partition; no spills."""
     pytest.importorskip("triton.experimental.gluon")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", HOPPER_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     counts = [tuple(map(int, line.split()[1:])) for line in done.stdout.splitlines() if line.startswith("blocks")]
-    assert len(counts) == 2  # the contiguous and the masked layout
-    for group, wgmmas, waits, spill_stores in counts:
+    assert len(counts) == 3  # the contiguous and the masked layout, one or two math partitions
+    for partitions, group, wgmmas, waits, spill_stores in counts:
         blocks = group + 1
-        assert wgmmas == 4 * blocks  # four 64 x 128 x 32 WGMMAs per K block of 128
-        assert waits == blocks, f"{waits} WGMMA waits for {blocks} K blocks: ptxas serialized the WGMMAs"
+        assert wgmmas == 4 * blocks * partitions  # four 64 x 128 x 32 WGMMAs per K block of 128
+        assert waits == blocks * partitions, f"{waits} WGMMA waits for {blocks} K blocks x {partitions}: serialized"
         assert spill_stores == 0, f"{spill_stores} spill stores"

@@ -28,7 +28,8 @@ def _gpu_reasons() -> list[str]:
 
 
 needs_hopper_tile = pytest.mark.skipif(bool(_gpu_reasons()), reason="; ".join(_gpu_reasons()))
-LAUNCHES = (WARP_SPECIALIZED_TILE, replace(WARP_SPECIALIZED_TILE, row_group=0, hopper_stages=3))
+LAUNCHES = (WARP_SPECIALIZED_TILE, replace(WARP_SPECIALIZED_TILE, row_group=0, hopper_stages=3),
+            replace(WARP_SPECIALIZED_TILE, hopper_math_partitions=2))
 K_CHOICES = (16, 112, 128, 160, 384, 1024, 2064)
 
 
@@ -58,11 +59,12 @@ def test_against_reference(counts, n, k, config, out_dtype, int64, seed):
 
 
 @needs_hopper_tile
-@given(counts=routings(16, 600, boundaries=(128, 256)), k=st.sampled_from(K_CHOICES), seed=st.integers(0, 2**31 - 1))
-def test_exact_inputs_bit_equal_to_reference(counts, k, seed):
+@given(counts=routings(16, 600, boundaries=(128, 256)), k=st.sampled_from(K_CHOICES), config=st.sampled_from(LAUNCHES),
+       seed=st.integers(0, 2**31 - 1))
+def test_exact_inputs_bit_equal_to_reference(counts, k, config, seed):
     """Exact products and sums (support.make_inputs): a wrong row, scale or K block shows in any bit."""
     inputs = make_inputs(counts, 256, k, seed, "cuda", exact=True)
-    got = _run(inputs, WARP_SPECIALIZED_TILE)
+    got = _run(inputs, config)
     assert torch.equal(got, es_dual.grouped_gemm_fp8(**inputs, backend="reference"))
 
 
@@ -74,7 +76,8 @@ def test_the_plan_is_the_warp_specialized_kernel():
 
 @needs_hopper_tile
 @pytest.mark.parametrize("counts", [[0, 129, 300, -2], [200, 200, 200]])
-def test_masked_layout_writes_only_counted_rows(counts):
+@pytest.mark.parametrize("config", LAUNCHES[::2])  # one math partition and two
+def test_masked_layout_writes_only_counted_rows(counts, config):
     max_m, n, k = 200, 256, 640
     inputs = make_inputs([max_m] * len(counts), n, k, 3, "cuda")
     a = inputs["a"].view(len(counts), max_m, k)
@@ -82,7 +85,7 @@ def test_masked_layout_writes_only_counted_rows(counts):
     masked_m = torch.tensor(counts, dtype=torch.int32, device="cuda")
     out = torch.full((len(counts), max_m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
     problem = check_masked_inputs(a, a_scale, inputs["b"], inputs["b_scale"], masked_m, out=out)
-    grouped_gemm_triton(problem, a, a_scale, inputs["b"], inputs["b_scale"], masked_m, out, config=WARP_SPECIALIZED_TILE)
+    grouped_gemm_triton(problem, a, a_scale, inputs["b"], inputs["b_scale"], masked_m, out, config=config)
     want = reference64(inputs).view(len(counts), max_m, n)
     for e, m in enumerate(counts):
         m = min(max(m, 0), max_m)
@@ -126,6 +129,8 @@ def test_reasons_name_what_is_missing():
         TileConfig(float("inf"), 64, 128, 128, 4, 4, hopper_stages=4)
     with pytest.raises(ValueError, match="invalid Triton tile"):
         TileConfig(float("inf"), 128, 128, 128, 8, 3, hopper_stages=1)
+    with pytest.raises(ValueError, match="invalid Triton tile"):
+        TileConfig(float("inf"), 128, 128, 128, 8, 3, hopper_stages=4, hopper_math_partitions=4)
 
 
 @needs_interpreter

@@ -8,10 +8,13 @@ in two parts (gl.warp_specialize), the way DeepGEMM's kernels are built:
 
   - the producer (PRODUCER_WARPS warps, PRODUCER_REGS registers each) issues the TMA loads of every K
     block's a and b tiles into STAGES shared-memory stages: ``ready[s]`` completes when the stage's bytes
-    have landed, ``empty[s]`` when the math warps have released it;
-  - the math warps (the launch's 8: two warp groups of 64 rows, given the registers the producer gives up)
-    issue block kb's WGMMAs and load its scales, then wait for block kb - 1's WGMMAs with kb's still in
-    flight (warpgroup_mma_wait(1)), release kb - 1's stage and promote its product:
+    have landed, ``empty[s]`` when every math partition has released it;
+  - the math warps, two warp groups of 64 rows given the registers the producer gives up, in one partition
+    (MATH_PARTITIONS = 1: the launch's 8 warps, in lock-step at every stage release) or one partition each
+    (2: the launch's 4 warps and a worker partition of 4, each releasing stages on its own, so that one
+    group's WGMMAs can run while the other promotes), issue block kb's WGMMAs and load its scales, then
+    wait for block kb - 1's WGMMAs with kb's still in flight (warpgroup_mma_wait(1)), release kb - 1's
+    stage and promote its product:
 
         total += product[kb - 1] * (a_scale[rows, kb - 1] * b_scale[expert, n_tile, kb - 1])[:, None]
 
@@ -40,9 +43,10 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from .kernel import _tile_in_order, locate_in_chunks
 
 BLOCK = gl.constexpr(128)  # the tile's rows, columns and K block: one scale block each way
-MATH_WARPS = 8
+MATH_WARPS = 8  # two warp groups of 64 rows
 PRODUCER_WARPS = gl.constexpr(4)
 PRODUCER_REGS = gl.constexpr(40)  # TMA issue only; the math warps get the rest (setmaxnreg)
+MATH_REGS = gl.constexpr(232)  # a second math partition's: what the producer gives up, shared alike
 # K blocks per round of the math warps' loop (_math). Compiled for sm_90a by Triton 3.6 (the GPU machine's):
 # 2, no spills (3.9 too); 3, 728 B of spill stores (the sum partly in local memory); 4 and 8, the WGMMAs
 # serialized (C7512, "insufficient register resources").
@@ -72,12 +76,17 @@ def _producer(a_desc, b_desc, a_bufs, b_bufs, ready, empty, a_row, b_row, k_bloc
 
 
 @gluon.jit
-def _product(a_bufs, b_bufs, ready, kb, STAGES: gl.constexpr, layout: gl.constexpr):
-    """K block kb's 128 x 128 product, started on the tensor cores once its stage has landed."""
+def _product(a_bufs, b_bufs, ready, kb, STAGES: gl.constexpr, layout: gl.constexpr, PART: gl.constexpr,
+             ROWS: gl.constexpr):
+    """K block kb's product of the tile's rows PART * ROWS .. + ROWS and its 128 columns, started on the
+    tensor cores once its stage has landed."""
     s = kb % STAGES
     mbarrier.wait(ready.index(s), phase=(kb // STAGES) & 1)
-    return warpgroup_mma(a_bufs.index(s), b_bufs.index(s).permute((1, 0)),
-                         gl.zeros([BLOCK, BLOCK], gl.float32, layout), use_acc=False, is_async=True)
+    a = a_bufs.index(s)
+    if ROWS < BLOCK:
+        a = a.slice(PART * ROWS, ROWS)
+    return warpgroup_mma(a, b_bufs.index(s).permute((1, 0)), gl.zeros([ROWS, BLOCK], gl.float32, layout),
+                         use_acc=False, is_async=True)
 
 
 @gluon.jit
@@ -88,22 +97,23 @@ def _scales(a_scale_rows, b_scale_tile, row_ok, kb, stride_ask):
 
 @gluon.jit
 def _release(empty, kb, STAGES: gl.constexpr):
-    """K block kb's stage handed back to the producer, once both warp groups are past their wait for it."""
-    _partition_barrier()  # one arrival per CTA
+    """K block kb's stage handed back to the producer, once every warp of this math partition is past its
+    wait for it (one arrival per partition)."""
+    _partition_barrier()
     mbarrier.arrive(empty.index(kb % STAGES), count=1)
 
 
 @gluon.jit
 def _k_blocks(a_bufs, b_bufs, ready, empty, a_scale_rows, b_scale_tile, row_ok, stride_ask, total, first,
-              COUNT: gl.constexpr, STAGES: gl.constexpr, layout: gl.constexpr):
+              COUNT: gl.constexpr, STAGES: gl.constexpr, layout: gl.constexpr, PART: gl.constexpr, ROWS: gl.constexpr):
     """K blocks first .. first + COUNT - 1 promoted into total, unrolled: each block is issued before the
     previous one's promotion, so the tensor cores stay busy; the last block is waited for and promoted at
     the end (nothing in flight on return: the caller's loop can go round)."""
-    pending = _product(a_bufs, b_bufs, ready, first, STAGES, layout)
+    pending = _product(a_bufs, b_bufs, ready, first, STAGES, layout, PART, ROWS)
     pending_scale = _scales(a_scale_rows, b_scale_tile, row_ok, first, stride_ask)
     for j in gl.static_range(1, COUNT + 1):
         if j < COUNT:  # block first + j on the tensor cores while first + j - 1 finishes
-            issued = _product(a_bufs, b_bufs, ready, first + j, STAGES, layout)
+            issued = _product(a_bufs, b_bufs, ready, first + j, STAGES, layout, PART, ROWS)
             issued_scale = _scales(a_scale_rows, b_scale_tile, row_ok, first + j, stride_ask)
             done = warpgroup_mma_wait(num_outstanding=1, deps=(pending, ))
         else:
@@ -118,23 +128,24 @@ def _k_blocks(a_bufs, b_bufs, ready, empty, a_scale_rows, b_scale_tile, row_ok, 
 
 @gluon.jit
 def _math(a_bufs, b_bufs, ready, empty, a_scale_ptr, b_scale_tile, out_ptr, row0, row_end, col0, k_blocks,
-          stride_asm, stride_ask, stride_om, STAGES: gl.constexpr):
-    """The math warps: the K loop (module docstring), then the tile's rows < row_end stored."""
+          stride_asm, stride_ask, stride_om, STAGES: gl.constexpr, PART: gl.constexpr, ROWS: gl.constexpr):
+    """A math partition: the K loop (module docstring) for the tile's rows PART * ROWS .. + ROWS, then
+    those of them < row_end stored."""
     layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[gl.num_warps(), 1],
                                                      instr_shape=[16, BLOCK, 32])
-    rows = row0 + gl.arange(0, BLOCK, layout=gl.SliceLayout(1, layout))
+    rows = row0 + PART * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
     row_ok = rows < row_end
     rows64 = rows.to(gl.int64)
     a_scale_rows = a_scale_ptr + rows64 * stride_asm
-    total = gl.zeros([BLOCK, BLOCK], gl.float32, layout)
+    total = gl.zeros([ROWS, BLOCK], gl.float32, layout)
     # Rounds of K_GROUP blocks in a run-time loop, then the blocks left one at a time (module docstring).
     grouped_end = k_blocks // K_GROUP * K_GROUP
     for first in range(0, grouped_end, K_GROUP):
         total = _k_blocks(a_bufs, b_bufs, ready, empty, a_scale_rows, b_scale_tile, row_ok, stride_ask, total, first,
-                          K_GROUP, STAGES, layout)
+                          K_GROUP, STAGES, layout, PART, ROWS)
     for first in range(grouped_end, k_blocks):
         total = _k_blocks(a_bufs, b_bufs, ready, empty, a_scale_rows, b_scale_tile, row_ok, stride_ask, total, first,
-                          1, STAGES, layout)
+                          1, STAGES, layout, PART, ROWS)
     cols = col0 + gl.arange(0, BLOCK, layout=gl.SliceLayout(0, layout))
     out_ptrs = out_ptr + rows64[:, None] * stride_om + cols[None, :]
     # Rows only: n is a multiple of 128 here. A column mask too made ptxas serialize the WGMMAs (C7512,
@@ -143,15 +154,16 @@ def _math(a_bufs, b_bufs, ready, empty, a_scale_ptr, b_scale_tile, out_ptr, row0
 
 
 @gluon.jit
-def allocate_stages(a_desc, b_desc, STAGES: gl.constexpr):
-    """STAGES shared-memory stages of an a and a b box, and their `ready` and `empty` barriers."""
+def allocate_stages(a_desc, b_desc, STAGES: gl.constexpr, RELEASES: gl.constexpr = 1):
+    """STAGES shared-memory stages of an a and a b box, and their `ready` and `empty` barriers (`empty`
+    completes after RELEASES arrivals)."""
     a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
     b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)
+        mbarrier.init(empty.index(i), count=RELEASES)
     return a_bufs, b_bufs, ready, empty
 
 
@@ -160,11 +172,13 @@ def large_tile_kernel(
     a_desc, b_desc, a_scale_ptr, b_scale_ptr, offsets_ptr, out_ptr,
     total_m, n, num_experts, max_m, min_rows, max_rows, k_blocks,
     stride_asm, stride_ask, stride_bse, stride_bsn, stride_om,
-    EXPERT_CHUNK: gl.constexpr, MASKED: gl.constexpr, ROW_GROUP: gl.constexpr,
-    STAGES: gl.constexpr,
+    EXPERT_CHUNK: gl.constexpr, MASKED: gl.constexpr, ROW_GROUP: gl.constexpr, STAGES: gl.constexpr,
+    MATH_PARTITIONS: gl.constexpr,
 ):
     """Program (row tile, column tile) of kernel.grouped_gemm_fp8_kernel's grid for 128 x 128 tiles: the
-    tile located, then, for a real tile, its stages and barriers and the two partitions."""
+    tile located, then, for a real tile, its stages and barriers and the partitions: the producer and
+    MATH_PARTITIONS math partitions of the launch's warps each (MATH_WARPS // MATH_PARTITIONS: the first
+    math partition is the launch's own warps)."""
     m_tile, n_tile = _tile_in_order(gl.program_id(1) * gl.num_programs(0) + gl.program_id(0), gl.num_programs(0),
                                     gl.num_programs(1), ROW_GROUP)
     experts: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
@@ -173,11 +187,22 @@ def large_tile_kernel(
         gl.arange(0, EXPERT_CHUNK, layout=experts), BLOCK, EXPERT_CHUNK, MASKED)
     row0 = row_lo + (m_tile - tiles_before) * BLOCK
     if expert < num_experts:
-        a_bufs, b_bufs, ready, empty = allocate_stages(a_desc, b_desc, STAGES)
+        a_bufs, b_bufs, ready, empty = allocate_stages(a_desc, b_desc, STAGES, MATH_PARTITIONS)
         b_scale_tile = b_scale_ptr + expert.to(gl.int64) * stride_bse + n_tile * stride_bsn
-        gl.warp_specialize([
-            (_math, (a_bufs, b_bufs, ready, empty, a_scale_ptr, b_scale_tile, out_ptr, row0, row_end,
-                     n_tile * BLOCK, k_blocks, stride_asm, stride_ask, stride_om, STAGES)),
-            (_producer, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, row0, expert * n + n_tile * BLOCK, k_blocks,
-                         STAGES)),
-        ], [PRODUCER_WARPS], [PRODUCER_REGS])
+        rows: gl.constexpr = BLOCK // MATH_PARTITIONS
+        col0 = n_tile * BLOCK
+        producer_args = (a_desc, b_desc, a_bufs, b_bufs, ready, empty, row0, expert * n + col0, k_blocks, STAGES)
+        if MATH_PARTITIONS == 1:  # both warp groups in one partition, in lock-step at every release
+            gl.warp_specialize([
+                (_math, (a_bufs, b_bufs, ready, empty, a_scale_ptr, b_scale_tile, out_ptr, row0, row_end, col0,
+                         k_blocks, stride_asm, stride_ask, stride_om, STAGES, 0, rows)),
+                (_producer, producer_args),
+            ], [PRODUCER_WARPS], [PRODUCER_REGS])
+        else:  # one warp group each: one group's WGMMAs can run while the other promotes
+            gl.warp_specialize([
+                (_math, (a_bufs, b_bufs, ready, empty, a_scale_ptr, b_scale_tile, out_ptr, row0, row_end, col0,
+                         k_blocks, stride_asm, stride_ask, stride_om, STAGES, 0, rows)),
+                (_math, (a_bufs, b_bufs, ready, empty, a_scale_ptr, b_scale_tile, out_ptr, row0, row_end, col0,
+                         k_blocks, stride_asm, stride_ask, stride_om, STAGES, 1, rows)),
+                (_producer, producer_args),
+            ], [gl.num_warps(), PRODUCER_WARPS], [MATH_REGS, PRODUCER_REGS])

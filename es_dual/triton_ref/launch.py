@@ -38,6 +38,9 @@ class TileConfig:
     # warp-specialized) with this many shared-memory stages where hopper_tile_reasons has none; elsewhere
     # it runs as kernel.py's with num_stages.
     hopper_stages: int = 0
+    # hopper.large_tile_kernel's math partitions: 1, both warp groups in one (in lock-step at every stage
+    # release); 2, one per warp group.
+    hopper_math_partitions: int = 1
 
     def __post_init__(self):
         # one scale group per K block; tl.dot needs every tile side >= 16
@@ -47,7 +50,7 @@ class TileConfig:
             and all(x & (x - 1) == 0 for x in (self.block_m, self.block_n, self.block_k))
         )
         if self.hopper_stages:
-            ok = ok and self.hopper_stages >= 2 and (
+            ok = ok and self.hopper_stages >= 2 and self.hopper_math_partitions in (1, 2) and (
                 self.block_m, self.block_n, self.block_k, self.num_warps, self.programs_per_sm) == (128, 128, 128, 8, 0)
         if not ok:
             raise ValueError(f"invalid Triton tile configuration {self}")
@@ -211,7 +214,7 @@ class HopperTileLaunch:
         from .hopper import MATH_WARPS, large_tile_kernel, tile_descriptors
 
         self.kernel, self.descriptors = large_tile_kernel[grid], tile_descriptors
-        self.constants, self.num_warps = constants, MATH_WARPS
+        self.constants, self.num_warps = constants, MATH_WARPS // constants["MATH_PARTITIONS"]
 
     def __call__(self, ptrs, tensors) -> None:
         a, a_scale, b, b_scale, offsets, out = tensors()
@@ -240,7 +243,8 @@ def _plan_launch(problem: Problem, config: TileConfig, min_rows: int, max_rows: 
         return HopperTileLaunch(grid, dict(
             {name: shared[name] for name in HOPPER_SHARED_CONSTANTS}, min_rows=min_rows, max_rows=int(max_rows),
             k_blocks=cdiv(problem.k, SCALE_BLOCK), EXPERT_CHUNK=expert_chunk, MASKED=problem.max_m > 0,
-            ROW_GROUP=config.row_group, STAGES=config.hopper_stages))
+            ROW_GROUP=config.row_group, STAGES=config.hopper_stages,
+            MATH_PARTITIONS=config.hopper_math_partitions))
     constants = dict(
         min_rows=min_rows, max_rows=int(max_rows), BLOCK_M=config.block_m, PERSISTENT=persistent,
         ROW_GROUP=0 if persistent else config.row_group,
