@@ -199,6 +199,7 @@ def large_tile_kernel(
                 (_producer, producer_args),
             ], [PRODUCER_WARPS], [PRODUCER_REGS])
         else:  # one warp group each: one group's WGMMAs can run while the other promotes
+            # (the argument tuples written out: one built by `+` loses its constexprs in a worker partition)
             gl.warp_specialize([
                 (_math, (a_bufs, b_bufs, ready, empty, a_scale_ptr, b_scale_tile, out_ptr, row0, row_end, col0,
                          k_blocks, stride_asm, stride_ask, stride_om, STAGES, 0, rows)),
