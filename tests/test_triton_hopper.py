@@ -29,7 +29,8 @@ def _gpu_reasons() -> list[str]:
 
 needs_hopper_tile = pytest.mark.skipif(bool(_gpu_reasons()), reason="; ".join(_gpu_reasons()))
 LAUNCHES = (WARP_SPECIALIZED_TILE, replace(WARP_SPECIALIZED_TILE, row_group=0, hopper_stages=3),
-            replace(WARP_SPECIALIZED_TILE, hopper_math_partitions=2))
+            replace(WARP_SPECIALIZED_TILE, hopper_math_partitions=2),
+            replace(WARP_SPECIALIZED_TILE, hopper_math_partitions=2, programs_per_sm=1))  # a persistent grid
 K_CHOICES = (16, 112, 128, 160, 384, 1024, 2064)
 
 
@@ -76,7 +77,7 @@ def test_the_plan_is_the_warp_specialized_kernel():
 
 @needs_hopper_tile
 @pytest.mark.parametrize("counts", [[0, 129, 300, -2], [200, 200, 200]])
-@pytest.mark.parametrize("config", LAUNCHES[::2])  # one math partition and two
+@pytest.mark.parametrize("config", LAUNCHES[::2] + LAUNCHES[3:])  # one math partition, two, persistent
 def test_masked_layout_writes_only_counted_rows(counts, config):
     max_m, n, k = 200, 256, 640
     inputs = make_inputs([max_m] * len(counts), n, k, 3, "cuda")

@@ -13,6 +13,7 @@ Each launch's grid is sized by the bound sum_e cdiv(m_e, BLOCK_M) <= cdiv(total_
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -34,9 +35,9 @@ class TileConfig:
     num_stages: int
     programs_per_sm: int = 0  # > 0: a persistent grid of this many programs per SM; 0: one program per tile
     row_group: int = 0  # one program per tile: row tiles per group of the launch order (kernel._tile_in_order)
-    # > 0: the 128 x 128 tile, 8 warps, one program per tile, runs as hopper.large_tile_kernel (Gluon,
-    # warp-specialized) with this many shared-memory stages where hopper_tile_reasons has none; elsewhere
-    # it runs as kernel.py's with num_stages.
+    # > 0: the 128 x 128 tile, 8 warps, runs as hopper.large_tile_kernel (Gluon, warp-specialized) with this
+    # many shared-memory stages where hopper_tile_reasons has none (its programs walk the tiles in launch
+    # order: one per tile, or programs_per_sm per SM); elsewhere it runs as kernel.py's with num_stages.
     hopper_stages: int = 0
     # hopper.large_tile_kernel's math partitions: 1, both warp groups in one (in lock-step at every stage
     # release); 2, one per warp group.
@@ -51,14 +52,13 @@ class TileConfig:
         )
         if self.hopper_stages:
             ok = ok and self.hopper_stages >= 2 and self.hopper_math_partitions in (1, 2) and (
-                self.block_m, self.block_n, self.block_k, self.num_warps, self.programs_per_sm) == (128, 128, 128, 8, 0)
+                self.block_m, self.block_n, self.block_k, self.num_warps) == (128, 128, 128, 8)
         if not ok:
             raise ValueError(f"invalid Triton tile configuration {self}")
 
     def persistent(self, programs_per_sm: int) -> "TileConfig":
-        """The same tile in a persistent grid of programs_per_sm programs per SM (for tuning), as kernel.py's
-        tile: the warp-specialized one has one program per tile."""
-        return replace(self, programs_per_sm=programs_per_sm, hopper_stages=0)
+        """The same tile in a persistent grid of programs_per_sm programs per SM (for tuning)."""
+        return replace(self, programs_per_sm=programs_per_sm)
 
 
 # Why these rows: BLOCK_N = 128 matches one weight-scale block. Up to 64 tokens per expert on average the
@@ -233,16 +233,17 @@ def _plan_launch(problem: Problem, config: TileConfig, min_rows: int, max_rows: 
     row_tiles_bound = min(cdiv(total_m, config.block_m) + experts, experts * cdiv(min(max_rows, total_m), config.block_m))
     col_tiles = cdiv(n, config.block_n)
     persistent = config.programs_per_sm > 0
-    if persistent:
+    if persistent:  # (the warp-specialized tile's grid is 1-D: its programs walk the tiles in launch order)
         grid = (min(sm_count * config.programs_per_sm, row_tiles_bound * col_tiles),)
     else:
         grid = (row_tiles_bound, col_tiles)
     expert_chunk = _expert_chunk(num_experts)
     if config.hopper_stages and not hopper_tile_reasons(problem, upcast):
         shared = _shared_constants(problem, config, upcast)
-        return HopperTileLaunch(grid, dict(
+        return HopperTileLaunch((math.prod(grid),), dict(
             {name: shared[name] for name in HOPPER_SHARED_CONSTANTS}, min_rows=min_rows, max_rows=int(max_rows),
-            k_blocks=cdiv(problem.k, SCALE_BLOCK), EXPERT_CHUNK=expert_chunk, MASKED=problem.max_m > 0,
+            m_tiles=row_tiles_bound, n_tiles=col_tiles, k_blocks=cdiv(problem.k, SCALE_BLOCK),
+            EXPERT_CHUNK=expert_chunk, MASKED=problem.max_m > 0,
             ROW_GROUP=config.row_group, STAGES=config.hopper_stages,
             MATH_PARTITIONS=config.hopper_math_partitions))
     constants = dict(
