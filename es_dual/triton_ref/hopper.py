@@ -31,10 +31,10 @@ The tile map is kernel.py's: the row tiles of each expert, located by a scan of 
 and row-count limits included), taken in groups of ROW_GROUP row tiles. Program p takes tiles p, p + P,
 p + 2P, ... of that order (P programs: one per tile, or a persistent grid), each partition locating them
 itself; the stages are one ring over all the program's K blocks, so in a persistent grid the producer
-loads the next tile's first blocks while the math warps finish and store the current one. A tile's rows past its expert's
-end are loaded (the next expert's rows, or zeros that TMA fills past the tensor's end) and never stored;
-K past k reads TMA's zeros. n must be a multiple of 128 (launch.hopper_tile_reasons): the store masks
-rows only.
+loads the next tile's first blocks while the math warps finish and store the current one. A tile's rows
+past its expert's end are loaded (the next expert's rows, or zeros that TMA fills past the tensor's end)
+and never stored; K past k reads TMA's zeros. n must be a multiple of 128 (launch.hopper_tile_reasons):
+the store masks rows only.
 """
 from __future__ import annotations
 
@@ -81,11 +81,13 @@ def _locate(t, offsets_ptr, num_experts, total_m, max_m, min_rows, max_rows, m_t
 
 
 @gluon.jit
-def _producer(a_desc, b_desc, a_bufs, b_bufs, ready, empty, offsets_ptr, num_experts, total_m, max_m, min_rows,
-              max_rows, m_tiles, n_tiles, n, k_blocks, EXPERT_CHUNK: gl.constexpr, MASKED: gl.constexpr,
-              ROW_GROUP: gl.constexpr, STAGES: gl.constexpr):
+def _producer(producer_args, EXPERT_CHUNK: gl.constexpr, MASKED: gl.constexpr, ROW_GROUP: gl.constexpr,
+              STAGES: gl.constexpr):
     """The TMA warps: for each of the program's tiles, K block kb into the next stage once the math warps
-    have released it (the stages are a ring over all the program's K blocks: block g in stage g % STAGES)."""
+    have released it (the stages are a ring over all the program's K blocks: block g in stage g % STAGES;
+    producer_args: large_tile_kernel's)."""
+    (a_desc, b_desc, a_bufs, b_bufs, ready, empty, offsets_ptr, num_experts, total_m, max_m, min_rows, max_rows,
+     m_tiles, n_tiles, n, k_blocks) = producer_args
     g = 0
     for t in range(gl.program_id(0), m_tiles * n_tiles, gl.num_programs(0)):
         expert, row0, _, n_tile = _locate(t, offsets_ptr, num_experts, total_m, max_m, min_rows, max_rows, m_tiles,
@@ -153,12 +155,13 @@ def _k_blocks(a_bufs, b_bufs, ready, empty, a_scale_rows, b_scale_tile, row_ok, 
 
 
 @gluon.jit
-def _math(a_bufs, b_bufs, ready, empty, a_scale_ptr, b_scale_ptr, offsets_ptr, out_ptr, num_experts, total_m,
-          max_m, min_rows, max_rows, m_tiles, n_tiles, k_blocks, stride_asm, stride_ask, stride_bse, stride_bsn,
-          stride_om, EXPERT_CHUNK: gl.constexpr, MASKED: gl.constexpr, ROW_GROUP: gl.constexpr,
+def _math(math_args, EXPERT_CHUNK: gl.constexpr, MASKED: gl.constexpr, ROW_GROUP: gl.constexpr,
           STAGES: gl.constexpr, PART: gl.constexpr, ROWS: gl.constexpr):
     """A math partition: for each of the program's tiles, the K loop (module docstring) for the tile's rows
-    PART * ROWS .. + ROWS, then those of them < the expert's end row stored."""
+    PART * ROWS .. + ROWS, then those of them < the expert's end row stored (math_args: large_tile_kernel's)."""
+    (a_bufs, b_bufs, ready, empty, a_scale_ptr, b_scale_ptr, offsets_ptr, out_ptr, num_experts, total_m, max_m,
+     min_rows, max_rows, m_tiles, n_tiles, k_blocks, stride_asm, stride_ask, stride_bse, stride_bsn,
+     stride_om) = math_args
     layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[gl.num_warps(), 1],
                                                      instr_shape=[16, BLOCK, 32])
     g = 0  # the ring's next block (_producer)
@@ -216,24 +219,21 @@ def large_tile_kernel(
     launch's warps each (MATH_WARPS // MATH_PARTITIONS: the first math partition is the launch's own warps)."""
     a_bufs, b_bufs, ready, empty = allocate_stages(a_desc, b_desc, STAGES, MATH_PARTITIONS)
     rows: gl.constexpr = BLOCK // MATH_PARTITIONS
-    # (the argument tuples written out in each call: a tuple held in a variable, or built by `+`, loses its
-    # constexprs in a worker partition)
+    # The run-time arguments as one tuple each; the constexprs written out in every partition's (a tuple
+    # held in a variable, or built by `+`, loses its constexprs in a worker partition).
+    math_args = (a_bufs, b_bufs, ready, empty, a_scale_ptr, b_scale_ptr, offsets_ptr, out_ptr, num_experts, total_m,
+                 max_m, min_rows, max_rows, m_tiles, n_tiles, k_blocks, stride_asm, stride_ask, stride_bse,
+                 stride_bsn, stride_om)
+    producer_args = (a_desc, b_desc, a_bufs, b_bufs, ready, empty, offsets_ptr, num_experts, total_m, max_m, min_rows,
+                     max_rows, m_tiles, n_tiles, n, k_blocks)
     if MATH_PARTITIONS == 1:  # both warp groups in one partition, in lock-step at every release
         gl.warp_specialize([
-            (_math, (a_bufs, b_bufs, ready, empty, a_scale_ptr, b_scale_ptr, offsets_ptr, out_ptr, num_experts,
-                     total_m, max_m, min_rows, max_rows, m_tiles, n_tiles, k_blocks, stride_asm, stride_ask,
-                     stride_bse, stride_bsn, stride_om, EXPERT_CHUNK, MASKED, ROW_GROUP, STAGES, 0, rows)),
-            (_producer, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, offsets_ptr, num_experts, total_m, max_m,
-                         min_rows, max_rows, m_tiles, n_tiles, n, k_blocks, EXPERT_CHUNK, MASKED, ROW_GROUP, STAGES)),
+            (_math, (math_args, EXPERT_CHUNK, MASKED, ROW_GROUP, STAGES, 0, rows)),
+            (_producer, (producer_args, EXPERT_CHUNK, MASKED, ROW_GROUP, STAGES)),
         ], [PRODUCER_WARPS], [PRODUCER_REGS])
     else:  # one warp group each: one group's WGMMAs can run while the other promotes
         gl.warp_specialize([
-            (_math, (a_bufs, b_bufs, ready, empty, a_scale_ptr, b_scale_ptr, offsets_ptr, out_ptr, num_experts,
-                     total_m, max_m, min_rows, max_rows, m_tiles, n_tiles, k_blocks, stride_asm, stride_ask,
-                     stride_bse, stride_bsn, stride_om, EXPERT_CHUNK, MASKED, ROW_GROUP, STAGES, 0, rows)),
-            (_math, (a_bufs, b_bufs, ready, empty, a_scale_ptr, b_scale_ptr, offsets_ptr, out_ptr, num_experts,
-                     total_m, max_m, min_rows, max_rows, m_tiles, n_tiles, k_blocks, stride_asm, stride_ask,
-                     stride_bse, stride_bsn, stride_om, EXPERT_CHUNK, MASKED, ROW_GROUP, STAGES, 1, rows)),
-            (_producer, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, offsets_ptr, num_experts, total_m, max_m,
-                         min_rows, max_rows, m_tiles, n_tiles, n, k_blocks, EXPERT_CHUNK, MASKED, ROW_GROUP, STAGES)),
+            (_math, (math_args, EXPERT_CHUNK, MASKED, ROW_GROUP, STAGES, 0, rows)),
+            (_math, (math_args, EXPERT_CHUNK, MASKED, ROW_GROUP, STAGES, 1, rows)),
+            (_producer, (producer_args, EXPERT_CHUNK, MASKED, ROW_GROUP, STAGES)),
         ], [gl.num_warps(), PRODUCER_WARPS], [MATH_REGS, PRODUCER_REGS])

@@ -233,13 +233,14 @@ def _plan_launch(problem: Problem, config: TileConfig, min_rows: int, max_rows: 
     row_tiles_bound = min(cdiv(total_m, config.block_m) + experts, experts * cdiv(min(max_rows, total_m), config.block_m))
     col_tiles = cdiv(n, config.block_n)
     persistent = config.programs_per_sm > 0
-    if persistent:  # (the warp-specialized tile's grid is 1-D: its programs walk the tiles in launch order)
+    if persistent:
         grid = (min(sm_count * config.programs_per_sm, row_tiles_bound * col_tiles),)
     else:
         grid = (row_tiles_bound, col_tiles)
     expert_chunk = _expert_chunk(num_experts)
     if config.hopper_stages and not hopper_tile_reasons(problem, upcast):
         shared = _shared_constants(problem, config, upcast)
+        # The same programs in a 1-D grid: each walks its tiles of the m_tiles x n_tiles in launch order.
         return HopperTileLaunch((math.prod(grid),), dict(
             {name: shared[name] for name in HOPPER_SHARED_CONSTANTS}, min_rows=min_rows, max_rows=int(max_rows),
             m_tiles=row_tiles_bound, n_tiles=col_tiles, k_blocks=cdiv(problem.k, SCALE_BLOCK),
