@@ -1,6 +1,6 @@
 """Time the MoE layer's decode kernels (es_dual/moe/decode_kernels.py) over launch shapes (GPU).
 
-python benchmarks/decode_sweep.py [--batches 1,8] [--csv file] [--layer]
+python benchmarks/decode_sweep.py [--batches 1,8] [--csv file] [--layer | --gather]
 
 For each model of the layer benchmark and each batch, the gate_up kernel is timed alone for every gate_up
 configuration below, and the down kernel alone for every down configuration (time_us: events, L2 flushed
@@ -11,6 +11,10 @@ against the layer's reference ("!" marks one that is not within its tolerance).
 --layer: instead, the whole decode path (its three launches) for each of LAYER_CONFIGS, in kernel mode as
 the layer benchmark times it (one call captured in a CUDA graph and replayed, the L2 flushed by reading
 before each replay, warmed up): what the launches cost together, with or without their overlap.
+
+--gather: the grouped pipeline (_LayerPlan, backend auto; batches such as 256,1024,4096) with its first GEMM
+reading topk scattered copies of each token's quantized row, or gathering the one row by index
+(layer.GATHER_FIRST_GEMM), timed the same way, in two rounds of opposite order (the faster kept).
 """
 import argparse
 import csv
@@ -128,13 +132,34 @@ def layer_sweep(batches, csv_path):
     _write_csv(csv_path, rows)
 
 
+def gather_ab(batches, csv_path):
+    device = torch.device("cuda")
+    flush, rows = L2Flush(device), []
+    for model, batch, args, reference, tol in _cases(batches, device):
+        shape, topk_ids = layer_module.check_moe_inputs(*args), args[-1]
+        plans = {gather: layer_module._LayerPlan(shape, topk_ids.dtype, "auto", gather=gather) for gather in (False, True)}
+        errors = {gather: relative_errors(plan(*args).float(), reference) for gather, plan in plans.items()}
+        best = {}
+        for gather in (False, True, True, False):
+            us = median_us(capture(lambda: plans[gather](*args)).replay, "kernel", flush, 200)
+            best[gather] = min(us, best.get(gather, us))
+        for gather, plan in plans.items():
+            ok = errors[gather][0] <= tol[0] and errors[gather][1] <= tol[1]
+            rows.append(dict(model=model.name, batch=batch, gather=plan.gather, us=best[gather], ok=ok))
+            print(f"{model.name} T={batch} {best[gather]:7.1f} µs {'gathered' if plan.gather else 'scattered'} rows"
+                  f"{'' if ok else ' !'}", flush=True)
+    _write_csv(csv_path, rows)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--csv")
     parser.add_argument("--layer", action="store_true", help="the whole decode path per LAYER_CONFIGS")
+    parser.add_argument("--gather", action="store_true", help="the grouped pipeline, rows scattered or gathered")
     args = parser.parse_args()
-    (layer_sweep if args.layer else sweep)([int(b) for b in args.batches.split(",")], args.csv)
+    run = layer_sweep if args.layer else gather_ab if args.gather else sweep
+    run([int(b) for b in args.batches.split(",")], args.csv)
 
 
 if __name__ == "__main__":

@@ -70,12 +70,17 @@ ES_DUAL_API int es_dual_workspace_bytes(int64_t total_m, int64_t n, int64_t k, i
 // a_scale_ld: 0 for K-major activation scales ((total_m, ceil(k/128)) row-major); > 0 for MN-major ones
 // (block kb of row r at a_scale[kb * a_scale_ld + r], a_scale_ld >= total_m), native modes and expert
 // offsets only.
+// row_index: NULL, or (total_m,) int32 on the device: row r of the grouped GEMM reads row row_index[r] of
+// a and of a_scale (a gather: a and a_scale then have as many rows as the caller's indices address, each
+// index in [0, that count), a_scale K-major with ceil(k/128) floats a row, or MN-major with a_scale_ld
+// above that count; nothing checks the indices on the device). Native modes and expert offsets only.
 // `device` is made current for the call (and the caller's device restored); `sm_count` must be the
 // value given to es_dual_workspace_bytes. Alignment: a, b, out 16 bytes; scales 4; offsets their size;
 // workspace 256. k % 16 == 0 and n % 8 == 0 (16-byte rows for TMA). The host-side setup of each
 // kernel (CUTLASS can_implement + initialize) is cached per thread and redone only when the workspace
 // address, the number of experts, the device or the SM count change.
-ES_DUAL_API int es_dual_grouped_gemm(const void* a, const float* a_scale, int64_t a_scale_ld, const void* b,
+ES_DUAL_API int es_dual_grouped_gemm(const void* a, const float* a_scale, int64_t a_scale_ld,
+                                     const int32_t* row_index, const void* b,
                                      const float* b_scale, const void* expert_offsets,
                                      int32_t offsets_int64, int64_t max_m, void* out, int64_t total_m, int64_t n,
                                      int64_t k, int32_t num_experts, int32_t out_dtype, int32_t mode,

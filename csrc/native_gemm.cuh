@@ -5,6 +5,7 @@
 //
 // For every expert e whose token count m lies in this bucket's range (min_tokens, max_tokens]:
 //   out[offs[e] + i, j] = sum_kb sa[offs[e] + i, kb] * sb[e, j / 128, kb] * (a[offs[e] + i, kb] . b[e, j, kb])
+// (a gather reads a and sa at row row_index[offs[e] + i] instead of offs[e] + i)
 // where kb runs over the 128-wide K blocks and "." is the FP8 dot product over one K block (accumulated by
 // the tensor cores in FP32, then scaled and added into a second FP32 accumulator: "promotion").
 //
@@ -15,7 +16,10 @@
 //     32 lanes copy the scales of that K block into the stage (4 bytes each: cp.async): the tokens'
 //     from the caller's a_scale, one per row, and the tile's weight scale (two for tiles that span two
 //     128-row weight scale blocks). Into a tile's first stage warp 0's lane 0 also writes the tile's kind
-//     and column split (StageHeader), so that the math warps never decode a tile.
+//     and column split (StageHeader), so that the math warps never decode a tile. A gather (row_index:
+//     tile row r is row row_index[r] of a, as the MoE layer's first GEMM reads each token's one quantized
+//     row for every expert it is routed to) loads the token tile with warp 0's 32 lanes by cp.async
+//     instead of TMA (gather_rows), each stage then also full when their copies have landed.
 //   warp groups 0 .. kMathWGs-1 (one to three): the math. Each owns 64 rows of the WGMMA M side. Per K
 //     block: wait for the stage, 4 WGMMAs (K = 32 each), wait for them, free the stage, promote with the
 //     two scales (compute_tile: kinds whose two accumulators fit the registers keep the next block's
@@ -54,6 +58,7 @@
 
 #include <atomic>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 #include <cuda.h>  // CUtensorMap (types only: the encoder is reached through the runtime, no libcuda link)
@@ -257,6 +262,7 @@ struct Kind {
       return r * kOutPitch + c;
   }
   static constexpr uint32_t kTxBytes = kMBytes + kNBytes;  // the TMA bytes of a stage (not the scales)
+  static constexpr uint32_t kWeightBytes = kWeightRows * kBlockK;  // of them, the weight tile's (a gather's)
 };
 
 constexpr int cmax(int a) { return a; }
@@ -284,6 +290,8 @@ struct Mode {
   static_assert(Cluster == 2 || !(Kinds::kMulticastTokens || ...), "multicast needs a 2-CTA cluster");
   static constexpr int kNumKinds = sizeof...(Kinds);
   static constexpr bool kTmaStores = (Kinds::kTmaStore || ...);  // some kind's tiles leave by TMA stores
+  // some kind's token tile is shared by the pair of a cluster: such a mode gathers no rows (row_index)
+  static constexpr bool kSharesTokens = (kMulticastTokens<Kinds> || ...);
   static_assert(kNumKinds >= 1 && kNumKinds <= kMaxKinds, "1 to kMaxKinds tile kinds");
   template <int I> using KindAt = std::tuple_element_t<I, std::tuple<Kinds...>>;
   static constexpr int kMathWGs = KindAt<0>::kMathWGs;
@@ -331,6 +339,8 @@ struct Params {
   CUtensorMap tokens[kMaxKinds];        // a       : dims {k, total_m}, FP8, box {128, token rows}, 128B swizzle
   CUtensorMap weights[kMaxKinds];       // b       : dims {k, E * n},   FP8, box {128, weight rows}, 128B swizzle
   CUtensorMap outs[kMaxKinds];          // out     : dims {n, total_m}, 2 bytes, box {64, token rows}, 128B swizzle (kTmaStore kinds)
+  const uint8_t* a;                     // a gather's a (row_index): rows of k bytes
+  const int32_t* row_index;             // nullptr, or (total_m): tile row r is row row_index[r] of a and a_scale
   const float* a_scale;                 // (total_m, k blocks), as the caller gives it: row r, block kb at
   int64_t a_scale_row_stride;           // r * a_scale_row_stride + kb * a_scale_k_stride (K-major: k blocks
   int64_t a_scale_k_stride;             // and 1; MN-major: 1 and the caller's leading dimension)
@@ -538,6 +548,13 @@ __device__ __forceinline__ int2 load_shared_int2(const int* src) {
   return v;
 }
 
+// 16 bytes from global to shared memory, asynchronously, through the L2 only; zeros and no read when
+// `valid` is false.
+__device__ __forceinline__ void copy16_async(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+               :: "r"(cute::cast_smem_ptr_to_uint(dst)), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+
 // One arrival on `bar` once every cp.async this thread issued before has landed (counted in the
 // barrier's arrival count: .noinc).
 __device__ __forceinline__ void arrive_when_copied(void* bar) {
@@ -551,6 +568,8 @@ __device__ __forceinline__ void arrive_when_copied(void* bar) {
 // fields; warp 1's lanes copy the token scales of a few of the tile's rows each (rows past the expert's:
 // zeros) and lanes 0 and 1 the weight scales, in a warp of their own so that neither loop of issues is on
 // the path of the other's. The stage is full when the TMA bytes and the 32 lanes' copies have landed.
+// A gather (row_index) loads the token tile with warp 0's 32 lanes instead of TMA (gather_rows), and the
+// stage is full when their copies have landed too.
 enum class Loads { kTiles, kScales };
 
 // One operand tile of kRows rows at K block kb, row `row`, into `dst`: all of it for this CTA, or, when
@@ -568,7 +587,28 @@ __device__ __forceinline__ void load_box(const CUtensorMap* map, uint64_t* bar, 
   }
 }
 
-template <class M, class K, Loads kPart>
+// The token tile of K block kb, gathered: tile row r is row rows[r / 32] (held by lane r % 32) of a, -1
+// for rows past the expert's (zeros), placed as TMA's 128-byte swizzle places it (chunk c of row r at
+// r * 128 + (c ^ r % 8) * 16 in the 1024-byte aligned tile). Each copy instruction of the warp moves four
+// whole 128-byte rows (lane l: 16-byte chunk l % 8 of row 4j + l / 8), so that its reads are four lines.
+// K past k (the last block of a k that is not a multiple of 128) reads as zeros, as TMA's fill.
+template <int kRows>
+__device__ __forceinline__ void gather_rows(const Params& p, const int (&rows)[(kRows + 31) / 32], uint8_t* tile,
+                                            int kb, int lane) {
+  static_assert(kRows % 8 == 0, "whole 1024-byte swizzle atoms");
+  const int chunk = lane % 8;
+  const int col = kb * kBlockK + chunk * 16;
+  const bool col_ok = col < p.k;  // k is a multiple of 16: a chunk is all in or all out
+#pragma unroll
+  for (int j = 0; j < kRows / 4; ++j) {
+    const int r = 4 * j + lane / 8;
+    const int row = __shfl_sync(0xffffffffu, rows[4 * j / 32], 4 * j % 32 + lane / 8);
+    copy16_async(tile + r * kBlockK + ((chunk ^ (r & 7)) << 4), p.a + int64_t(row < 0 ? 0 : row) * p.k + col,
+                 row >= 0 && col_ok);
+  }
+}
+
+template <class M, class K, Loads kPart, bool kGather>
 __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, const Tile& tile,
                                           int rank, int lane, int& stage, uint32_t& phase) {
   // L2 policy. Swap-AB kinds (experts of at most a few dozen tokens, one chunk): the token chunk is read
@@ -588,12 +628,17 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
   // advanced by a_scale_k_stride per K block (the loop is this warp's critical path: no index arithmetic in
   // it; MN-major scales put the warp's 32 rows side by side: one 128-byte line per copy instruction), and
   // whether the row belongs to the expert (else the copy reads nothing and writes zeros).
+  // A gather's rows come from row_index (rows past the expert's: -1, read as zeros); warp 0 keeps them for
+  // gather_rows.
   const float* scale_src[kScaleRowsPerLane];
   bool scale_valid[kScaleRowsPerLane];
+  int a_rows[kScaleRowsPerLane];
 #pragma unroll
   for (int i = 0; i < kScaleRowsPerLane; ++i) {
-    scale_src[i] = p.a_scale + (tile.row0 + lane + 32 * i) * p.a_scale_row_stride;
+    const int row = tile.row0 + lane + 32 * i;
     scale_valid[i] = lane + 32 * i < tile.rows;
+    a_rows[i] = !kGather ? row : scale_valid[i] ? p.row_index[row] : -1;
+    scale_src[i] = p.a_scale + int64_t(a_rows[i] < 0 ? 0 : a_rows[i]) * p.a_scale_row_stride;
   }
   // Lanes 0 and 1: the weight scales of the tile's first and second 128-row block, likewise (blocks
   // past n, of a second block that the kind does not have or of a pair's spare tile: zeros).
@@ -607,16 +652,22 @@ __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, con
     uint64_t* bar = reinterpret_cast<uint64_t*>(&s.full[stage]);
     if (kPart == Loads::kTiles && lane == 0 && kb == 0)  // before the arrival that releases it
       store_shared_int2(&s.header(stage)->kind, kind, (kScaleBlock - tile.col0 % kScaleBlock) / 8);
+    uint8_t* m_tile = s.m + stage * M::kMBytes;
+    uint8_t* n_tile = s.n + stage * M::kNBytes;
+    uint8_t* token_tile = K::kSwapAB ? n_tile : m_tile;
     if (kPart == Loads::kTiles && lane == 0 && ablated(kAblateTmaLoads)) {
       s.full[stage].arrive();  // the stage completes without its bytes
     } else if (kPart == Loads::kTiles && lane == 0) {
-      s.full[stage].arrive_and_expect_tx(K::kTxBytes);
-      uint8_t* m_tile = s.m + stage * M::kMBytes;
-      uint8_t* n_tile = s.n + stage * M::kNBytes;
-      load_box<M::template kMulticastTokens<K>, K::kTokenRows>(&p.tokens[kind], bar, kTokenHint,
-                                                               K::kSwapAB ? n_tile : m_tile, kb, tile.row0, rank);
+      s.full[stage].arrive_and_expect_tx(kGather ? K::kWeightBytes : K::kTxBytes);
+      if (!kGather)
+        load_box<M::template kMulticastTokens<K>, K::kTokenRows>(&p.tokens[kind], bar, kTokenHint, token_tile, kb,
+                                                                 tile.row0, rank);
       load_box<M::template kMulticastWeights<K>, K::kWeightRows>(&p.weights[kind], bar, kWeightHint,
                                                                  K::kSwapAB ? m_tile : n_tile, kb, weight_row, rank);
+    }
+    if (kPart == Loads::kTiles && kGather) {
+      gather_rows<K::kTokenRows>(p, a_rows, token_tile, kb, lane);
+      arrive_when_copied(bar);
     }
     if constexpr (kPart == Loads::kScales) {
       float* ts = s.token_scales(stage);
@@ -648,7 +699,7 @@ __device__ __forceinline__ void read_header(const Smem<M>& s, int stage, uint32_
 // `index` is the next tile's number, and `kind` and `first_block_groups` its header fields (read when it
 // exists). Kinds with one accumulator (k_stream) stage a finished tile under the WGMMAs of the next
 // tile's first K block when the next tile is of the same kind.
-template <class M, class K>
+template <class M, class K, bool kGather>
 __device__ __forceinline__ void compute_tiles(const Params& p, const Smem<M>& s, int& kind, int& first_block_groups,
                                               int& stage, uint32_t& phase, int& index, int tiles) {
   constexpr int N = K::kTileN;
@@ -780,8 +831,16 @@ __device__ __forceinline__ void compute_tiles(const Params& p, const Smem<M>& s,
   // The operand tiles of stage `st` (this warp group's 64 rows of the A side) as WGMMA descriptors.
   auto desc_m = [&](int st) { return smem_desc_k_major_sw128(s.m + st * M::kMBytes + wg * 64 * kBlockK); };
   auto desc_n = [&](int st) { return smem_desc_k_major_sw128(s.n + st * M::kNBytes); };
+  // A gather's token tile was written by the producer's cp.async (the generic proxy) and is read by the
+  // WGMMAs (the async proxy): after the stage's barrier, a proxy fence before they are issued.
+  auto after_landed = [&]() {
+    if constexpr (kGather) cutlass::arch::fence_view_async_shared();
+  };
   // One K block's WGMMAs on the stage `st`, into acc (k_stream: kParts commit groups).
-  auto issue_stage = [&](int st) { issue_block<N, kParts>(desc_m(st), desc_n(st), acc); };
+  auto issue_stage = [&](int st) {
+    after_landed();
+    issue_block<N, kParts>(desc_m(st), desc_n(st), acc);
+  };
   // The rest of a K block after its WGMMAs were issued on stage block_stage: the waits and the promotion.
   // kSplit: the first half promoted while the second half's WGMMAs run (two WGMMA groups per block).
   auto finish_block = [&](int block_stage, const BlockScales& bs, bool& landed, auto split) {
@@ -868,6 +927,7 @@ __device__ __forceinline__ void compute_tiles(const Params& p, const Smem<M>& s,
           float* a = acc2[c & 1];
           st[c] = stage;
           s.full[stage].wait(phase);
+          after_landed();
           issue_block<N, 1>(desc_m(stage), desc_n(stage), a);
           if (++stage == M::kStages) stage = 0, phase ^= 1;
         }
@@ -938,7 +998,9 @@ __device__ __forceinline__ void store_tile(const Params& p, const Smem<M>& s, co
   }
 }
 
-template <class M>
+// kGather: the token tiles gathered by row_index (gather_rows), a compile-time choice so that the kernel
+// without it keeps its producer's registers (at 40 each, the gather's spilled there).
+template <class M, bool kGather>
 __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __grid_constant__ Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(CUTE_ARCH_MMA_SM90A_ENABLED)
   extern __shared__ __align__(1024) uint8_t smem_raw[];
@@ -948,11 +1010,13 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
 
   if (threadIdx.x == M::kMathThreads) {
     for (int i = 0; i < M::kNumKinds; ++i) {
-      cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.tokens[i]));
+      if (!kGather)  // a gather's token maps are not encoded
+        cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.tokens[i]));
       cute::prefetch_tma_descriptor(reinterpret_cast<const cute::TmaDescriptor*>(&p.weights[i]));
     }
     for (int i = 0; i < M::kStages; ++i) {
-      s.full[i].init(1 + 32);  // the producer's arrive_and_expect_tx and its 32 lanes' scale copies
+      // the producer's arrive_and_expect_tx and its 32 lanes' scale copies (and, a gather, row copies)
+      s.full[i].init(1 + 32 + (kGather ? 32 : 0));
       s.empty[i].init(M::kCluster * M::kMathThreads / 32);  // one arrival per math warp of each CTA
     }
     cutlass::arch::fence_barrier_init();
@@ -975,8 +1039,8 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
       for (int t = first; t < total_tiles; t += step) {
         const Tile tile = s.sched.template decode<M>(p, t, rank);
         with_kind<M>(tile.kind, [&](auto k) {
-          if (tiles) load_tile<M, decltype(k), Loads::kTiles>(p, s, tile, rank, lane, stage, phase);
-          else load_tile<M, decltype(k), Loads::kScales>(p, s, tile, rank, lane, stage, phase);
+          if (tiles) load_tile<M, decltype(k), Loads::kTiles, kGather>(p, s, tile, rank, lane, stage, phase);
+          else load_tile<M, decltype(k), Loads::kScales, kGather>(p, s, tile, rank, lane, stage, phase);
         });
       }
       // In a 2-CTA mode the other CTA's math arrives on this CTA's barriers: wait for its last releases
@@ -1010,7 +1074,7 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
     if (tiles > 0) read_header(s, stage, phase, kind, first_block_groups);
     for (int index = 0; index < tiles;) {
       with_kind<M>(kind, [&](auto k) {
-        compute_tiles<M, decltype(k)>(p, s, kind, first_block_groups, stage, phase, index, tiles);
+        compute_tiles<M, decltype(k), kGather>(p, s, kind, first_block_groups, stage, phase, index, tiles);
       });
     }
   }
@@ -1072,8 +1136,10 @@ struct GroupedGemm {
       // the operand a 2-CTA pair shares: each CTA loads half of its tile (load_box)
       constexpr int kTokenBoxRows = M::template kMulticastTokens<K> ? K::kTokenRows / 2 : K::kTokenRows;
       constexpr int kWeightBoxRows = M::template kMulticastWeights<K> ? K::kWeightRows / 2 : K::kWeightRows;
-      const char* err = encode_2d(&p.tokens[I], CU_TENSOR_MAP_DATA_TYPE_UINT8, na.a, na.k, na.total_m, na.k,
-                                  kBlockK, kTokenBoxRows, CU_TENSOR_MAP_SWIZZLE_128B);
+      // (a gather loads its token tiles without TMA: gather_rows)
+      const char* err = na.row_index ? nullptr
+                                     : encode_2d(&p.tokens[I], CU_TENSOR_MAP_DATA_TYPE_UINT8, na.a, na.k, na.total_m,
+                                                 na.k, kBlockK, kTokenBoxRows, CU_TENSOR_MAP_SWIZZLE_128B);
       if (!err)
         err = encode_2d(&p.weights[I], CU_TENSOR_MAP_DATA_TYPE_UINT8, na.b, na.k, uint64_t(la.num_experts) * na.n,
                         na.k, kBlockK, kWeightBoxRows, CU_TENSOR_MAP_SWIZZLE_128B);
@@ -1092,9 +1158,13 @@ struct GroupedGemm {
     const NativeArgs& na = la.native;
     if (la.num_experts > kMaxExperts) return "too many experts for the native kernels";
     if (na.num_buckets != M::kNumKinds) return "the mode's bucket count differs from its kernel's tile kinds";
+    if (na.row_index && M::kSharesTokens) return "this mode's 2-CTA tiles share token tiles: it gathers no rows";
+    if (na.row_index && !kGathers) return "gathered rows are compiled for bfloat16 output only";
     Params p{};
     int64_t bound = 0;  // CTAs beyond the number of tiles would have nothing to do
     if (const char* err = encode_kinds(p, la, bound)) return err;
+    p.a = static_cast<const uint8_t*>(na.a);
+    p.row_index = na.row_index;
     p.a_scale = na.a_scale;
     p.a_scale_row_stride = na.a_scale_ld ? 1 : (na.k + kBlockK - 1) / kBlockK;
     p.a_scale_k_stride = na.a_scale_ld ? na.a_scale_ld : 1;
@@ -1103,8 +1173,19 @@ struct GroupedGemm {
     p.expert_rows = na.expert_rows;
     p.total_m = int(na.total_m), p.n = int(na.n), p.k = int(na.k), p.num_experts = la.num_experts;
     p.k_blocks = (p.k + kBlockK - 1) / kBlockK;
+    if constexpr (kGathers) {
+      if (na.row_index) return launch<true>(la, p, bound);
+    }
+    return launch<false>(la, p, bound);
+  }
 
-    auto kernel = grouped_gemm_kernel<M>;
+  // The MoE layer's first GEMM, the one that gathers, writes bfloat16: the kernels that gather are
+  // compiled for that output only.
+  static constexpr bool kGathers = std::is_same_v<typename M::ElementD, cutlass::bfloat16_t> && !M::kSharesTokens;
+
+  template <bool kGather>
+  static const char* launch(const LaunchArgs& la, const Params& p, int64_t bound) {
+    auto kernel = grouped_gemm_kernel<M, kGather>;
     cudaLaunchConfig_t config{};
     config.blockDim = dim3(M::kThreads);
     config.dynamicSmemBytes = M::kSmemBytes;
@@ -1115,8 +1196,8 @@ struct GroupedGemm {
     config.attrs = cluster;
     config.numAttrs = M::kCluster > 1 ? 1 : 0;
 
-    // Per device, once: opt in to the shared memory and ask how many clusters can be resident at once
-    // (not every GPC holds an even number of SMs), so that the persistent grid is one wave.
+    // Per device and kernel, once: opt in to the shared memory and ask how many clusters can be resident
+    // at once (not every GPC holds an even number of SMs), so that the persistent grid is one wave.
     static std::atomic<int> resident[kMaxDevices];  // clusters + 1; 0: not queried yet
     int clusters = la.device >= 0 && la.device < kMaxDevices ? resident[la.device].load(std::memory_order_relaxed) - 1 : -1;
     if (clusters < 0) {

@@ -140,6 +140,7 @@ struct NativeArgs {
   const void* a;            // (total_m, k) fp8
   const float* a_scale;     // (total_m, k blocks), as the caller gives it: K-major, or MN-major
   int64_t a_scale_ld;       // 0: K-major (a row's scales together); > 0: MN-major, block kb of row r at kb * ld + r
+  const int32_t* row_index; // nullptr, or (total_m): row r reads row row_index[r] of a and a_scale (a gather)
   const void* b;            // (E, n, k) fp8
   const float* b_scale;     // (E, n blocks, k blocks)
   ExpertRows expert_rows;   // offsets (E + 1) or masked counts (E)

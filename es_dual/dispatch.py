@@ -107,20 +107,28 @@ def _plan_cutlass(single: bool) -> Callable:
 
 
 def _cutlass_problem_reasons(single: bool) -> Callable:
-    """MN-major activation scales: only es_dual's native kernels read them (the CUTLASS kernels' scale
-    layout is K-major), so the expert-specialized backend takes them where a native mode fits."""
+    """MN-major activation scales and gathered rows: only es_dual's native kernels read them (the CUTLASS
+    kernels' scale layout is K-major, their rows one TMA box), so the expert-specialized backend takes them
+    where a native mode fits."""
     def reasons(problem: Problem) -> list[str]:
         from .cutlass.buckets import native_fits
 
-        if not problem.a_scale_ld:
-            return []
         if single:
-            return ["reads K-major activation scales only (a_scale is MN-major)"]
-        if not native_fits(problem.total_m, problem.n, problem.num_experts):
-            return ["reads MN-major activation scales with its native kernels only, which do not take this size"]
+            return ["reads K-major activation scales only (a_scale is MN-major)"] * bool(problem.a_scale_ld) + [
+                "gathers no rows (its kernels read a's rows in TMA boxes)"] * bool(problem.a_rows)
+        if problem.a_rows and problem.out_dtype != torch.bfloat16:
+            return [f"gathers rows for torch.bfloat16 output only, not {problem.out_dtype}"]
+        native_only = [what for what, asked in (("reads MN-major activation scales", problem.a_scale_ld),
+                                                ("gathers rows", problem.a_rows)) if asked]
+        if native_only and not native_fits(problem.total_m, problem.n, problem.num_experts):
+            return [f"{what} with its native kernels only, which do not take this size" for what in native_only]
         return []
 
     return reasons
+
+
+def _no_gather(problem: Problem) -> list[str]:
+    return ["does not gather rows (Problem.a_rows)"] if problem.a_rows else []
 
 
 def _cutlass(name: str, description: str, single: bool) -> Backend:
@@ -139,9 +147,9 @@ BACKENDS = {
         _cutlass("cutlass", "CUTLASS SM90, expert-specialized: one grouped GEMM per token-count bucket", single=False),
         _cutlass("cutlass_single", "CUTLASS SM90, every expert in one 128x128x128 grouped GEMM", single=True),
         Backend("triton", "Triton kernel (FP8 tensor cores from sm_89, bf16 below; interpreter on CPU)",
-                ("cuda", "cpu"), plan=_plan_triton, availability=_triton_availability),
+                ("cuda", "cpu"), plan=_plan_triton, availability=_triton_availability, problem_reasons=_no_gather),
         Backend("reference", "plain torch, float32 on dequantized inputs, loop over experts (host sync)",
-                ("cuda", "cpu"), plan=_plan_reference, availability=lambda device: []),
+                ("cuda", "cpu"), plan=_plan_reference, availability=lambda device: [], problem_reasons=_no_gather),
     )
 }
 

@@ -25,6 +25,11 @@ TUNING = generate.tuning_requested()
 COMPILED_MODES = generate.compiled_modes(TUNING)
 
 
+def _native_code() -> int:
+    """The mode argument of the production native mode."""
+    return [name for name, _ in COMPILED_MODES].index("native")
+
+
 @pytest.fixture(scope="session")
 def library_file() -> Path:
     try:
@@ -353,7 +358,7 @@ def test_workspace_bytes_rejects_bad_sizes(lib):
 # --- error paths of the GEMM call (all caught before any CUDA call) --------------------------------------
 
 def _gemm(lib, **overrides):
-    args = dict(a=256, a_scale=256, a_scale_ld=0, b=256, b_scale=256, offs=256, offs64=0, max_m=0, out=256,
+    args = dict(a=256, a_scale=256, a_scale_ld=0, row_index=None, b=256, b_scale=256, offs=256, offs64=0, max_m=0, out=256,
                 total_m=10, n=4096, k=7168, experts=8, dtype=0, mode=0, overlap=0, device=0, sms=132, ws=256,
                 ws_bytes=1 << 30, stream=None)
     args.update(overrides)
@@ -387,6 +392,12 @@ def test_gemm_error_messages_name_the_argument(lib):
          "a_scale_ld: MN-major scales take expert offsets, not masked counts (max_m = 2)"),
         (dict(a_scale_ld=12, mode=0), loader.INVALID_ARGUMENT,
          "a_scale_ld: mode 0 (es) reads K-major scales only; MN-major scales need a native mode"),
+        (dict(row_index=256, mode=0), loader.INVALID_ARGUMENT,
+         "row_index: gathered rows need a native mode and expert offsets, got mode 0 (es) and max_m = 0"),
+        (dict(row_index=256, mode=_native_code(), total_m=16, max_m=2), loader.INVALID_ARGUMENT,
+         "row_index: gathered rows need a native mode and expert offsets, got mode"),
+        (dict(row_index=258, mode=_native_code()), loader.INVALID_ARGUMENT,
+         "row_index: expected a 4-byte aligned pointer"),
     ]
     for overrides, status, message in cases:
         got = _gemm(lib, **overrides)

@@ -233,6 +233,34 @@ def test_quantize_scatter_bit_equal_to_quantizer(device, steps, r, hidden_size, 
         assert torch.equal(got_scale[:routed], a_scale[:routed])
 
 
+@given(r=routings(), hidden_size=st.sampled_from([16, 144, 400]), invalid=st.booleans())
+@settings(max_examples=EXAMPLES)
+def test_quantize_gather_bit_equal_to_quantizer(device, r, hidden_size, invalid):
+    """The quantizer of a first GEMM that gathers its rows: row t of a is quantize_fp8_per_token_group(
+    hidden[t]) bit for bit, and row_index[i] is the token of grouped row i for every row of an expert; the
+    rows from offsets[E] on (pairs of no expert) keep what was there."""
+    hidden = make_hidden(r.tokens, hidden_size, r.seed, device)
+    ids = topk_ids_of(r, device)
+    if invalid:
+        ids.view(-1)[::3] = -1
+        ids[1:2] = r.num_experts  # a token routed to no expert at all
+    offsets, pair_rows = route(ids, r.num_experts)
+    rows, groups = ids.numel(), -(-hidden_size // 128)
+    a = torch.full((r.tokens, hidden_size), SENTINEL_BITS, dtype=torch.uint8, device=device).view(FP8)
+    a_scale = torch.full((r.tokens, groups), SENTINEL_SCALE, device=device)
+    row_index = torch.full((rows,), -5, dtype=torch.int32, device=device)
+    if rows:
+        step = layer_module._quantize_scatter_step(r.tokens, hidden_size, r.topk, r.num_experts, device, gather=True)
+        layer_module._run(step, hidden, pair_rows, offsets, layer_module._fp8_target(a), a_scale, row_index)
+
+    expected_a, expected_scale = es_dual.quantize_fp8_per_token_group(hidden)
+    assert torch.equal(_bits(a), _bits(expected_a))
+    assert torch.equal(a_scale.cpu(), expected_scale.cpu())
+    routed = int(offsets[-1])
+    assert torch.equal(row_index[:routed].long().cpu(), _order_of(pair_rows)[:routed] // r.topk)
+    assert bool((row_index[routed:] == -5).all())
+
+
 @given(rows=st.integers(1, 300), intermediate=st.sampled_from([16, 80, 128, 384]), log2_scale=st.integers(-20, 12),
        seed=st.integers(0, 2**31 - 1))
 @settings(max_examples=EXAMPLES)
@@ -291,6 +319,23 @@ def test_layer_routes_large_batches(device, monkeypatch, backend, way):
     assert len(plan.route) == (2 if way == "chunks" else 0)
     assert torch.equal(routed, by_rank)
     assert_layer_close(routed, reference_of(layer))
+
+
+@pytest.mark.parametrize("backend", GEMM_BACKENDS)
+def test_first_gemm_gathers_rows_where_its_backend_can(device, monkeypatch, backend):
+    """With GATHER_FIRST_GEMM the first GEMM reads each token's one quantized row by index where its backend
+    gathers rows (the CUTLASS backend's native kernels), and elsewhere the layer keeps the scattered copies:
+    the results hold either way, with ids out of range too."""
+    monkeypatch.setattr(layer_module, "GATHER_FIRST_GEMM", True)
+    monkeypatch.setattr(layer_module, "_PLANS", {})
+    tokens = 96 if ON_GPU else 20
+    for seed, kind in ((30, "uniform"), (31, "hot"), (32, "subset")):
+        layer = make_layer(Routing(tokens, 16, 4, kind, seed), *SHAPES[1], device)
+        layer["topk_ids"].view(-1)[::7] = -1
+        out = fused_moe_fp8(**layer, backend=backend)
+        (plan,) = layer_module._PLANS.values()
+        assert plan.gather == (backend == "cutlass")
+        assert_layer_close(out, reference_of(layer))
 
 
 @pytest.mark.skipif(ON_GPU, reason="CPU tensors: the layer's torch steps")
@@ -559,16 +604,23 @@ def test_no_host_sync(backend, decode):
 
 
 @needs_gpu
-@pytest.mark.parametrize("backend, decode", GPU_PATHS)
-def test_cuda_graph_replay_follows_new_routing(backend, decode):
+@pytest.mark.parametrize("backend, decode, gather", [(b, d, False) for b, d in GPU_PATHS] + [("cutlass", False, True)])
+def test_cuda_graph_replay_follows_new_routing(monkeypatch, backend, decode, gather):
     """Capture once, then change hidden, topk_ids and topk_weights in place: each replay matches the
-    reference of the new inputs (the per-expert counts live on the device only)."""
+    reference of the new inputs (the per-expert counts live on the device only; with `gather`, the first
+    GEMM reads gathered rows, by a row index rebuilt on the device by every call)."""
+    if gather and "cutlass" not in GEMM_BACKENDS:
+        pytest.skip("the CUTLASS library is not available here")
+    monkeypatch.setattr(layer_module, "GATHER_FIRST_GEMM", gather)
+    monkeypatch.setattr(layer_module, "_PLANS", {})
     static = _layer_for_path(decode, seed=20)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         fused_moe_fp8(**static, backend=backend)
     torch.cuda.current_stream().wait_stream(stream)
+    if gather:
+        assert layer_module._layer_plan(layer_module.check_moe_inputs(**static), torch.int32, backend, None).gather
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = fused_moe_fp8(**static, backend=backend)

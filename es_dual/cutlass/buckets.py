@@ -233,7 +233,7 @@ def native_fits(total_m: int, n: int, num_experts: int) -> bool:
 
 
 def es_mode(total_m: int, n: int, k: int, num_experts: int, tokens_known: bool = True,
-            k_major_scales: bool = True) -> str:
+            k_major_scales: bool = True, gather: bool = False) -> str:
     """The expert-specialized mode for a problem's shape (known on the host, unlike the token counts).
 
     Measured on one H200 (docs/perf-notes.md, 2026-12-01, benchmarks/mode_ab.py, kernel mode, es / native,
@@ -247,10 +247,11 @@ def es_mode(total_m: int, n: int, k: int, num_experts: int, tokens_known: bool =
     layout); the masked layout's total_m, E x max_m, says only how large its largest expert is, which
     routed skewed calls to native_mc and made them slower (docs/perf-notes.md, 2026-12-02), so those
     calls are routed by k alone. MN-major activation scales (k_major_scales=False) take a native mode at
-    every k: the CUTLASS kernels read K-major scales only (the caller checked native_fits).
+    every k: the CUTLASS kernels read K-major scales only (the caller checked native_fits); so do gathered
+    rows (gather: the native kernels' producer loads them by index).
     """
     compute_bound = tokens_known and total_m >= WIDE_MIN_MEAN_TOKENS * num_experts
-    if not k_major_scales:
+    if not k_major_scales or gather:
         return "native_mc" if compute_bound else "native"
     fits = native_fits(total_m, n, num_experts)
     if k <= SMALL_K_MAX:

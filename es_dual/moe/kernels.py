@@ -8,6 +8,8 @@ out of range; no kernel reads or writes them.
     route:              offs, pair_rows   (one launch up to layer.ROUTE_BY_RANK_PAIRS pairs, two above:
                                            the same ranks per chunk, then placed; see layer.route)
     quantize_scatter:   a[r], a_scale[r]  = quantize(hidden[t])  for r = pair_rows[t * topk + k] < offs[E]
+      or, for a first GEMM that gathers its rows (layer.GATHER_FIRST_GEMM),
+    quantize_gather:    a[t], a_scale[t]  = quantize(hidden[t]),  row_index[r] = t  for the same r
     silu_mul_quantize:  y[r], y_scale[r]  = quantize(silu(gate_up[r, :I]) * gate_up[r, I:])
     unpermute_sum:      out[t] = sum over k with 0 <= topk_ids[t, k] < E of
                                  topk_weights[t, k] * down[pair_rows[t * topk + k]]
@@ -147,6 +149,31 @@ def quantize_scatter_kernel(
         row_ok = token_ok & (row < num_routed)
         _store_groups(q, scale, row, group, cols, row_ok, col_ok & row_ok[:, None], q_ptr, stride_q, scale_ptr,
                       stride_scale)
+
+
+@triton.jit
+def quantize_gather_kernel(
+    # pointers
+    hidden_ptr, pair_rows_ptr, offsets_ptr, q_ptr, scale_ptr, row_index_ptr,
+    # sizes
+    tokens, hidden_size, topk, num_experts,
+    # strides, in elements
+    stride_hidden, stride_q, stride_scale,
+    # meta-parameters
+    GROUP: tl.constexpr, BLOCK_UNITS: tl.constexpr, INTERPRETER: tl.constexpr,
+):
+    """quantize_scatter_kernel for a first GEMM that gathers its rows: each token's row quantized once into
+    line `token` of q (tokens lines), and row_index[pair_rows[p]] = token for each of its pairs of an
+    expert (written by the units of scale group 0), the row the GEMM reads for grouped row pair_rows[p]."""
+    token, group, cols, token_ok, col_ok = _unit_tile(tokens, tokens, hidden_size, GROUP, BLOCK_UNITS)
+    num_routed = tl.load(offsets_ptr + num_experts)
+    x = tl.load(hidden_ptr + token.to(tl.int64)[:, None] * stride_hidden + cols, mask=col_ok, other=0.0)
+    _quantize_store(x.to(tl.float32), token, group, cols, token_ok, col_ok, q_ptr, stride_q, scale_ptr, stride_scale,
+                    INTERPRETER)
+    first = token_ok & (group == 0)
+    for k in range(topk):
+        row = tl.load(pair_rows_ptr + token * topk + k, mask=first, other=0)
+        tl.store(row_index_ptr + row, token, mask=first & (row < num_routed))
 
 
 @triton.jit

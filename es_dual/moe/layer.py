@@ -287,15 +287,17 @@ def _route_launches(way, pairs, num_experts, ids_dtype, device) -> tuple[tuple, 
             (place, ("ids", "chunk_offsets", "offsets", "pair_rows"))), (chunks, bins)
 
 
-def _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device):
+def _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device, gather: bool = False):
+    """quantize_scatter_kernel's launch, or (gather) quantize_gather_kernel's."""
     from ..triton_ref.direct import direct_launch
-    from .kernels import quantize_scatter_kernel
+    from .kernels import quantize_gather_kernel, quantize_scatter_kernel
 
     # units (token, scale group): a token's row is read and quantized once, however many pairs it has
     groups = cdiv(hidden_size, SCALE_BLOCK)
     per_program = _units_per_program(tokens, groups, device)
     dtypes = (torch.bfloat16, torch.int32, torch.int32, _fp8_target_dtype(device), torch.float32)
-    return direct_launch(quantize_scatter_kernel, (cdiv(tokens * groups, per_program),), dtypes, device,
+    kernel, dtypes = (quantize_gather_kernel, dtypes + (torch.int32,)) if gather else (quantize_scatter_kernel, dtypes)
+    return direct_launch(kernel, (cdiv(tokens * groups, per_program),), dtypes, device,
                          tokens=tokens, hidden_size=hidden_size, topk=topk, num_experts=num_experts,
                          stride_hidden=hidden_size, stride_q=hidden_size, stride_scale=groups,
                          GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=_interpreted(device))
@@ -485,6 +487,12 @@ _MAX_PLANS = 1024  # distinct layer shapes kept (one per batch size and layer sh
 # bought 13 % more bytes read) and on the host (about 35 µs per call more on the H200 machine).
 DECODE_MAX_PAIRS = 64
 DECODE_REREAD_BYTES = 16 << 20
+# The grouped pipeline's first GEMM reading each token's one quantized row by index (_LayerPlan's gather),
+# where its backend can: the quantizer writes T rows instead of T * topk (DeepSeek-R1 TP8 at 4096 tokens:
+# 29 MB instead of 235 MB), and the GEMM's T * topk row reads mostly hit the L2, which holds the T rows.
+# Predicted there about 140 µs of 1281 on an H100; not yet measured (benchmarks/decode_sweep.py --gather),
+# so off.
+GATHER_FIRST_GEMM = False
 
 
 def _layer_plan(shape: MoeShape, ids_dtype: torch.dtype, backend: str, env_backend):
@@ -698,23 +706,38 @@ class _LayerPlan:
     the dispatcher plans them for `backend`). A call then allocates the buffer and `out` and launches on
     data pointers: the layer builds every GEMM input itself, within the tensor contract by construction
     (sizes checked by check_moe_inputs, offsets and scales made by its own kernels), so the GEMM op's
-    per-call checks would only repeat what is known."""
+    per-call checks would only repeat what is known.
 
-    def __init__(self, shape: MoeShape, ids_dtype: torch.dtype, backend: str):
+    gather (default GATHER_FIRST_GEMM): where a backend of the first GEMM gathers rows (es_dual's native
+    kernels), each token's row is quantized once into a (tokens, H) tensor and the first GEMM reads it by
+    the row_index of each grouped row, instead of topk copies of it scattered in grouped order."""
+
+    def __init__(self, shape: MoeShape, ids_dtype: torch.dtype, backend: str, gather: bool | None = None):
         tokens, hidden_size, intermediate, num_experts, topk, device = shape
         rows = tokens * topk
         self.shape, self.rows = shape, rows
         groups_h, groups_i = cdiv(hidden_size, SCALE_BLOCK), cdiv(intermediate, SCALE_BLOCK)
+        in_torch = _torch_steps(device)
+        gemm1 = Problem(rows, 2 * intermediate, hidden_size, num_experts, torch.bfloat16, device)
+        self.gemm1 = None
+        if rows and not in_torch and (GATHER_FIRST_GEMM if gather is None else gather):
+            try:
+                self.gemm1 = launch_for(gemm1._replace(a_rows=tokens), torch.int32, backend)
+            except RuntimeError:  # no backend of this call gathers rows: the scattered copies
+                pass
+        self.gather = self.gemm1 is not None
+        a_rows = tokens if self.gather else rows
         regions = {
             "offsets": (torch.int32, (num_experts + 1,)), "pair_rows": (torch.int32, (rows,)),
-            "a": (FP8, (rows, hidden_size)), "a_scale": (torch.float32, (rows, groups_h)),
+            "a": (FP8, (a_rows, hidden_size)), "a_scale": (torch.float32, (a_rows, groups_h)),
             "gate_up": (torch.bfloat16, (rows, 2 * intermediate)),
             "y": (FP8, (rows, intermediate)), "y_scale": (torch.float32, (rows, groups_i)),
             "down": (torch.bfloat16, (rows, hidden_size)),
         }
+        if self.gather:
+            regions["row_index"] = (torch.int32, (rows,))
         # routing as route() does it, into the buffer (chunk_offsets too), or none: torch's sort, into
         # tensors of its own
-        in_torch = _torch_steps(device)
         way = _route_way(rows, num_experts, device)
         self.route = ()
         if way != "sort":
@@ -727,12 +750,11 @@ class _LayerPlan:
             self.silu = _silu_mul_quantize_torch
             self.unpermute = functools.partial(_unpermute_sum_torch, num_experts=num_experts)
         elif rows:
-            self.quantize_scatter = _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device)
+            self.quantize_scatter = _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device, self.gather)
             self.silu = _silu_mul_quantize_step(rows, intermediate, num_experts, device)
             self.unpermute = _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, device)
         if rows:
-            self.gemm1 = launch_for(Problem(rows, 2 * intermediate, hidden_size, num_experts, torch.bfloat16, device),
-                                    torch.int32, backend)
+            self.gemm1 = self.gemm1 or launch_for(gemm1, torch.int32, backend)
             self.gemm2 = launch_for(Problem(rows, hidden_size, intermediate, num_experts, torch.bfloat16, device),
                                     torch.int32, backend)
 
@@ -753,9 +775,13 @@ class _LayerPlan:
             offs, pair_rows = replaced["offsets"].data_ptr(), replaced["pair_rows"].data_ptr()
         h, w13p, w13s, w2p, w2s, ids, weights = (
             t.data_ptr() for t in (hidden, w13, w13_scale, w2, w2_scale, topk_ids, topk_weights))
-        self.quantize_scatter((h, pair_rows, offs, a, a_scale),
-                              tensors(hidden, "pair_rows", "offsets", "a_bits", "a_scale"))
-        self.gemm1((a, a_scale, w13p, w13s, offs, gate_up), tensors("a", "a_scale", w13, w13_scale, "offsets", "gate_up"))
+        # a gather's row index: the quantizer's last output, the first GEMM's seventh pointer (Problem.a_rows)
+        gathered = ("row_index",) if self.gather else ()
+        row_index = tuple(ptr_of[name] for name in gathered)
+        self.quantize_scatter((h, pair_rows, offs, a, a_scale, *row_index),
+                              tensors(hidden, "pair_rows", "offsets", "a_bits", "a_scale", *gathered))
+        self.gemm1((a, a_scale, w13p, w13s, offs, gate_up, *row_index),
+                   tensors("a", "a_scale", w13, w13_scale, "offsets", "gate_up", *gathered))
         self.silu((gate_up, offs, y, y_scale), tensors("gate_up", "offsets", "y_bits", "y_scale"))
         self.gemm2((y, y_scale, w2p, w2s, offs, down), tensors("y", "y_scale", w2, w2_scale, "offsets", "down"))
         self.unpermute((down, pair_rows, ids, weights, out.data_ptr()),
