@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 import es_dual
 from es_dual.problem import Problem, check_inputs
+from es_dual.triton_ref import launch
 from es_dual.triton_ref.launch import (
     DECODE_TILE, TILE_CONFIGS, TRITON_BUCKETS, TRITON_TWO_KINDS, LaunchSequence, TritonBucket, choose_config,
     grouped_gemm_triton, plan_triton, plan_two_kinds,
@@ -175,6 +176,18 @@ def test_persistent_scan_past_one_chunk(device):
 def test_launch_order_from_k_and_the_size_of_a(total_m, k, experts, order):
     config = choose_config(Problem(total_m, 4096, k, experts, torch.bfloat16, torch.device("cpu")))
     assert (config.programs_per_sm, config.row_group) == order
+
+
+@pytest.mark.parametrize("gluon_runs", [False, True])
+def test_launch_order_keeps_the_warp_specialized_tiles_programs(monkeypatch, gluon_runs):
+    """A warp-specialized tile keeps its persistent grid where it runs; where it cannot (kernel.py's tile
+    runs instead), kernel.py's rules give one program per tile."""
+    monkeypatch.setattr(launch, "hopper_tile_reasons", lambda problem, upcast=None: [] if gluon_runs else ["no"])
+    config = replace(launch.WARP_SPECIALIZED_TILE, programs_per_sm=1)
+    for total_m, row_group in ((13580, 8), (1473, 0)):
+        problem = Problem(total_m, 4096, 7168, 32, torch.bfloat16, torch.device("cpu"))
+        ordered = launch.launch_order(problem, config)
+        assert (ordered.programs_per_sm, ordered.row_group) == (1 if gluon_runs else 0, row_group)
 
 
 def test_tile_configs_cover_every_mean():

@@ -140,13 +140,18 @@ def choose_config(problem: Problem) -> TileConfig:
 
 
 def launch_order(problem: Problem, config: TileConfig) -> TileConfig:
-    """config with the launch order the rules above give for this problem."""
-    if config.num_warps == 4 and problem.k <= PERSISTENT_MAX_K:
+    """config with the launch order the rules above give for this problem. A warp-specialized tile that
+    runs here (hopper_stages, hopper_tile_reasons none) keeps its own programs per SM (its programs walk
+    their tiles in the grouped order either way); where it cannot run, kernel.py's tile gets kernel.py's
+    rules."""
+    gluon = config.hopper_stages > 0 and not hopper_tile_reasons(problem)
+    if not gluon and config.num_warps == 4 and problem.k <= PERSISTENT_MAX_K:
         return replace(config, programs_per_sm=2, row_group=0)
     l2_bytes = device_properties(problem.device).L2_cache_size if problem.device.type == "cuda" else DEFAULT_L2_BYTES
+    programs_per_sm = config.programs_per_sm if gluon else 0
     if problem.total_m * problem.k > ROW_GROUP_MIN_L2_SHARE * l2_bytes:
-        return replace(config, programs_per_sm=0, row_group=ROW_GROUP_TILES)
-    return replace(config, programs_per_sm=0, row_group=0)
+        return replace(config, programs_per_sm=programs_per_sm, row_group=ROW_GROUP_TILES)
+    return replace(config, programs_per_sm=programs_per_sm, row_group=0)
 
 
 def device_facts(device: torch.device) -> tuple[bool, int]:
