@@ -44,6 +44,9 @@ SCRIPT = textwrap.dedent('''
     compile_for_sm90(moe.quantize_scatter_kernel,
                      dict(hidden_ptr="*bf16", pair_rows_ptr="*i32", offsets_ptr="*i32", q_ptr="*fp8e4nv",
                           scale_ptr="*fp32"), dict(GROUP=128, BLOCK_UNITS=8, INTERPRETER=False))
+    compile_for_sm90(moe.quantize_gather_kernel,
+                     dict(hidden_ptr="*bf16", pair_rows_ptr="*i32", offsets_ptr="*i32", q_ptr="*fp8e4nv",
+                          scale_ptr="*fp32", row_index_ptr="*i32"), dict(GROUP=128, BLOCK_UNITS=8, INTERPRETER=False))
     compile_for_sm90(moe.silu_mul_quantize_kernel,
                      dict(gate_up_ptr="*bf16", offsets_ptr="*i32", q_ptr="*fp8e4nv", scale_ptr="*fp32"),
                      dict(GROUP=128, BLOCK_UNITS=8, INTERPRETER=False))
