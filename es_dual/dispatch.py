@@ -127,9 +127,6 @@ def _cutlass_problem_reasons(single: bool) -> Callable:
     return reasons
 
 
-def _no_gather(problem: Problem) -> list[str]:
-    return ["does not gather rows (Problem.a_rows)"] if problem.a_rows else []
-
 
 def _cutlass(name: str, description: str, single: bool) -> Backend:
     from .cutlass.limits import K_MULTIPLE, N_MULTIPLE, REQUIRED_CAPABILITY
@@ -147,9 +144,9 @@ BACKENDS = {
         _cutlass("cutlass", "CUTLASS SM90, expert-specialized: one grouped GEMM per token-count bucket", single=False),
         _cutlass("cutlass_single", "CUTLASS SM90, every expert in one 128x128x128 grouped GEMM", single=True),
         Backend("triton", "Triton kernel (FP8 tensor cores from sm_89, bf16 below; interpreter on CPU)",
-                ("cuda", "cpu"), plan=_plan_triton, availability=_triton_availability, problem_reasons=_no_gather),
+                ("cuda", "cpu"), plan=_plan_triton, availability=_triton_availability),
         Backend("reference", "plain torch, float32 on dequantized inputs, loop over experts (host sync)",
-                ("cuda", "cpu"), plan=_plan_reference, availability=lambda device: [], problem_reasons=_no_gather),
+                ("cuda", "cpu"), plan=_plan_reference, availability=lambda device: []),
     )
 }
 

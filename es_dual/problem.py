@@ -33,8 +33,8 @@ class Problem(NamedTuple):
     # at element g * a_scale_ld + row (strides (1, a_scale_ld): DeepGEMM's layout), contiguous layout only
     a_scale_ld: int = 0
     # 0: a and a_scale hold the total_m grouped rows; > 0: a gather (the MoE layer's first GEMM): a and
-    # a_scale hold a_rows rows, and grouped row r reads row row_index[r] of both, row_index being an int32
-    # (total_m,) tensor given as a seventh data pointer (after out); contiguous layout, K-major scales
+    # a_scale hold a_rows rows, and grouped row r of an expert reads row row_index[r] of both, row_index
+    # being an int32 (total_m,) tensor given as a seventh data pointer (after out); contiguous layout
     a_rows: int = 0
 
     @property

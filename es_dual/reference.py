@@ -28,17 +28,18 @@ def grouped_gemm_fp8_reference(a, a_scale, b, b_scale, expert_offsets, *, out=No
     return out
 
 
-def run_reference(a, a_scale, b, b_scale, expert_offsets, out) -> None:
-    """The loop itself, on already validated inputs; writes only the rows that belong to an expert."""
+def run_reference(a, a_scale, b, b_scale, expert_offsets, out, row_index=None) -> None:
+    """The loop itself, on already validated inputs; writes only the rows that belong to an expert.
+    row_index (Problem.a_rows): grouped row r reads row row_index[r] of a and a_scale."""
     offs = expert_offsets.tolist()
-    total_m = a.shape[0]
+    total_m = out.shape[0]
     # The documented meaning of offsets that break the contract, shared by every backend: clamp to
     # [0, total_m]; an expert whose end lies before its start has no rows.
     ranges = []
     for e in range(b.shape[0]):
         lo = min(max(offs[e], 0), total_m)
         ranges.append((lo, min(max(offs[e + 1], lo), total_m)))
-    _run_ranges(a, a_scale, b, b_scale, ranges, out)
+    _run_ranges(a, a_scale, b, b_scale, ranges, out, row_index)
 
 
 def run_reference_masked(a, a_scale, b, b_scale, masked_m, out) -> None:
@@ -50,15 +51,17 @@ def run_reference_masked(a, a_scale, b, b_scale, masked_m, out) -> None:
                 out.view(num_experts * max_m, -1))
 
 
-def _run_ranges(a, a_scale, b, b_scale, ranges, out) -> None:
-    """out[lo:hi] = dequant(a[lo:hi]) @ dequant(b[e]).T for expert e's row range (lo, hi)."""
+def _run_ranges(a, a_scale, b, b_scale, ranges, out, row_index=None) -> None:
+    """out[lo:hi] = dequant(a[lo:hi]) @ dequant(b[e]).T for expert e's row range (lo, hi) (a's rows
+    row_index[lo:hi] instead, given a row index)."""
     a_deq = dequantize_per_token_group(a, a_scale)
     for e, (lo, hi) in enumerate(ranges):
         if hi == lo:
             continue
         b_deq = dequantize_per_block(b[e], b_scale[e])
+        rows = a_deq[lo:hi] if row_index is None else a_deq[row_index[lo:hi].long()]
         # float32 all the way: TF32 would add ~1e-3 relative error and measure the reference, not the kernel.
-        out[lo:hi] = _matmul_fp32(a_deq[lo:hi], b_deq.T).to(out.dtype)
+        out[lo:hi] = _matmul_fp32(rows, b_deq.T).to(out.dtype)
 
 
 def grouped_gemm_fp8_masked_reference(a, a_scale, b, b_scale, masked_m, *, out=None, out_dtype=torch.bfloat16):

@@ -23,13 +23,13 @@ SCRIPT = textwrap.dedent('''
 
     gemm = dict(a_ptr="*fp8e4nv", a_scale_ptr="*fp32", b_ptr="*fp8e4nv", b_scale_ptr="*fp32", offsets_ptr="*i32",
                 out_ptr="*bf16")
-    for masked in (False, True):
+    for masked, gather in ((False, False), (True, False), (False, True)):
         for persistent in (False, True):
             for upcast in (False, True):
-                compile_for_sm90(grouped_gemm_fp8_kernel, gemm, dict(
+                compile_for_sm90(grouped_gemm_fp8_kernel, dict(gemm, row_index_ptr="*i32" if gather else "i32"), dict(
                     BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, SCALE_BLOCK=128, EXPERT_CHUNK=128, PERSISTENT=persistent,
                     RESIDENT_SCHEDULE=persistent and not upcast, EVEN_K=not masked, UPCAST=upcast, SOFTWARE_BF16_ROUNDING=False, MASKED=masked,
-                    ROW_GROUP=0 if persistent else 8),
+                    ROW_GROUP=0 if persistent else 8, GATHER=gather),
                     num_warps=4, num_stages=4)
     for upcast in (False, True):
         compile_for_sm90(two_kinds_kernel, gemm, dict(

@@ -708,9 +708,10 @@ class _LayerPlan:
     (sizes checked by check_moe_inputs, offsets and scales made by its own kernels), so the GEMM op's
     per-call checks would only repeat what is known.
 
-    gather (default GATHER_FIRST_GEMM): where a backend of the first GEMM gathers rows (es_dual's native
-    kernels), each token's row is quantized once into a (tokens, H) tensor and the first GEMM reads it by
-    the row_index of each grouped row, instead of topk copies of it scattered in grouped order."""
+    gather (default GATHER_FIRST_GEMM): where the first GEMM's backend gathers rows (all but cutlass_single;
+    the CUTLASS backend on its native kernels), each token's row is quantized once into a (tokens, H)
+    tensor and the first GEMM reads it by the row_index of each grouped row, instead of topk copies of it
+    scattered in grouped order."""
 
     def __init__(self, shape: MoeShape, ids_dtype: torch.dtype, backend: str, gather: bool | None = None):
         tokens, hidden_size, intermediate, num_experts, topk, device = shape

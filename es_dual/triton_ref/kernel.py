@@ -37,6 +37,10 @@ with the tile shape that fits its experts (launch.TRITON_BUCKETS); a launch with
 The masked layout (MASKED, a compile-time switch) is the same kernel on a seen as (E * max_m, k): expert
 e's rows are e * max_m .. e * max_m + masked_m[e] (the count clamped to [0, max_m]); offsets_ptr points to
 masked_m, and the rows past an expert's count are neither read into a stored result nor written.
+
+Gathered rows (GATHER, a compile-time switch; Problem.a_rows): row r of an expert reads row row_index[r]
+of a and a_scale instead of row r (the MoE layer's first GEMM reads each token's one quantized row for
+every expert it is routed to); the output rows are the same.
 """
 import triton
 import triton.language as tl
@@ -180,15 +184,16 @@ def _add_block(acc, a_ptrs, b_ptrs, a_scale_ptrs, b_scale_ptrs, kb, k, kk, row_o
 
 @triton.jit
 def _gemm_tile(
-    a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr,
+    a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, row_index_ptr,
     n, k, num_experts,
     stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
     m_tile, n_tile, expert, tiles_before, row_lo, row_hi,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr, GATHER: tl.constexpr,
 ):
     """Row tile m_tile (of expert `expert`, rows row_lo .. row_hi, tiles_before row tiles of the experts
-    before it) by column tile n_tile; nothing when expert = num_experts (a tile past the last)."""
+    before it) by column tile n_tile; nothing when expert = num_experts (a tile past the last). GATHER: row
+    r reads row row_index[r] of a and a_scale (rows of the expert only)."""
     if expert < num_experts:
         rows = row_lo + (m_tile - tiles_before) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -199,9 +204,13 @@ def _gemm_tile(
         expert64 = expert.to(tl.int64)
         kk = tl.arange(0, BLOCK_K)
 
-        a_ptrs = a_ptr + rows64[:, None] * stride_am + kk[None, :]
+        if GATHER:
+            a_rows64 = tl.load(row_index_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+        else:
+            a_rows64 = rows64
+        a_ptrs = a_ptr + a_rows64[:, None] * stride_am + kk[None, :]
         b_ptrs = b_ptr + expert64 * stride_be + cols64[:, None] * stride_bn + kk[None, :]
-        a_scale_ptrs = a_scale_ptr + rows64 * stride_asm
+        a_scale_ptrs = a_scale_ptr + a_rows64 * stride_asm
         if BLOCK_N <= SCALE_BLOCK:  # the tile's columns lie in one weight scale block: one scale per K block
             b_scale_ptrs = b_scale_ptr + expert64 * stride_bse + (n_tile * BLOCK_N // SCALE_BLOCK) * stride_bsn
         else:
@@ -225,27 +234,27 @@ def _gemm_tile(
 
 @triton.jit
 def _resident_tile(
-    a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
+    a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, row_index_ptr, n, k, num_experts,
     stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
     lo, hi, tiles, tiles_end, in_range, tile, m_tiles,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
-    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr,
+    EVEN_K: tl.constexpr, UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr, GATHER: tl.constexpr,
 ):
     """Tile `tile` (m_tile fastest) of a kind whose schedule (lo, hi, tiles, tiles_end) is in registers."""
     m_tile = tile % m_tiles
     expert, tiles_before, row_lo, row_hi = _find_in_chunk(lo, hi, tiles, tiles_end, in_range, m_tile)
     _gemm_tile(
-        a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
+        a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, row_index_ptr, n, k, num_experts,
         stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
         m_tile, tile // m_tiles, expert, tiles_before, row_lo, row_hi,
-        BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+        BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, GATHER,
     )
 
 
 @triton.jit
 def grouped_gemm_fp8_kernel(
-    # pointers
-    a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, offsets_ptr, out_ptr,
+    # pointers (row_index_ptr: a gather's (total_m,) row index, GATHER; otherwise unused, passed as 0)
+    a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, offsets_ptr, out_ptr, row_index_ptr,
     # sizes (max_m: the masked layout's rows per expert, unused otherwise; min_rows, max_rows: the experts
     # this launch takes, by row count)
     total_m, n, k, num_experts, max_m, min_rows, max_rows,
@@ -255,6 +264,7 @@ def grouped_gemm_fp8_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_BLOCK: tl.constexpr,
     EXPERT_CHUNK: tl.constexpr, PERSISTENT: tl.constexpr, RESIDENT_SCHEDULE: tl.constexpr, EVEN_K: tl.constexpr,
     UPCAST: tl.constexpr, SOFTWARE_BF16_ROUNDING: tl.constexpr, MASKED: tl.constexpr, ROW_GROUP: tl.constexpr,
+    GATHER: tl.constexpr,
 ):
     if PERSISTENT:
         # One program per resident slot loops over the tiles, m_tile fastest. With every expert in one
@@ -272,20 +282,20 @@ def grouped_gemm_fp8_kernel(
         for tile in range(tl.program_id(0), m_tiles * n_tiles, tl.num_programs(0)):
             if RESIDENT_SCHEDULE:
                 _resident_tile(
-                    a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
+                    a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, row_index_ptr, n, k, num_experts,
                     stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                     lo, hi, tiles, tiles_end, in_range, tile, m_tiles,
-                    BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+                    BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, GATHER,
                 )
             else:
                 m_tile = tile % m_tiles
                 expert, tiles_before, row_lo, row_hi, _ = _locate_row_tile(
                     offsets_ptr, num_experts, total_m, max_m, min_rows, max_rows, m_tile, BLOCK_M, EXPERT_CHUNK, MASKED)
                 _gemm_tile(
-                    a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
+                    a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, row_index_ptr, n, k, num_experts,
                     stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                     m_tile, tile // m_tiles, expert, tiles_before, row_lo, row_hi,
-                    BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+                    BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, GATHER,
                 )
     else:
         m_tile, n_tile = _tile_in_order(tl.program_id(1) * tl.num_programs(0) + tl.program_id(0),
@@ -293,10 +303,10 @@ def grouped_gemm_fp8_kernel(
         expert, tiles_before, row_lo, row_hi, _ = _locate_row_tile(
             offsets_ptr, num_experts, total_m, max_m, min_rows, max_rows, m_tile, BLOCK_M, EXPERT_CHUNK, MASKED)
         _gemm_tile(
-            a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
+            a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, row_index_ptr, n, k, num_experts,
             stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
             m_tile, n_tile, expert, tiles_before, row_lo, row_hi,
-            BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+            BLOCK_M, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, GATHER,
         )
 
 
@@ -330,15 +340,15 @@ def grouped_gemm_fp8_two_kinds_kernel(
     for tile in range(tl.program_id(0), large + m_small * n_tiles, tl.num_programs(0)):
         if tile < large:
             _resident_tile(
-                a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
+                a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, a_ptr, n, k, num_experts,
                 stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                 lo, hi, tiles_large, end_large, in_range, tile, m_large,
-                BLOCK_M_LARGE, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+                BLOCK_M_LARGE, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, False,
             )
         else:
             _resident_tile(
-                a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, n, k, num_experts,
+                a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, out_ptr, a_ptr, n, k, num_experts,
                 stride_am, stride_asm, stride_ask, stride_be, stride_bn, stride_bse, stride_bsn, stride_om,
                 lo, hi, tiles_small, end_small, in_range, tile - large, m_small,
-                BLOCK_M_SMALL, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING,
+                BLOCK_M_SMALL, BLOCK_N, BLOCK_K, SCALE_BLOCK, EVEN_K, UPCAST, SOFTWARE_BF16_ROUNDING, False,
             )

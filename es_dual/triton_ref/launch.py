@@ -205,6 +205,8 @@ def hopper_tile_reasons(problem: Problem, upcast=None) -> list[str]:
         reasons.append("has no bf16 path")
     if problem.n % SCALE_BLOCK:  # hopper.BLOCK: its tile is one scale block each way
         reasons.append(f"needs n to be a multiple of {SCALE_BLOCK}, got {problem.n}")
+    if problem.a_rows:
+        reasons.append("does not gather rows (its a tiles are TMA boxes)")
     try:
         from . import hopper  # noqa: F401
     except (ImportError, AttributeError) as exc:  # a Triton without Gluon, or with other Gluon names
@@ -252,10 +254,13 @@ def _plan_launch(problem: Problem, config: TileConfig, min_rows: int, max_rows: 
             EXPERT_CHUNK=expert_chunk, MASKED=problem.max_m > 0,
             ROW_GROUP=config.row_group, STAGES=config.hopper_stages,
             MATH_PARTITIONS=config.hopper_math_partitions))
+    # a gather's row index is a seventh pointer; otherwise the kernel's row_index_ptr is an unused 0
+    no_row_index = {} if problem.a_rows else dict(row_index_ptr=0)
     constants = dict(
-        min_rows=min_rows, max_rows=int(max_rows), BLOCK_M=config.block_m, PERSISTENT=persistent,
+        **no_row_index, min_rows=min_rows, max_rows=int(max_rows), BLOCK_M=config.block_m, PERSISTENT=persistent,
         ROW_GROUP=0 if persistent else config.row_group,
-        RESIDENT_SCHEDULE=persistent and num_experts <= expert_chunk, **_shared_constants(problem, config, upcast),
+        RESIDENT_SCHEDULE=persistent and num_experts <= expert_chunk, GATHER=problem.a_rows > 0,
+        **_shared_constants(problem, config, upcast),
     )
     return DirectLaunch(grouped_gemm_fp8_kernel, grid, constants,
                         dict(num_warps=config.num_warps, num_stages=config.num_stages), problem.device)
@@ -290,6 +295,8 @@ def plan_two_kinds(problem: Problem, two: "TwoKinds", upcast=None) -> DirectLaun
     fit in one scan chunk (num_experts <= 1024)."""
     if problem.num_experts > _expert_chunk(problem.num_experts):
         raise ValueError(f"two kinds in one launch take at most 1024 experts, got {problem.num_experts}")
+    if problem.a_rows:
+        raise ValueError("two kinds in one launch gather no rows")
     _, sm_count = device_facts(problem.device)
     large = two.large
     grid = (sm_count * two.programs_per_sm,)  # programs past the tiles stop after the schedule
