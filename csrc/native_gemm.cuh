@@ -548,11 +548,11 @@ __device__ __forceinline__ int2 load_shared_int2(const int* src) {
   return v;
 }
 
-// 16 bytes from global to shared memory, asynchronously, through the L2 only; zeros and no read when
-// `valid` is false.
-__device__ __forceinline__ void copy16_async(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
-               :: "r"(cute::cast_smem_ptr_to_uint(dst)), "l"(src), "r"(valid ? 16 : 0) : "memory");
+// 16 bytes from global to shared memory, asynchronously, through the L2 only, with the L2 policy `hint`
+// (a cute::TMA::CacheHintSm90 value); zeros and no read when `valid` is false.
+__device__ __forceinline__ void copy16_async(void* dst, const void* src, bool valid, uint64_t hint) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n"
+               :: "r"(cute::cast_smem_ptr_to_uint(dst)), "l"(src), "r"(valid ? 16 : 0), "l"(hint) : "memory");
 }
 
 // One arrival on `bar` once every cp.async this thread issued before has landed (counted in the
@@ -591,7 +591,10 @@ __device__ __forceinline__ void load_box(const CUtensorMap* map, uint64_t* bar, 
 // for rows past the expert's (zeros), placed as TMA's 128-byte swizzle places it (chunk c of row r at
 // r * 128 + (c ^ r % 8) * 16 in the 1024-byte aligned tile). Each copy instruction of the warp moves four
 // whole 128-byte rows (lane l: 16-byte chunk l % 8 of row 4j + l / 8), so that its reads are four lines.
-// K past k (the last block of a k that is not a multiple of 128) reads as zeros, as TMA's fill.
+// K past k (the last block of a k that is not a multiple of 128) reads as zeros, as TMA's fill. The rows
+// are kept in the L2 (evict-last): each is read once for every expert its token is routed to (topk
+// times, by tiles far apart in time), while the weight tiles streamed between those reads would push
+// them out first under the default policy.
 template <int kRows>
 __device__ __forceinline__ void gather_rows(const Params& p, const int (&rows)[(kRows + 31) / 32], uint8_t* tile,
                                             int kb, int lane) {
@@ -604,7 +607,7 @@ __device__ __forceinline__ void gather_rows(const Params& p, const int (&rows)[(
     const int r = 4 * j + lane / 8;
     const int row = __shfl_sync(0xffffffffu, rows[4 * j / 32], 4 * j % 32 + lane / 8);
     copy16_async(tile + r * kBlockK + ((chunk ^ (r & 7)) << 4), p.a + int64_t(row < 0 ? 0 : row) * p.k + col,
-                 row >= 0 && col_ok);
+                 row >= 0 && col_ok, uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST));
   }
 }
 
