@@ -52,7 +52,7 @@ LAYER_CONFIGS = [dict(), dict(overlap_max_pairs=0),
 LAYER_CONFIGS += [dict(programs_per_sm=p, gate_up_warps=w) for p, w in ((4, 8), (2, 8), (8, 4), (6, 4), (4, 4))]
 # every column of I in one load in the CUDA-core down kernel: all of a program's weights requested before its
 # wait for the SiLU step, so they stream while gate_up runs (the default loads 128 columns before the wait)
-LAYER_CONFIGS += [dict(down_i_chunk=512), dict(down_i_chunk=512, down_warps=8)]
+LAYER_CONFIGS += [dict(down_i_chunk=512), dict(down_i_chunk=512, down_warps=8), dict(down_i_chunk=512, down_block_n=8)]
 # both: gate_up in one resident wave and down's weights all requested before its wait, so that they stream
 # while gate_up's programs run
 LAYER_CONFIGS += [dict(programs_per_sm=p, gate_up_warps=w, down_i_chunk=512) for p, w in ((4, 8), (8, 4), (6, 4))]
