@@ -14,7 +14,8 @@ before each replay, warmed up): what the launches cost together, with or without
 
 --gather: the grouped pipeline (_LayerPlan, backend auto; batches such as 256,1024,4096) with its first GEMM
 reading topk scattered copies of each token's quantized row, or gathering the one row by index
-(layer.GATHER_FIRST_GEMM), timed the same way, in two rounds of opposite order (the faster kept).
+(layer.GATHER_FIRST_GEMM), timed the same way, in two rounds of opposite order (the faster kept); then
+each plan's kernels by the profiler (eager calls): where the difference comes from.
 """
 import argparse
 import csv
@@ -23,7 +24,7 @@ import itertools
 import torch
 
 from es_dual.accuracy import relative_errors
-from es_dual.bench.layer import MODELS, make_batch, make_weights
+from es_dual.bench.layer import MODELS, kernel_breakdown, make_batch, make_weights
 from es_dual.bench.timing import L2Flush, capture, median_us, time_us
 from es_dual.moe import layer as layer_module
 from es_dual.moe.reference import fused_moe_fp8_reference, layer_tolerance
@@ -151,6 +152,8 @@ def gather_ab(batches, csv_path):
             rows.append(dict(model=model.name, batch=batch, gather=plan.gather, us=best[gather], ok=ok))
             print(f"{model.name} T={batch} {best[gather]:7.1f} µs {'gathered' if plan.gather else 'scattered'} rows"
                   f"{'' if ok else ' !'}", flush=True)
+            for name, per_call, us in kernel_breakdown(lambda: plan(*args)):
+                print(f"    {us:8.1f} µs  x{per_call:<4g} {name[:100]}")
     _write_csv(csv_path, rows)
 
 
