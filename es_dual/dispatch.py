@@ -61,6 +61,8 @@ class Backend:
         for dim, size, multiple in (("n", problem.n, self.n_multiple), ("k", problem.k, self.k_multiple)):
             if size % multiple:
                 reasons.append(f"needs {dim} to be a multiple of {multiple}, got {size}")
+        if problem.a_rows and problem.max_m:
+            reasons.append("gathers rows in the contiguous layout only, not the masked one")
         return reasons + self.problem_reasons(problem)
 
 

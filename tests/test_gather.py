@@ -34,6 +34,9 @@ def test_backends_say_whether_they_gather_rows():
         "gathers no rows (its kernels read a's rows in TMA boxes)"]
     for name in ("triton", "reference"):
         assert _on_cpu_terms(name).not_supported_reasons(problem) == []
+    for name in BACKENDS:
+        assert "gathers rows in the contiguous layout only, not the masked one" in _on_cpu_terms(
+            name).not_supported_reasons(problem._replace(max_m=10))
 
 
 @pytest.mark.parametrize("total_m, k, want", [(40, 256, "native"), (40, 7168, "native"), (8 * 4096, 7168, "native_mc")])
