@@ -109,10 +109,11 @@ def main():
         sys.path.insert(0, args.peers)
     deadline = time.monotonic() + args.budget_s
     rows = []
-    print("columns: " + " | ".join(f"{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages} p{c.programs_per_sm} "
-                                   f"g{c.row_group}"
-                                   + (f" hs{c.hopper_stages} mp{c.hopper_math_partitions}" if c.hopper_stages else "")
-                                   for c in candidates)
+    def label(c):
+        return (f"{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages} p{c.programs_per_sm} g{c.row_group}"
+                + (f" hs{c.hopper_stages} mp{c.hopper_math_partitions}" if c.hopper_stages else ""))
+
+    print("columns: " + " | ".join(map(label, candidates))
           + "   (µs, time_us: events, L2 flushed; !: outside es_dual.accuracy.tolerance of the float64 reference)")
     max_tol, rms_tol = tolerance(torch.bfloat16)
     for w in workloads:
@@ -137,6 +138,7 @@ def main():
             max_rel, rms_rel = relative_errors(out, reference)
             ok = max_rel <= max_tol and rms_rel <= rms_tol
             results.append((us, ok))
+            print(f"  {w.name} {label(config)}: {us:.1f}{'' if ok else ' !'}", flush=True)  # a later hang keeps it
             rows.append(dict(workload=w.name, bm=config.block_m, bn=config.block_n, warps=config.num_warps,
                              stages=config.num_stages, programs_per_sm=config.programs_per_sm,
                              row_group=config.row_group, hopper_stages=config.hopper_stages,
@@ -150,11 +152,11 @@ def main():
                 vllm = f" | vllm {time_us(PROVIDERS['vllm_triton'].prepare(problem, inputs).run, problem.device):7.1f}"
             print(f"{w.name:<20} table {chosen_us:7.1f} | {line}{vllm}", flush=True)
         del inputs, reference
-    if args.csv and rows:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        if args.csv and rows:  # after every workload: a step cut short by its timeout keeps what it measured
+            with open(args.csv, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
 
 
 if __name__ == "__main__":
