@@ -129,7 +129,6 @@ def _cutlass_problem_reasons(single: bool) -> Callable:
     return reasons
 
 
-
 def _cutlass(name: str, description: str, single: bool) -> Backend:
     from .cutlass.limits import K_MULTIPLE, N_MULTIPLE, REQUIRED_CAPABILITY
 

@@ -727,6 +727,8 @@ class _LayerPlan:
             except RuntimeError:  # no backend of this call gathers rows: the scattered copies
                 pass
         self.gather = self.gemm1 is not None
+        # a gather's row index: the quantizer's last output, the first GEMM's seventh pointer (Problem.a_rows)
+        self.gathered = ("row_index",) if self.gather else ()
         a_rows = tokens if self.gather else rows
         regions = {
             "offsets": (torch.int32, (num_experts + 1,)), "pair_rows": (torch.int32, (rows,)),
@@ -755,7 +757,8 @@ class _LayerPlan:
             self.silu = _silu_mul_quantize_step(rows, intermediate, num_experts, device)
             self.unpermute = _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, device)
         if rows:
-            self.gemm1 = self.gemm1 or launch_for(gemm1, torch.int32, backend)
+            if not self.gather:
+                self.gemm1 = launch_for(gemm1, torch.int32, backend)
             self.gemm2 = launch_for(Problem(rows, hidden_size, intermediate, num_experts, torch.bfloat16, device),
                                     torch.int32, backend)
 
@@ -776,8 +779,7 @@ class _LayerPlan:
             offs, pair_rows = replaced["offsets"].data_ptr(), replaced["pair_rows"].data_ptr()
         h, w13p, w13s, w2p, w2s, ids, weights = (
             t.data_ptr() for t in (hidden, w13, w13_scale, w2, w2_scale, topk_ids, topk_weights))
-        # a gather's row index: the quantizer's last output, the first GEMM's seventh pointer (Problem.a_rows)
-        gathered = ("row_index",) if self.gather else ()
+        gathered = self.gathered
         row_index = tuple(ptr_of[name] for name in gathered)
         self.quantize_scatter((h, pair_rows, offs, a, a_scale, *row_index),
                               tensors(hidden, "pair_rows", "offsets", "a_bits", "a_scale", *gathered))
