@@ -1,6 +1,6 @@
 """Time the MoE layer's decode kernels (es_dual/moe/decode_kernels.py) over launch shapes (GPU).
 
-python benchmarks/decode_sweep.py [--batches 1,8] [--csv file] [--layer | --gather]
+python benchmarks/decode_sweep.py [--batches 1,8] [--csv file] [--layer | --gather | --stripes]
 
 For each model of the layer benchmark and each batch, the gate_up kernel is timed alone for every gate_up
 configuration below, and the down kernel alone for every down configuration (time_us: events, L2 flushed
@@ -16,6 +16,11 @@ before each replay, warmed up): what the launches cost together, with or without
 reading topk scattered copies of each token's quantized row, or gathering the one row by index
 (layer.GATHER_FIRST_GEMM), timed the same way, in two rounds of opposite order (the faster kept); then
 each plan's kernels by the profiler (eager calls): where the difference comes from.
+
+--stripes: the same for the grouped pipeline's weighted un-permute after the down GEMM, or beside it summing
+each column stripe the GEMM completes (layer.STRIPED_DOWN), with 8 to 32 SMs left to the sums
+(STRIPE_SPARE_SMS), with the summed rows discarded from the L2 (layer.DISCARD_SUMMED_ROWS) or not, and
+with the first GEMM gathering its rows (STRIPE_VARIANTS).
 """
 import argparse
 import csv
@@ -136,24 +141,39 @@ def layer_sweep(batches, csv_path):
     _write_csv(csv_path, rows)
 
 
-def gather_ab(batches, csv_path):
+GATHER_VARIANTS = {"scattered": dict(gather=False), "gathered": dict(gather=True)}
+STRIPE_SPARE_SMS = (8, 16, 24, 32)
+STRIPE_VARIANTS = {"after": dict(gather=False, stripes=False),
+                   **{f"beside, {sms} SMs": dict(gather=False, stripes=True, spare_sms=sms) for sms in STRIPE_SPARE_SMS},
+                   **{f"beside, {sms} SMs, discarded": dict(gather=False, stripes=True, spare_sms=sms, discard=True)
+                      for sms in (16, 24)},
+                   "gathered, after": dict(gather=True, stripes=False),
+                   **{f"gathered, beside, {sms} SMs, discarded": dict(gather=True, stripes=True, spare_sms=sms,
+                                                                     discard=True) for sms in (16, 24)}}
+
+
+def grouped_ab(batches, csv_path, variants):
+    """Each variant (name: _LayerPlan's keywords) of the grouped pipeline, backend auto, in kernel mode, two
+    rounds of opposite order, the faster kept; each checked against the layer's reference; then each
+    plan's kernels by the profiler."""
     device = torch.device("cuda")
     flush, rows = L2Flush(device), []
     for model, batch, args, reference, tol in _cases(batches, device):
         shape, topk_ids = layer_module.check_moe_inputs(*args), args[-1]
-        plans = {gather: layer_module._LayerPlan(shape, topk_ids.dtype, "auto", gather=gather) for gather in (False, True)}
-        errors = {gather: relative_errors(plan(*args).float(), reference) for gather, plan in plans.items()}
+        plans = {name: layer_module._LayerPlan(shape, topk_ids.dtype, "auto", **kw) for name, kw in variants.items()}
+        errors = {name: relative_errors(plan(*args).float(), reference) for name, plan in plans.items()}
         best = {}
-        for gather in (False, True, True, False):
-            us = median_us(capture(lambda: plans[gather](*args)).replay, "kernel", flush, 200)
-            best[gather] = min(us, best.get(gather, us))
-        for gather, plan in plans.items():
-            ok = errors[gather][0] <= tol[0] and errors[gather][1] <= tol[1]
-            rows.append(dict(model=model.name, batch=batch, gather=plan.gather, us=best[gather], ok=ok))
-            print(f"{model.name} T={batch} {best[gather]:7.1f} µs {'gathered' if plan.gather else 'scattered'} rows"
+        for name in (*plans, *reversed(plans)):
+            us = median_us(capture(lambda: plans[name](*args)).replay, "kernel", flush, 200)
+            best[name] = min(us, best.get(name, us))
+        for name, plan in plans.items():
+            ok = errors[name][0] <= tol[0] and errors[name][1] <= tol[1]
+            rows.append(dict(model=model.name, batch=batch, variant=name, gather=plan.gather, striped=plan.striped,
+                             us=best[name], ok=ok))
+            print(f"{model.name} T={batch} {best[name]:7.1f} µs {name} (gathered {plan.gather}, striped {plan.striped})"
                   f"{'' if ok else ' !'}", flush=True)
-            for name, per_call, us in kernel_breakdown(lambda: plan(*args)):
-                print(f"    {us:8.1f} µs  x{per_call:<4g} {name[:100]}")
+            for kernel, per_call, us in kernel_breakdown(lambda: plan(*args)):
+                print(f"    {us:8.1f} µs  x{per_call:<4g} {kernel[:100]}")
     _write_csv(csv_path, rows)
 
 
@@ -163,9 +183,14 @@ def main():
     parser.add_argument("--csv")
     parser.add_argument("--layer", action="store_true", help="the whole decode path per LAYER_CONFIGS")
     parser.add_argument("--gather", action="store_true", help="the grouped pipeline, rows scattered or gathered")
+    parser.add_argument("--stripes", action="store_true",
+                        help="the grouped pipeline, the un-permute after the down GEMM or beside it")
     args = parser.parse_args()
-    run = layer_sweep if args.layer else gather_ab if args.gather else sweep
-    run([int(b) for b in args.batches.split(",")], args.csv)
+    batches = [int(b) for b in args.batches.split(",")]
+    if args.gather or args.stripes:
+        grouped_ab(batches, args.csv, GATHER_VARIANTS if args.gather else STRIPE_VARIANTS)
+    else:
+        (layer_sweep if args.layer else sweep)(batches, args.csv)
 
 
 if __name__ == "__main__":

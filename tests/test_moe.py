@@ -338,6 +338,30 @@ def test_first_gemm_gathers_rows_where_its_backend_can(device, monkeypatch, back
         assert_layer_close(out, reference_of(layer))
 
 
+@pytest.mark.parametrize("backend", GEMM_BACKENDS)
+def test_down_rows_summed_beside_the_gemm_where_its_backend_counts_stripes(device, monkeypatch, backend):
+    """With STRIPED_DOWN the down GEMM counts its column stripes where its backend can (the reference, the
+    CUTLASS backend in its native mode) and the weighted un-permute sums each complete stripe beside it: the
+    bits of the un-permute after the GEMM, with ids out of range, a partial last stripe and, on a GPU, SMs
+    left to the sums or not, the summed rows discarded from the L2 or not; elsewhere the layer keeps the
+    un-permute after the GEMM."""
+    monkeypatch.setattr(layer_module, "STRIPED_DOWN", True)
+    tokens = 96 if ON_GPU else 20
+    for seed, kind in ((40, "uniform"), (41, "hot"), (42, "subset")):
+        for shape in (SHAPES[1], SHAPES[3]):  # SHAPES[3]: hidden not a multiple of 128
+            layer = make_layer(Routing(tokens, 16, 4, kind, seed), *shape, device)
+            layer["topk_ids"].view(-1)[::7] = -1
+            sizes = layer_module.check_moe_inputs(**layer)
+            args = [layer[name] for name in ("hidden", "w13", "w13_scale", "w2", "w2_scale", "topk_weights", "topk_ids")]
+            plain = layer_module._LayerPlan(sizes, torch.int32, backend, stripes=False)(*args)
+            for spare_sms, discard in ((0, False), (16, False), (16, True)) if ON_GPU else ((None, True),):
+                plan = layer_module._LayerPlan(sizes, torch.int32, backend, stripes=True, spare_sms=spare_sms,
+                                               discard=discard)
+                assert plan.striped == (backend in ("reference", "cutlass"))
+                assert torch.equal(plan(*args), plain), (seed, kind, shape, spare_sms, discard)
+            assert_layer_close(fused_moe_fp8(**layer, backend=backend), reference_of(layer))
+
+
 @pytest.mark.skipif(ON_GPU, reason="CPU tensors: the layer's torch steps")
 @pytest.mark.parametrize("routing", [Routing(13, 5, 3, "hot", seed=8), Routing(30, 8, 2, "subset", seed=9)])
 def test_cpu_without_the_interpreter_runs_torch_steps(monkeypatch, routing):
@@ -604,14 +628,19 @@ def test_no_host_sync(backend, decode):
 
 
 @needs_gpu
-@pytest.mark.parametrize("backend, decode, gather", [(b, d, False) for b, d in GPU_PATHS] + [("cutlass", False, True)])
-def test_cuda_graph_replay_follows_new_routing(monkeypatch, backend, decode, gather):
+@pytest.mark.parametrize("backend, decode, gather, stripes", [(b, d, False, False) for b, d in GPU_PATHS] + [
+    ("cutlass", False, True, False), ("cutlass", False, False, True)])
+def test_cuda_graph_replay_follows_new_routing(monkeypatch, backend, decode, gather, stripes):
     """Capture once, then change hidden, topk_ids and topk_weights in place: each replay matches the
     reference of the new inputs (the per-expert counts live on the device only; with `gather`, the first
-    GEMM reads gathered rows, by a row index rebuilt on the device by every call)."""
-    if gather and "cutlass" not in GEMM_BACKENDS:
+    GEMM reads gathered rows, by a row index rebuilt on the device by every call; with `stripes`, the
+    un-permute sums the down GEMM's stripes beside it, on counters zeroed by every call, and discards the
+    summed rows from the L2)."""
+    if (gather or stripes) and "cutlass" not in GEMM_BACKENDS:
         pytest.skip("the CUTLASS library is not available here")
     monkeypatch.setattr(layer_module, "GATHER_FIRST_GEMM", gather)
+    monkeypatch.setattr(layer_module, "STRIPED_DOWN", stripes)
+    monkeypatch.setattr(layer_module, "DISCARD_SUMMED_ROWS", stripes)
     monkeypatch.setattr(layer_module, "_PLANS", {})
     static = _layer_for_path(decode, seed=20)
     stream = torch.cuda.Stream()
@@ -619,8 +648,8 @@ def test_cuda_graph_replay_follows_new_routing(monkeypatch, backend, decode, gat
     with torch.cuda.stream(stream):
         fused_moe_fp8(**static, backend=backend)
     torch.cuda.current_stream().wait_stream(stream)
-    if gather:
-        assert layer_module._layer_plan(layer_module.check_moe_inputs(**static), torch.int32, backend, None).gather
+    plan = layer_module._layer_plan(layer_module.check_moe_inputs(**static), torch.int32, backend, None)
+    assert (getattr(plan, "gather", False), getattr(plan, "striped", False)) == (gather, stripes)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = fused_moe_fp8(**static, backend=backend)

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..device import device_properties
 from ..dispatch import BACKEND_NAMES, BACKENDS, launch_for
 from ..environment import getenv
 from ..quant import quantize_fp8_per_token_group
@@ -303,17 +304,20 @@ def _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device, gathe
                          GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=_interpreted(device))
 
 
-def _silu_mul_quantize_step(rows, intermediate, num_experts, device):
+def _silu_mul_quantize_step(rows, intermediate, num_experts, device, stripes: int = 0):
+    """silu_mul_quantize_kernel's launch; stripes > 0: it also zeroes that many counters (a fifth pointer)."""
     from ..triton_ref.direct import direct_launch
     from .kernels import silu_mul_quantize_kernel
 
     groups = cdiv(intermediate, SCALE_BLOCK)
     per_program = _units_per_program(rows, groups, device)
     dtypes = (torch.bfloat16, torch.int32, _fp8_target_dtype(device), torch.float32)
+    dtypes, no_counters = (dtypes + (torch.int32,), {}) if stripes else (dtypes, dict(stripe_done_ptr=0))
     return direct_launch(silu_mul_quantize_kernel, (cdiv(rows * groups, per_program),), dtypes, device,
-                         rows=rows, intermediate=intermediate, num_experts=num_experts,
+                         **no_counters, rows=rows, intermediate=intermediate, num_experts=num_experts, stripes=stripes,
                          stride_gate_up=2 * intermediate, stride_q=intermediate, stride_scale=groups,
-                         GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=_interpreted(device))
+                         GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program,
+                         STRIPES_BLOCK=_next_power_of_2(stripes) if stripes else 0, INTERPRETER=_interpreted(device))
 
 
 def _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, device):
@@ -329,6 +333,27 @@ def _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, devic
                          tokens=tokens, hidden_size=hidden_size, topk=topk, num_experts=num_experts,
                          stride_down=hidden_size, stride_out=hidden_size,
                          BLOCK_T=block_t, BLOCK_H=block_h, INTERPRETER=_interpreted(device))
+
+
+def _unpermute_stripes_step(tokens, hidden_size, topk, num_experts, ids_dtype, device, programs: int,
+                            discard: bool = False):
+    """unpermute_stripes_kernel's launch: `programs` programs (the interpreter: a few) beside the down GEMM,
+    as its programmatic dependent where the GPU has them; discard: the rows it has summed discarded from the
+    L2 (on a GPU, where every row's lines are whole: hidden_size a multiple of 64)."""
+    from ..device import device_capability
+    from ..triton_ref.direct import direct_launch
+    from .kernels import unpermute_stripes_kernel
+
+    interpreted = _interpreted(device)
+    block_t = _next_power_of_2(min(tokens, CPU_ROWS)) if interpreted else STRIPES_BLOCK_T
+    units = cdiv(tokens, block_t) * cdiv(hidden_size, DOWN_STRIPE_COLS)
+    dependent = {} if interpreted or device_capability(device) < (9, 0) else dict(launch_pdl=True)
+    dtypes = (torch.bfloat16, torch.int32, ids_dtype, torch.float32, torch.bfloat16, torch.int32, torch.int32)
+    return direct_launch(unpermute_stripes_kernel, (max(min(programs, units), 1),), dtypes, device,
+                         dict(num_warps=4, **dependent), tokens=tokens, hidden_size=hidden_size, topk=topk,
+                         num_experts=num_experts, stride_down=hidden_size, stride_out=hidden_size,
+                         BLOCK_T=block_t, BLOCK_H=DOWN_STRIPE_COLS, TOPK=topk,
+                         DISCARD=discard and not interpreted and hidden_size % 64 == 0, INTERPRETER=interpreted)
 
 
 def _run(step, *tensors) -> None:
@@ -493,6 +518,20 @@ DECODE_REREAD_BYTES = 16 << 20
 # Predicted there about 140 µs of 1281 on an H100; not yet measured (benchmarks/decode_sweep.py --gather),
 # so off.
 GATHER_FIRST_GEMM = False
+# The down GEMM counting the rows it has stored per column stripe (Problem.stripe_cols) and the weighted
+# un-permute summing each stripe as soon as it is complete, beside the GEMM (unpermute_stripes_kernel), where
+# the down GEMM's backend counts stripes (the CUTLASS backend in its native mode; the reference): the down
+# rows (DeepSeek-R1 TP8 at 4096 tokens: 470 MB) are read back from the L2 a stripe after they were stored
+# instead of from DRAM after the GEMM, and the sums run under the GEMM on DOWN_SPARE_SMS SMs that it leaves
+# them, STRIPES_PROGRAMS_PER_SM programs of STRIPES_BLOCK_T tokens each. Not yet measured, so off.
+STRIPED_DOWN = False
+DOWN_STRIPE_COLS = 128  # the stripes' width: the weight tile rows of the native mode's kinds
+DOWN_SPARE_SMS = 16
+STRIPES_PROGRAMS_PER_SM = 4
+STRIPES_BLOCK_T = 16
+# The summed down rows discarded from the L2 (unpermute_stripes_kernel, DISCARD), so that the GEMM's stores
+# of them are never written back to DRAM (DeepSeek-R1 TP8 at 4096 tokens: 470 MB). Not yet measured, so off.
+DISCARD_SUMMED_ROWS = False
 
 
 def _layer_plan(shape: MoeShape, ids_dtype: torch.dtype, backend: str, env_backend):
@@ -711,9 +750,15 @@ class _LayerPlan:
     gather (default GATHER_FIRST_GEMM): where the first GEMM's backend gathers rows (all but cutlass_single;
     the CUTLASS backend on its native kernels), each token's row is quantized once into a (tokens, H)
     tensor and the first GEMM reads it by the row_index of each grouped row, instead of topk copies of it
-    scattered in grouped order."""
+    scattered in grouped order.
 
-    def __init__(self, shape: MoeShape, ids_dtype: torch.dtype, backend: str, gather: bool | None = None):
+    stripes (default STRIPED_DOWN): where the down GEMM's backend counts column stripes, the weighted
+    un-permute sums each stripe beside it (unpermute_stripes_kernel) on spare_sms SMs (default
+    DOWN_SPARE_SMS) that the GEMM leaves it, and with discard (default DISCARD_SUMMED_ROWS) discards the
+    rows it has summed from the L2; the SiLU kernel zeroes the counters."""
+
+    def __init__(self, shape: MoeShape, ids_dtype: torch.dtype, backend: str, gather: bool | None = None,
+                 stripes: bool | None = None, spare_sms: int | None = None, discard: bool | None = None):
         tokens, hidden_size, intermediate, num_experts, topk, device = shape
         rows = tokens * topk
         self.shape, self.rows = shape, rows
@@ -739,6 +784,22 @@ class _LayerPlan:
         }
         if self.gather:
             regions["row_index"] = (torch.int32, (rows,))
+        down = Problem(rows, hidden_size, intermediate, num_experts, torch.bfloat16, device)
+        stripe_count = cdiv(hidden_size, DOWN_STRIPE_COLS)
+        sm_count = device_properties(device).multi_processor_count if device.type == "cuda" else 1
+        spare_sms = min(DOWN_SPARE_SMS if spare_sms is None else spare_sms, sm_count - 1)
+        self.gemm2 = None
+        if rows and not in_torch and (STRIPED_DOWN if stripes is None else stripes):
+            try:
+                self.gemm2 = launch_for(down._replace(stripe_cols=DOWN_STRIPE_COLS, spare_sms=spare_sms), torch.int32,
+                                        backend)
+            except RuntimeError:  # the down GEMM's backend counts no stripes: the un-permute after it
+                pass
+        self.striped = self.gemm2 is not None
+        # the counters: zeroed by the SiLU kernel, counted by the down GEMM, waited on by the un-permute
+        self.counted = ("stripe_done",) if self.striped else ()
+        if self.striped:
+            regions["stripe_done"] = (torch.int32, (stripe_count,))
         # routing as route() does it, into the buffer (chunk_offsets too), or none: torch's sort, into
         # tensors of its own
         way = _route_way(rows, num_experts, device)
@@ -754,13 +815,18 @@ class _LayerPlan:
             self.unpermute = functools.partial(_unpermute_sum_torch, num_experts=num_experts)
         elif rows:
             self.quantize_scatter = _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device, self.gather)
-            self.silu = _silu_mul_quantize_step(rows, intermediate, num_experts, device)
-            self.unpermute = _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, device)
+            self.silu = _silu_mul_quantize_step(rows, intermediate, num_experts, device,
+                                                stripe_count if self.striped else 0)
+            self.unpermute = (
+                _unpermute_stripes_step(tokens, hidden_size, topk, num_experts, ids_dtype, device,
+                                        max(spare_sms, 1) * STRIPES_PROGRAMS_PER_SM,
+                                        DISCARD_SUMMED_ROWS if discard is None else discard) if self.striped else
+                _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, device))
         if rows:
             if not self.gather:
                 self.gemm1 = launch_for(gemm1, torch.int32, backend)
-            self.gemm2 = launch_for(Problem(rows, hidden_size, intermediate, num_experts, torch.bfloat16, device),
-                                    torch.int32, backend)
+            if not self.striped:
+                self.gemm2 = launch_for(down, torch.int32, backend)
 
     def __call__(self, hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids):
         tokens, hidden_size, _, num_experts, topk, device = self.shape
@@ -785,8 +851,14 @@ class _LayerPlan:
                               tensors(hidden, "pair_rows", "offsets", "a_bits", "a_scale", *gathered))
         self.gemm1((a, a_scale, w13p, w13s, offs, gate_up, *row_index),
                    tensors("a", "a_scale", w13, w13_scale, "offsets", "gate_up", *gathered))
-        self.silu((gate_up, offs, y, y_scale), tensors("gate_up", "offsets", "y_bits", "y_scale"))
-        self.gemm2((y, y_scale, w2p, w2s, offs, down), tensors("y", "y_scale", w2, w2_scale, "offsets", "down"))
-        self.unpermute((down, pair_rows, ids, weights, out.data_ptr()),
-                       tensors("down", "pair_rows", topk_ids, topk_weights, out))
+        counted = self.counted
+        counters = tuple(ptr_of[name] for name in counted)
+        self.silu((gate_up, offs, y, y_scale, *counters), tensors("gate_up", "offsets", "y_bits", "y_scale", *counted))
+        self.gemm2((y, y_scale, w2p, w2s, offs, down, *counters),
+                   tensors("y", "y_scale", w2, w2_scale, "offsets", "down", *counted))
+        # beside the down GEMM, the un-permute also reads the offsets (the rows a complete stripe counts) and
+        # the counters
+        waited_ptrs, waited = ((offs, *counters), ("offsets", *counted)) if counted else ((), ())
+        self.unpermute((down, pair_rows, ids, weights, out.data_ptr(), *waited_ptrs),
+                       tensors("down", "pair_rows", topk_ids, topk_weights, out, *waited))
         return out
