@@ -628,17 +628,19 @@ __device__ __forceinline__ void gather_rows(const Params& p, const int (&rows)[(
   }
 }
 
-template <class M, class K, Loads kPart, bool kGather>
+template <class M, class K, Loads kPart, bool kGather, bool kStripes>
 __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, const Tile& tile,
                                           int rank, int lane, int& stage, uint32_t& phase) {
   // L2 policy. Swap-AB kinds (experts of at most a few dozen tokens, one chunk): the token chunk is read
   // once per weight tile (kept), each weight tile once (streamed). Tokens x weights kinds: both are
   // reused across the waves of an expert, with no hint (kept token chunks would pile up over the waves
-  // and push out the weight tiles that the next wave reads again).
-  constexpr uint64_t kTokenHint = uint64_t(K::kSwapAB ? cute::TMA::CacheHintSm90::EVICT_LAST
-                                                      : cute::TMA::CacheHintSm90::EVICT_NORMAL);
-  constexpr uint64_t kWeightHint = uint64_t(K::kSwapAB ? cute::TMA::CacheHintSm90::EVICT_FIRST
+  // and push out the weight tiles that the next wave reads again). Column stripes (kStripes): every kind
+  // reads each weight tile once (streamed) and all the token chunks again for every stripe (kept).
+  constexpr bool kKeepTokens = K::kSwapAB || kStripes;
+  constexpr uint64_t kTokenHint = uint64_t(kKeepTokens ? cute::TMA::CacheHintSm90::EVICT_LAST
                                                        : cute::TMA::CacheHintSm90::EVICT_NORMAL);
+  constexpr uint64_t kWeightHint = uint64_t(kKeepTokens ? cute::TMA::CacheHintSm90::EVICT_FIRST
+                                                        : cute::TMA::CacheHintSm90::EVICT_NORMAL);
   constexpr int kScaleRowsPerLane = (K::kTokenRows + 31) / 32;
   constexpr int kWeightScales = K::kTwoWeightScales ? 2 : 1;
   const int kind = tile.kind;
@@ -1084,8 +1086,9 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
       for (int t = first; t < total_tiles; t += step) {
         const Tile tile = s.sched.template decode<M, kStripes>(p, t, rank);
         with_kind<M>(tile.kind, [&](auto k) {
-          if (tiles) load_tile<M, decltype(k), Loads::kTiles, kGather>(p, s, tile, rank, lane, stage, phase);
-          else load_tile<M, decltype(k), Loads::kScales, kGather>(p, s, tile, rank, lane, stage, phase);
+          using K = decltype(k);
+          if (tiles) load_tile<M, K, Loads::kTiles, kGather, kStripes>(p, s, tile, rank, lane, stage, phase);
+          else load_tile<M, K, Loads::kScales, kGather, kStripes>(p, s, tile, rank, lane, stage, phase);
         });
       }
       // In a 2-CTA mode the other CTA's math arrives on this CTA's barriers: wait for its last releases
