@@ -285,8 +285,7 @@ def _discard_down_rows(down_ptr, pair_rows_ptr, topk_ids_ptr, token_block, col_b
         valid = (token < tokens) & (expert >= 0) & (expert < num_experts)
         row = tl.load(pair_rows_ptr + pair, mask=valid, other=0).to(tl.int64)
         lines = down_ptr + row[:, None] * stride_down + line_cols[None, :]
-        # a line of no pair (a masked lane) points at row 0 of down, whose own pair discards it or keeps it
-        keep = ~(valid[:, None] & whole[None, :])
+        keep = ~(valid[:, None] & whole[None, :])  # (a pair out of range points at row 0: kept)
         tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @!p discard.global.L2 [$1], 128; mov.b32 $0, 0; }",
                                   "=r,l,r", [lines, keep.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
 
