@@ -309,10 +309,21 @@ BUCKETS_NATIVE_MC: tuple[Bucket, ...] = table(
     ("large", None, NativeConfig(128, 192, swap_ab=False, cluster=2), _N_MC),
 )
 
+# The same 2-CTA clusters with the large kind's pair sharing its token chunk instead: two 128-row weight
+# tiles of one chunk, the token tile multicast. For experts of one or two 128-token chunks the weight-tile
+# multicast of native_mc finds no chunk pair, and every weight tile reads its chunk from the L2 again: the
+# MoE layer's gate-up GEMM at 4096 tokens (DeepSeek-R1 TP8: about 128 tokens per expert, n = 512 in four
+# weight tiles, k = 7168) moves about 1.8 MB from the L2 per tile, 2.4-2.8 GB per call, about its measured
+# time at the L2's bandwidth; sharing the chunk takes a quarter of that away. Not yet measured
+# (benchmarks/mode_ab.py --shapes), so es_mode does not take it.
+_N_MT = "128 tokens x 128 weight rows, two math warp groups; 2-CTA clusters, the token chunk multicast to two weight tiles"
+BUCKETS_NATIVE_MT: tuple[Bucket, ...] = BUCKETS_NATIVE_MC[:-1] + table(
+    ("large", None, NativeConfig(128, 128, swap_ab=False, cluster=2, multicast_tokens=True), _N_MT),
+)
 # The production modes, in the order of the library's mode argument (0, 1, ...).
 MODES: tuple[tuple[str, tuple[Bucket, ...]], ...] = (
     ("es", BUCKETS), ("single", (SINGLE,)), ("es_small_k", BUCKETS_SMALL_K), ("native", BUCKETS_NATIVE),
-    ("native_wide", BUCKETS_NATIVE_WIDE), ("native_mc", BUCKETS_NATIVE_MC),
+    ("native_wide", BUCKETS_NATIVE_WIDE), ("native_mc", BUCKETS_NATIVE_MC), ("native_mt", BUCKETS_NATIVE_MT),
 )
 
 # How the bucket kernels of one call are enqueued (the C API's overlap argument, csrc/es_dual.h). They
