@@ -11,8 +11,10 @@ quantizing kernels are held to bit equality with es_dual.quantize_fp8_per_token_
 from __future__ import annotations
 
 import functools
+import importlib.util
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -360,6 +362,21 @@ def test_down_rows_summed_beside_the_gemm_where_its_backend_counts_stripes(devic
                 assert plan.striped == (backend in ("reference", "cutlass"))
                 assert torch.equal(plan(*args), plain), (seed, kind, shape, spare_sms, discard)
             assert_layer_close(fused_moe_fp8(**layer, backend=backend), reference_of(layer))
+
+
+def test_decode_sweep_variants_are_layer_plans(device):
+    """benchmarks/decode_sweep.py's grouped A/B variants (--gather, --stripes) are _LayerPlan keywords, each
+    giving the bits of the plain plan, so that a GPU visit does not stop at one of them."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "decode_sweep.py"
+    spec = importlib.util.spec_from_file_location("decode_sweep", path)
+    decode_sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(decode_sweep)
+    layer = make_layer(Routing(24 if ON_GPU else 12, 8, 2, "uniform", seed=50), *SHAPES[1], device)
+    args = [layer[name] for name in ("hidden", "w13", "w13_scale", "w2", "w2_scale", "topk_weights", "topk_ids")]
+    sizes = layer_module.check_moe_inputs(*args)
+    plain = layer_module._LayerPlan(sizes, torch.int32, "auto", gather=False, stripes=False)(*args)
+    for name, keywords in {**decode_sweep.GATHER_VARIANTS, **decode_sweep.STRIPE_VARIANTS}.items():
+        assert torch.equal(layer_module._LayerPlan(sizes, torch.int32, "auto", **keywords)(*args), plain), name
 
 
 @pytest.mark.skipif(ON_GPU, reason="CPU tensors: the layer's torch steps")
