@@ -633,8 +633,15 @@ def _layer_for_path(decode, seed, kind="uniform"):
 
 
 @needs_gpu
-@pytest.mark.parametrize("backend, decode", GPU_PATHS)
-def test_no_host_sync(backend, decode):
+@pytest.mark.parametrize("backend, decode, faster_paths", [(b, d, False) for b, d in GPU_PATHS] + [("cutlass", False, True)])
+def test_no_host_sync(monkeypatch, backend, decode, faster_paths):
+    """No call synchronizes with the host; faster_paths: also with the first GEMM gathering its rows and the
+    un-permute summing the down GEMM's stripes beside it (discarding them)."""
+    if faster_paths and "cutlass" not in GEMM_BACKENDS:
+        pytest.skip("the CUTLASS library is not available here")
+    for flag in ("GATHER_FIRST_GEMM", "STRIPED_DOWN", "DISCARD_SUMMED_ROWS"):
+        monkeypatch.setattr(layer_module, flag, faster_paths)
+    monkeypatch.setattr(layer_module, "_PLANS", {})
     layer = _layer_for_path(decode, seed=4, kind="subset")
     fused_moe_fp8(**layer, backend=backend)  # compile and load first
     torch.cuda.set_sync_debug_mode("error")
