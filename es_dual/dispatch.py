@@ -120,7 +120,8 @@ def _plan_cutlass(single: bool) -> Callable:
 def _cutlass_problem_reasons(single: bool) -> Callable:
     """MN-major activation scales and gathered rows: only es_dual's native kernels read them (the CUTLASS
     kernels' scale layout is K-major, their rows one TMA box), so the expert-specialized backend takes them
-    where a native mode fits."""
+    where a native mode fits; column stripes: where the call's mode is a native one of that stripe width
+    (buckets.stripe_cols), and not in a call that gathers."""
     def reasons(problem: Problem) -> list[str]:
         from .cutlass.buckets import native_fits
 
@@ -128,6 +129,8 @@ def _cutlass_problem_reasons(single: bool) -> Callable:
             return ["reads K-major activation scales only (a_scale is MN-major)"] * bool(problem.a_scale_ld) + [
                 "gathers no rows (its kernels read a's rows in TMA boxes)"] * bool(problem.a_rows) + [
                 "counts no column stripes (one CUTLASS kernel)"] * bool(problem.stripe_cols)
+        if problem.stripe_cols and problem.a_rows:
+            return ["counts column stripes or gathers rows, not both in one call"]
         if problem.stripe_cols:
             from .cutlass.buckets import stripe_cols
             from .cutlass.launch import es_mode_of

@@ -39,6 +39,8 @@ def test_backends_say_whether_they_count_stripes():
         "width; this call's mode is native_mc (stripes of 0) and its output torch.bfloat16"]
     assert "its output torch.float16" in _on_cpu_terms("cutlass").not_supported_reasons(
         problem._replace(out_dtype=torch.float16))[0]
+    assert _on_cpu_terms("cutlass").not_supported_reasons(problem._replace(a_rows=10)) == [
+        "counts column stripes or gathers rows, not both in one call"]
     assert _on_cpu_terms("cutlass_single").not_supported_reasons(problem) == [
         "counts no column stripes (one CUTLASS kernel)"]
     assert _on_cpu_terms("triton").not_supported_reasons(problem) == ["counts no column stripes"]
