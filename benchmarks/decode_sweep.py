@@ -19,8 +19,8 @@ each plan's kernels by the profiler (eager calls): where the difference comes fr
 
 --stripes: the same for the grouped pipeline's weighted un-permute after the down GEMM, or beside it summing
 each column stripe the GEMM completes (layer.STRIPED_DOWN), with 8 to 32 SMs left to the sums
-(STRIPE_SPARE_SMS), with the summed rows discarded from the L2 (layer.DISCARD_SUMMED_ROWS) or not, and
-with the first GEMM gathering its rows (STRIPE_VARIANTS).
+(STRIPE_SPARE_SMS), with the intermediates nothing reads again discarded from the L2 (layer.DISCARD_DEAD_LINES)
+or not, and with the first GEMM gathering its rows (STRIPE_VARIANTS).
 """
 import argparse
 import csv
@@ -144,10 +144,12 @@ def layer_sweep(batches, csv_path):
 GATHER_VARIANTS = {"scattered": dict(gather=False), "gathered": dict(gather=True)}
 STRIPE_SPARE_SMS = (8, 16, 24, 32)
 STRIPE_VARIANTS = {"after": dict(gather=False, stripes=False),
+                   "after, discarded": dict(gather=False, stripes=False, discard=True),
                    **{f"beside, {sms} SMs": dict(gather=False, stripes=True, spare_sms=sms) for sms in STRIPE_SPARE_SMS},
                    **{f"beside, {sms} SMs, discarded": dict(gather=False, stripes=True, spare_sms=sms, discard=True)
                       for sms in (16, 24)},
                    "gathered, after": dict(gather=True, stripes=False),
+                   "gathered, after, discarded": dict(gather=True, stripes=False, discard=True),
                    **{f"gathered, beside, {sms} SMs, discarded": dict(gather=True, stripes=True, spare_sms=sms,
                                                                      discard=True) for sms in (16, 24)}}
 

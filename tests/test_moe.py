@@ -364,6 +364,21 @@ def test_down_rows_summed_beside_the_gemm_where_its_backend_counts_stripes(devic
             assert_layer_close(fused_moe_fp8(**layer, backend=backend), reference_of(layer))
 
 
+@pytest.mark.parametrize("backend", GEMM_BACKENDS)
+def test_discarded_intermediates_change_no_bit(device, backend):
+    """With DISCARD_DEAD_LINES the SiLU kernel drops from the L2 the gate_up rows it has read and the first
+    GEMM's gathered rows (a GPU's: the interpreter has no discards), the striped sums the down rows: the
+    bits of the layer that keeps them, with hidden and intermediate sizes whose lines are whole or not."""
+    for shape in (SHAPES[1], SHAPES[3]):
+        layer = make_layer(Routing(64 if ON_GPU else 12, 16, 4, "uniform", seed=60), *shape, device)
+        args = [layer[name] for name in ("hidden", "w13", "w13_scale", "w2", "w2_scale", "topk_weights", "topk_ids")]
+        sizes = layer_module.check_moe_inputs(*args)
+        for gather, stripes in ((False, False), (True, False), (True, True)):
+            kept = layer_module._LayerPlan(sizes, torch.int32, backend, gather=gather, stripes=stripes, discard=False)
+            dropped = layer_module._LayerPlan(sizes, torch.int32, backend, gather=gather, stripes=stripes, discard=True)
+            assert torch.equal(dropped(*args), kept(*args)), (shape, gather, stripes)
+
+
 def test_decode_sweep_variants_are_layer_plans(device):
     """benchmarks/decode_sweep.py's grouped A/B variants (--gather, --stripes) are _LayerPlan keywords, each
     giving the bits of the plain plan, so that a GPU visit does not stop at one of them."""
@@ -639,7 +654,7 @@ def test_no_host_sync(monkeypatch, backend, decode, faster_paths):
     un-permute summing the down GEMM's stripes beside it (discarding them)."""
     if faster_paths and "cutlass" not in GEMM_BACKENDS:
         pytest.skip("the CUTLASS library is not available here")
-    for flag in ("GATHER_FIRST_GEMM", "STRIPED_DOWN", "DISCARD_SUMMED_ROWS"):
+    for flag in ("GATHER_FIRST_GEMM", "STRIPED_DOWN", "DISCARD_DEAD_LINES"):
         monkeypatch.setattr(layer_module, flag, faster_paths)
     monkeypatch.setattr(layer_module, "_PLANS", {})
     layer = _layer_for_path(decode, seed=4, kind="subset")
@@ -664,7 +679,7 @@ def test_cuda_graph_replay_follows_new_routing(monkeypatch, backend, decode, gat
         pytest.skip("the CUTLASS library is not available here")
     monkeypatch.setattr(layer_module, "GATHER_FIRST_GEMM", gather)
     monkeypatch.setattr(layer_module, "STRIPED_DOWN", stripes)
-    monkeypatch.setattr(layer_module, "DISCARD_SUMMED_ROWS", stripes)
+    monkeypatch.setattr(layer_module, "DISCARD_DEAD_LINES", stripes)
     monkeypatch.setattr(layer_module, "_PLANS", {})
     static = _layer_for_path(decode, seed=20)
     stream = torch.cuda.Stream()

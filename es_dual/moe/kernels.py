@@ -182,13 +182,19 @@ def quantize_gather_kernel(
 def silu_mul_quantize_kernel(
     # pointers (stripe_done: the down GEMM's column stripe counters, or an unused 0 when STRIPES_BLOCK is 0)
     gate_up_ptr, offsets_ptr, q_ptr, scale_ptr, stripe_done_ptr,
-    # sizes
-    rows, intermediate, num_experts, stripes,
+    # sizes (dead_offset: bytes from gate_up to the DISCARD region of dead_lines 128-byte lines)
+    rows, intermediate, num_experts, stripes, dead_offset, dead_lines,
     # strides, in elements
     stride_gate_up, stride_q, stride_scale,
-    # meta-parameters
-    GROUP: tl.constexpr, BLOCK_UNITS: tl.constexpr, STRIPES_BLOCK: tl.constexpr, INTERPRETER: tl.constexpr,
+    # meta-parameters (DISCARD, a GPU's only: see below)
+    GROUP: tl.constexpr, BLOCK_UNITS: tl.constexpr, STRIPES_BLOCK: tl.constexpr, DISCARD: tl.constexpr,
+    DEAD_BLOCK: tl.constexpr, INTERPRETER: tl.constexpr,
 ):
+    """DISCARD: L2 lines that nothing reads again are dropped (discard.global.L2: never written back to
+    DRAM): once a program's units are stored, the 128-byte lines of gate_up they read that lie whole in
+    their half; and the program's share of dead_lines lines from dead_offset bytes after gate_up (the layer
+    puts there the first GEMM's gathered rows, which it loaded evict-last: they would otherwise keep their
+    place in the L2 through the down GEMM)."""
     if STRIPES_BLOCK > 0:  # the counters zeroed before the down GEMM, which runs after this kernel, counts
         i = tl.arange(0, STRIPES_BLOCK)
         zeroed = tl.where(tl.program_id(0) == 0, stripes, 0)  # by the first program
@@ -205,6 +211,29 @@ def silu_mul_quantize_kernel(
     # ---- quantize ----
     _quantize_store(y, row, group, cols, row_ok, col_ok, q_ptr, stride_q, scale_ptr, stride_scale,
                     INTERPRETER)
+
+    if DISCARD:
+        tl.debug_barrier()  # every thread's loads of the units' lines are back
+        LINE: tl.constexpr = 64  # bf16 columns
+        line_cols = group[:, None] * GROUP + tl.arange(0, GROUP // LINE)[None, :] * LINE
+        lines = gate_up_ptr + row.to(tl.int64)[:, None] * stride_gate_up + line_cols
+        whole = row_ok[:, None] & (line_cols + LINE <= intermediate)
+        _discard_l2_lines(lines, whole)
+        _discard_l2_lines(lines + intermediate, whole)
+        dead = gate_up_ptr.to(tl.pointer_type(tl.uint8)) + dead_offset
+        per_program = tl.cdiv(dead_lines, tl.num_programs(0))
+        for start in range(tl.program_id(0) * per_program, (tl.program_id(0) + 1) * per_program, DEAD_BLOCK):
+            line = start + tl.arange(0, DEAD_BLOCK)
+            _discard_l2_lines(dead + line.to(tl.int64) * 128, line < dead_lines)
+
+
+@triton.jit
+def _discard_l2_lines(ptrs, mask):
+    """discard.global.L2 of the 128-byte line at each pointer where mask holds (each pointer 128-byte aligned):
+    its contents become undefined and it is never written back. An asm with side effects, which the
+    compiler does not move across the memory operations before it."""
+    tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p discard.global.L2 [$1], 128; mov.b32 $0, 0; }",
+                              "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -271,9 +300,8 @@ def _discard_down_rows(down_ptr, pair_rows_ptr, topk_ids_ptr, token_block, col_b
                        num_experts, stride_down, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, TOPK: tl.constexpr):
     """discard.global.L2 of each 128-byte line (64 bf16 columns) of the rows _unpermute_sum_tile read for
     this tile, once every thread of the program has stored its sums (a barrier: the threads that read a line
-    have their loads back), each thread's discards after it (an asm with side effects, which the compiler
-    does not move across memory operations). A line that the tile's columns only partly cover (the last
-    stripe's columns past hidden_size) is kept."""
+    have their loads back), each thread's discards after it (_discard_l2_lines). A line that the tile's
+    columns only partly cover (the last stripe's columns past hidden_size) is kept."""
     LINE: tl.constexpr = 64
     tl.debug_barrier()
     token = token_block.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -285,9 +313,7 @@ def _discard_down_rows(down_ptr, pair_rows_ptr, topk_ids_ptr, token_block, col_b
         valid = (token < tokens) & (expert >= 0) & (expert < num_experts)
         row = tl.load(pair_rows_ptr + pair, mask=valid, other=0).to(tl.int64)
         lines = down_ptr + row[:, None] * stride_down + line_cols[None, :]
-        keep = ~(valid[:, None] & whole[None, :])  # (a pair out of range points at row 0: kept)
-        tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @!p discard.global.L2 [$1], 128; mov.b32 $0, 0; }",
-                                  "=r,l,r", [lines, keep.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+        _discard_l2_lines(lines, valid[:, None] & whole[None, :])  # (a pair out of range points at row 0: kept)
 
 
 @triton.jit

@@ -304,8 +304,11 @@ def _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device, gathe
                          GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=_interpreted(device))
 
 
-def _silu_mul_quantize_step(rows, intermediate, num_experts, device, stripes: int = 0):
-    """silu_mul_quantize_kernel's launch; stripes > 0: it also zeroes that many counters (a fifth pointer)."""
+def _silu_mul_quantize_step(rows, intermediate, num_experts, device, stripes: int = 0, discard: bool = False,
+                            dead: tuple[int, int] = (0, 0)):
+    """silu_mul_quantize_kernel's launch; stripes > 0: it also zeroes that many counters (a fifth pointer);
+    discard (on a GPU, where gate_up's lines are whole: I a multiple of 64): the gate_up lines it read, and
+    dead = (bytes from gate_up, 128-byte lines) of a region nothing reads again, discarded from the L2."""
     from ..triton_ref.direct import direct_launch
     from .kernels import silu_mul_quantize_kernel
 
@@ -313,11 +316,15 @@ def _silu_mul_quantize_step(rows, intermediate, num_experts, device, stripes: in
     per_program = _units_per_program(rows, groups, device)
     dtypes = (torch.bfloat16, torch.int32, _fp8_target_dtype(device), torch.float32)
     dtypes, no_counters = (dtypes + (torch.int32,), {}) if stripes else (dtypes, dict(stripe_done_ptr=0))
+    discard = discard and not _interpreted(device) and intermediate % 64 == 0
+    dead_offset, dead_lines = dead if discard else (0, 0)
     return direct_launch(silu_mul_quantize_kernel, (cdiv(rows * groups, per_program),), dtypes, device,
                          **no_counters, rows=rows, intermediate=intermediate, num_experts=num_experts, stripes=stripes,
+                         dead_offset=dead_offset, dead_lines=dead_lines,
                          stride_gate_up=2 * intermediate, stride_q=intermediate, stride_scale=groups,
                          GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program,
-                         STRIPES_BLOCK=_next_power_of_2(stripes) if stripes else 0, INTERPRETER=_interpreted(device))
+                         STRIPES_BLOCK=_next_power_of_2(stripes) if stripes else 0, DISCARD=discard, DEAD_BLOCK=32,
+                         INTERPRETER=_interpreted(device))
 
 
 def _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, device):
@@ -529,9 +536,11 @@ DOWN_STRIPE_COLS = 128  # the stripes' width: the weight tile rows of the native
 DOWN_SPARE_SMS = 16
 STRIPES_PROGRAMS_PER_SM = 4
 STRIPES_BLOCK_T = 16
-# The summed down rows discarded from the L2 (unpermute_stripes_kernel, DISCARD), so that the GEMM's stores
-# of them are never written back to DRAM (DeepSeek-R1 TP8 at 4096 tokens: 470 MB). Not yet measured, so off.
-DISCARD_SUMMED_ROWS = False
+# Intermediates that nothing reads again discarded from the L2 (discard.global.L2), so that they are never
+# written back to DRAM nor keep their place in the L2: the gate_up rows once the SiLU kernel has read them
+# (DeepSeek-R1 TP8 at 4096 tokens: 34 MB), the first GEMM's gathered rows after it (29 MB, loaded
+# evict-last), and, beside a striped down GEMM, the down rows once summed (470 MB). Not yet measured, so off.
+DISCARD_DEAD_LINES = False
 
 
 def _layer_plan(shape: MoeShape, ids_dtype: torch.dtype, backend: str, env_backend):
@@ -754,8 +763,10 @@ class _LayerPlan:
 
     stripes (default STRIPED_DOWN): where the down GEMM's backend counts column stripes, the weighted
     un-permute sums each stripe beside it (unpermute_stripes_kernel) on spare_sms SMs (default
-    DOWN_SPARE_SMS) that the GEMM leaves it, and with discard (default DISCARD_SUMMED_ROWS) discards the
-    rows it has summed from the L2; the SiLU kernel zeroes the counters."""
+    DOWN_SPARE_SMS) that the GEMM leaves it; the SiLU kernel zeroes the counters.
+
+    discard (default DISCARD_DEAD_LINES): the intermediates that nothing reads again discarded from the L2
+    (the gate_up rows and the gathered rows by the SiLU kernel, the down rows by the striped sums)."""
 
     def __init__(self, shape: MoeShape, ids_dtype: torch.dtype, backend: str, gather: bool | None = None,
                  stripes: bool | None = None, spare_sms: int | None = None, discard: bool | None = None):
@@ -815,12 +826,15 @@ class _LayerPlan:
             self.unpermute = functools.partial(_unpermute_sum_torch, num_experts=num_experts)
         elif rows:
             self.quantize_scatter = _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device, self.gather)
+            discard = DISCARD_DEAD_LINES if discard is None else discard
+            # the gathered rows (the first GEMM's only), where they lie from gate_up in the buffer
+            a_at, a_bytes = self.regions["a"][:2]
+            dead = (a_at - self.regions["gate_up"][0], a_bytes // 128 if self.gather else 0)
             self.silu = _silu_mul_quantize_step(rows, intermediate, num_experts, device,
-                                                stripe_count if self.striped else 0)
+                                                stripe_count if self.striped else 0, discard, dead)
             self.unpermute = (
                 _unpermute_stripes_step(tokens, hidden_size, topk, num_experts, ids_dtype, device,
-                                        max(spare_sms, 1) * STRIPES_PROGRAMS_PER_SM,
-                                        DISCARD_SUMMED_ROWS if discard is None else discard) if self.striped else
+                                        max(spare_sms, 1) * STRIPES_PROGRAMS_PER_SM, discard) if self.striped else
                 _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, device))
         if rows:
             if not self.gather:
