@@ -298,10 +298,11 @@ struct Mode {
   static constexpr int kMathWGs = KindAt<0>::kMathWGs;
   static_assert(((Kinds::kMathWGs == kMathWGs) && ...), "every kind of a mode has the same math warp groups");
   // Column stripes (the kernel variant kStripes, see grouped_gemm_kernel): the weight rows of every kind,
-  // where they are the same and a CTA works alone (a tile is then one column stripe of one token chunk);
-  // 0 where the mode has no such variant.
-  static constexpr int kStripeCols =
-      Cluster == 1 && ((Kinds::kWeightRows == KindAt<0>::kWeightRows) && ...) ? KindAt<0>::kWeightRows : 0;
+  // where they are the same and every kind's cluster tile is one token chunk (a CTA alone, or a 2-CTA pair
+  // of weight tiles: two adjacent stripes of one chunk); 0 where the mode has no such variant.
+  static constexpr bool kChunkPerClusterTile = Cluster == 1 || !(kMulticastWeights<Kinds> || ...);
+  static constexpr int kStripeCols = kChunkPerClusterTile && ((Kinds::kWeightRows == KindAt<0>::kWeightRows) && ...)
+                                         ? KindAt<0>::kWeightRows : 0;
   static constexpr int kMathThreads = 128 * kMathWGs;
   static constexpr int kThreads = kMathThreads + 128;
   static constexpr int kStoreThreads = 64;  // warps 2-3 of the producer warp group
@@ -423,7 +424,8 @@ struct Schedule {
   }
 
   // Cluster tile t as CTA `rank` of its cluster sees it. kStripes: tile_start counts token chunks, and
-  // tile t is chunk t % chunks (all experts' chunks in order) of weight tile (column stripe) t / chunks.
+  // cluster tile t is chunk t % chunks (all experts' chunks in order) of (paired) weight tile t / chunks:
+  // column stripe t / chunks, or in 2-CTA modes stripe 2 (t / chunks) + rank.
   template <class M, bool kStripes = false>
   __device__ __forceinline__ Tile decode(const Params& p, int t, int rank) const {
     int stripe = 0;
@@ -1032,7 +1034,7 @@ __device__ __forceinline__ void count_stored_rows(const Params& p, const Tile& t
     if (thread == 0) asm volatile("cp.async.bulk.wait_group 0;\n\tfence.proxy.async.global;\n" ::: "memory");
   }
   named_barrier_sync(kStoresDone, M::kStoreThreads);
-  if (thread == 0)
+  if (thread == 0 && tile.col0 < p.n)  // (a 2-CTA pair's spare tile past n stores nothing)
     asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p.stripe_done + tile.col0 / M::kStripeCols),
                  "r"(tile.rows) : "memory");
 }
@@ -1040,15 +1042,15 @@ __device__ __forceinline__ void count_stored_rows(const Params& p, const Tile& t
 // kGather: the token tiles gathered by row_index (gather_rows), a compile-time choice so that the kernel
 // without it keeps its producer's registers (at 40 each, the gather's spilled there).
 // kStripes (modes with kStripeCols, p.stripe_done): the tiles in order of their column stripe (weight
-// tile), each stripe all experts' token chunks in expert order, so that the stripes' rows are complete
-// one after the other; every stored tile counted in its stripe's counter (count_stored_rows); and the
+// tile; a 2-CTA pair: two adjacent stripes), each stripe all experts' token chunks in expert order, so
+// that the stripes' rows are complete one after the other; every stored tile counted in its stripe's counter (count_stored_rows); and the
 // next kernel on the stream, if launched as a programmatic dependent, may launch at once (the caller
 // leaves it SMs: a smaller persistent grid, LaunchArgs). The MoE layer sums the down GEMM's rows per
 // stripe that way while later stripes are computed (es_dual/moe/kernels.py, unpermute_stripes_kernel).
 template <class M, bool kGather, bool kStripes>
 __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __grid_constant__ Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(CUTE_ARCH_MMA_SM90A_ENABLED)
-  static_assert(!kStripes || M::kStripeCols > 0, "column stripes need one weight tile width and 1-CTA clusters");
+  static_assert(!kStripes || M::kStripeCols > 0, "column stripes need one weight tile width and one chunk per cluster tile");
   if constexpr (kStripes) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   // Round up to 1024 bytes by an offset from smem_raw, so that the compiler keeps the shared address
@@ -1210,8 +1212,8 @@ struct GroupedGemm {
     if (na.row_index && M::kSharesTokens) return "this mode's 2-CTA tiles share token tiles: it gathers no rows";
     if (na.row_index && !kGathers) return "gathered rows are compiled for bfloat16 output only";
     if (na.stripe_done && !kStripesCompiled)
-      return "column stripes are compiled for bfloat16 output and modes of 1-CTA clusters whose kinds have one "
-             "weight tile width only";
+      return "column stripes are compiled for bfloat16 output and modes whose kinds have one weight tile width "
+             "and one token chunk per cluster tile only";
     if (na.stripe_done && na.row_index) return "gathered rows and column stripes are not compiled together";
     if (na.stripe_done && na.stripe_cols != M::kStripeCols) return "stripe_cols differs from the mode's weight tile rows";
     Params p{};
@@ -1272,8 +1274,8 @@ struct GroupedGemm {
       }
       if (la.device >= 0 && la.device < kMaxDevices) resident[la.device].store(clusters + 1, std::memory_order_relaxed);
     }
-    // column stripes: SMs left to the kernel that consumes the stripes beside this one (1-CTA clusters)
-    if (kStripes) clusters -= la.native.spare_sms;
+    // column stripes: SMs left to the kernel that consumes the stripes beside this one
+    if (kStripes) clusters -= (la.native.spare_sms + M::kCluster - 1) / M::kCluster;
     if (clusters < 1) return "spare_sms leaves no SM to the native kernel";
     // bound counts single tiles: at least as many as cluster tiles
     config.gridDim = dim3(unsigned(bound < clusters ? bound : clusters) * M::kCluster);

@@ -51,16 +51,19 @@ def test_backends_say_whether_they_count_stripes():
 
 
 def test_stripe_widths_of_the_modes():
-    """Only a native mode whose kinds share one weight tile width, in 1-CTA clusters, counts stripes (the
-    kernel's Mode::kStripeCols)."""
+    """Only a native mode whose kinds share one weight tile width and whose cluster tiles are one token chunk
+    each (1-CTA clusters, or pairs of weight tiles) counts stripes (the kernel's Mode::kStripeCols)."""
     widths = {mode: buckets.stripe_cols(mode) for mode, _ in (*buckets.MODES, *buckets.TUNING_MODES)}
-    assert widths["native"] == 128
-    assert {mode for mode, width in widths.items() if width} == {"native"}
+    assert {mode: width for mode, width in widths.items() if width} == {
+        "native": 128, "native_mt": 128, "native_m192t": 128}
 
 
-def _counted_and_plain(counts, n, k, device, backend, spare_sms=0, base=5):
+def _counted_and_plain(counts, n, k, device, backend, spare_sms=0, base=5, mode=None):
     """(out of the counting call, its counters, out of the same call without counting, the rows of experts):
-    7 rows past the last expert that no call may write; the counters start at `base`."""
+    7 rows past the last expert that no call may write; the counters start at `base`. mode: the CUTLASS
+    backend's mode for both calls (default: its own choice)."""
+    from es_dual.cutlass.launch import plan_cutlass
+
     inputs = make_inputs(counts, n, k, seed=21, device=device)
     total_m, num_experts = sum(counts), len(counts)
     rows = total_m + 7
@@ -75,8 +78,9 @@ def _counted_and_plain(counts, n, k, device, backend, spare_sms=0, base=5):
                           stripe_cols=128 if stripes else 0, spare_sms=spare_sms if stripes else 0)
         out = poisoned_out(rows, n, torch.bfloat16, device)
         tensors = (a, a_scale, inputs["b"], inputs["b_scale"], offsets, out, *((counters,) if stripes else ()))
-        select_backend(problem, backend).plan(problem, torch.int32)(tuple(t.data_ptr() for t in tensors),
-                                                                     lambda: tensors)
+        plan = plan_cutlass(problem, torch.int32, mode) if mode else select_backend(problem, backend).plan(
+            problem, torch.int32)
+        plan(tuple(t.data_ptr() for t in tensors), lambda: tensors)
         outs.append(out)
     return outs[0], counters, outs[1], total_m
 
@@ -99,6 +103,22 @@ def test_counting_calls_give_the_same_bits_and_count_every_row(device, backend):
 
 
 @needs_gpu
+@pytest.mark.parametrize("mode", ["native", "native_mt"])
+def test_native_modes_count_stripes(mode):
+    """Each native mode with stripes: 1-CTA tiles, and 2-CTA pairs of weight tiles (two stripes of one chunk;
+    an odd last pair's spare tile counts nothing: n = 1040 is 9 stripes)."""
+    if "cutlass" not in available_backends():
+        pytest.skip("the CUTLASS library is not available here")
+    counts = [5, 0, 40, 300, 64, 129]
+    for n, k, spare_sms in ((1040, 384, 0), (1040, 384, 16), (512, 7168, 8)):
+        got, counters, want, total_m = _counted_and_plain(counts, n, k, "cuda", "cutlass", spare_sms, mode=mode)
+        torch.cuda.synchronize()
+        assert torch.equal(got[:total_m], want[:total_m]), (n, k, spare_sms)
+        assert got[total_m:].isnan().all(), "rows of no expert were written"
+        assert counters.tolist() == [5 + total_m] * cdiv(n, 128), (n, k, spare_sms)
+
+
+@needs_gpu
 def test_native_mode_refuses_stripes_it_cannot_count():
     """A stripe width other than the mode's weight tile rows is refused by the library, not miscounted."""
     if "cutlass" not in available_backends():
@@ -110,7 +130,7 @@ def test_native_mode_refuses_stripes_it_cannot_count():
     counters = torch.zeros(4, dtype=torch.int32, device="cuda")
     tensors = (inputs["a"], inputs["a_scale"], inputs["b"], inputs["b_scale"], inputs["expert_offsets"], out, counters)
     for mode, stripe_cols, message in (("native", 64, "stripe_cols differs from the mode's weight tile rows"),
-                                       ("native_wide", 128, "column stripes are compiled for bfloat16 output and")):
+                                       ("native_mc", 128, "column stripes are compiled for bfloat16 output and")):
         problem = Problem(45, 256, 384, 2, torch.bfloat16, out.device, stripe_cols=stripe_cols)
         with pytest.raises(RuntimeError, match=message):
             plan_cutlass(problem, torch.int32, mode)(tuple(t.data_ptr() for t in tensors), lambda: tensors)

@@ -461,9 +461,13 @@ def fused_kernel(buckets: tuple[Bucket, ...]) -> NativeFused | None:
 
 def stripe_cols(mode: str) -> int:
     """The column stripe width of a mode (csrc/native_gemm.cuh, Mode::kStripeCols): the weight rows of its
-    native kinds where they are all the same and its clusters hold one CTA; 0: it counts no stripes."""
+    native kinds where they are all the same and each cluster tile is one token chunk (1-CTA clusters, or
+    2-CTA pairs of weight tiles: no kind multicasts its weight tile to a pair of chunks); 0: it counts no
+    stripes."""
     kernel = fused_kernel(dict((*MODES, *TUNING_MODES))[mode])
-    if kernel is None or kernel.cluster != 1:
+    if kernel is None:
+        return 0
+    if kernel.cluster == 2 and not all(k.swap_ab or k.multicast_tokens for k in kernel.kinds):
         return 0
     widths = {k.tile_m if k.swap_ab else k.tile_n for k in kernel.kinds}
     return widths.pop() if len(widths) == 1 else 0
