@@ -20,7 +20,7 @@ each plan's kernels by the profiler (eager calls): where the difference comes fr
 --stripes: the same for the grouped pipeline's weighted un-permute after the down GEMM, or beside it summing
 each column stripe the GEMM completes (layer.STRIPED_DOWN), with 8 to 32 SMs left to the sums
 (STRIPE_SPARE_SMS), with the intermediates nothing reads again discarded from the L2 (layer.DISCARD_DEAD_LINES)
-or not, and with the first GEMM gathering its rows (STRIPE_VARIANTS).
+or not, with the first GEMM gathering its rows, and with the GEMMs in the mode native_mt (STRIPE_VARIANTS).
 """
 import argparse
 import csv
@@ -148,6 +148,13 @@ STRIPE_VARIANTS = {"after": dict(gather=False, stripes=False),
                    **{f"beside, {sms} SMs": dict(gather=False, stripes=True, spare_sms=sms) for sms in STRIPE_SPARE_SMS},
                    **{f"beside, {sms} SMs, discarded": dict(gather=False, stripes=True, spare_sms=sms, discard=True)
                       for sms in (16, 24)},
+                   # the gate-up GEMM in native_mt (token chunks shared by pairs of weight tiles: fewer L2 bytes;
+                   # it gathers no rows), and the down GEMM too
+                   "gate-up native_mt, after": dict(gather=False, stripes=False, cutlass_modes=("native_mt", None)),
+                   "gate-up native_mt, beside, 16 SMs, discarded": dict(
+                       gather=False, stripes=True, spare_sms=16, discard=True, cutlass_modes=("native_mt", None)),
+                   "both native_mt, beside, 16 SMs, discarded": dict(
+                       gather=False, stripes=True, spare_sms=16, discard=True, cutlass_modes=("native_mt", "native_mt")),
                    "gathered, after": dict(gather=True, stripes=False),
                    "gathered, after, discarded": dict(gather=True, stripes=False, discard=True),
                    **{f"gathered, beside, {sms} SMs, discarded": dict(gather=True, stripes=True, spare_sms=sms,

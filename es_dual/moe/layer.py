@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 
 from ..device import device_properties
-from ..dispatch import BACKEND_NAMES, BACKENDS, launch_for
+from ..dispatch import BACKEND_NAMES, BACKENDS, launch_for, select_backend
 from ..environment import getenv
 from ..quant import quantize_fp8_per_token_group
 from ..problem import (
@@ -748,6 +748,16 @@ class _DecodePlan:
                  tensors("y", "y_scale", topk_ids, topk_weights, w2, w2_scale, out)))
 
 
+def _plan_gemm(problem: Problem, cutlass_mode: str | None, backend: str):
+    """The launch of one of the layer's GEMMs (dispatch.launch_for), in `cutlass_mode` where the backend it
+    chooses is the CUTLASS one and a mode is named (_LayerPlan's tuning hook)."""
+    if cutlass_mode is not None and select_backend(problem, backend).name == "cutlass":
+        from ..cutlass.launch import plan_cutlass
+
+        return plan_cutlass(problem, torch.int32, cutlass_mode)
+    return launch_for(problem, torch.int32, backend)
+
+
 class _LayerPlan:
     """Everything a layer call of one shape needs but its tensors, worked out once: the intermediates'
     places in one buffer, each step's planned launch (the layer's Triton kernels, the two grouped GEMMs as
@@ -766,20 +776,26 @@ class _LayerPlan:
     DOWN_SPARE_SMS) that the GEMM leaves it; the SiLU kernel zeroes the counters.
 
     discard (default DISCARD_DEAD_LINES): the intermediates that nothing reads again discarded from the L2
-    (the gate_up rows and the gathered rows by the SiLU kernel, the down rows by the striped sums)."""
+    (the gate_up rows and the gathered rows by the SiLU kernel, the down rows by the striped sums).
+
+    cutlass_modes (a tuning hook, benchmarks/decode_sweep.py): the CUTLASS library mode of each GEMM (first,
+    down; None: es_mode's choice) where that GEMM's backend is the CUTLASS one; a mode whose pairs share
+    token tiles (native_mt) gathers no rows."""
 
     def __init__(self, shape: MoeShape, ids_dtype: torch.dtype, backend: str, gather: bool | None = None,
-                 stripes: bool | None = None, spare_sms: int | None = None, discard: bool | None = None):
+                 stripes: bool | None = None, spare_sms: int | None = None, discard: bool | None = None,
+                 cutlass_modes: tuple[str | None, str | None] = (None, None)):
         tokens, hidden_size, intermediate, num_experts, topk, device = shape
         rows = tokens * topk
         self.shape, self.rows = shape, rows
         groups_h, groups_i = cdiv(hidden_size, SCALE_BLOCK), cdiv(intermediate, SCALE_BLOCK)
         in_torch = _torch_steps(device)
         gemm1 = Problem(rows, 2 * intermediate, hidden_size, num_experts, torch.bfloat16, device)
+        plan_gemm = functools.partial(_plan_gemm, backend=backend)
         self.gemm1 = None
         if rows and not in_torch and (GATHER_FIRST_GEMM if gather is None else gather):
             try:
-                self.gemm1 = launch_for(gemm1._replace(a_rows=tokens), torch.int32, backend)
+                self.gemm1 = plan_gemm(gemm1._replace(a_rows=tokens), cutlass_modes[0])
             except RuntimeError:  # no backend of this call gathers rows: the scattered copies
                 pass
         self.gather = self.gemm1 is not None
@@ -802,8 +818,8 @@ class _LayerPlan:
         self.gemm2 = None
         if rows and not in_torch and (STRIPED_DOWN if stripes is None else stripes):
             try:
-                self.gemm2 = launch_for(down._replace(stripe_cols=DOWN_STRIPE_COLS, spare_sms=spare_sms), torch.int32,
-                                        backend)
+                self.gemm2 = plan_gemm(down._replace(stripe_cols=DOWN_STRIPE_COLS, spare_sms=spare_sms),
+                                       cutlass_modes[1])
             except RuntimeError:  # the down GEMM's backend counts no stripes: the un-permute after it
                 pass
         self.striped = self.gemm2 is not None
@@ -838,9 +854,9 @@ class _LayerPlan:
                 _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, device))
         if rows:
             if not self.gather:
-                self.gemm1 = launch_for(gemm1, torch.int32, backend)
+                self.gemm1 = plan_gemm(gemm1, cutlass_modes[0])
             if not self.striped:
-                self.gemm2 = launch_for(down, torch.int32, backend)
+                self.gemm2 = plan_gemm(down, cutlass_modes[1])
 
     def __call__(self, hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids):
         tokens, hidden_size, _, num_experts, topk, device = self.shape
