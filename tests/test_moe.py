@@ -252,7 +252,8 @@ def test_quantize_gather_bit_equal_to_quantizer(device, r, hidden_size, invalid)
     a_scale = torch.full((r.tokens, groups), SENTINEL_SCALE, device=device)
     row_index = torch.full((rows,), -5, dtype=torch.int32, device=device)
     if rows:
-        step = layer_module._quantize_scatter_step(r.tokens, hidden_size, r.topk, r.num_experts, device, gather=True)
+        step = layer_module._quantize_scatter_step(r.tokens, hidden_size, r.topk, r.num_experts, hidden.device,
+                                                   gather=True)  # (a device with its index, as the layer's)
         layer_module._run(step, hidden, pair_rows, offsets, layer_module._fp8_target(a), a_scale, row_index)
 
     expected_a, expected_scale = es_dual.quantize_fp8_per_token_group(hidden)
