@@ -1,6 +1,6 @@
 """Time the MoE layer's decode kernels (es_dual/moe/decode_kernels.py) over launch shapes (GPU).
 
-python benchmarks/decode_sweep.py [--batches 1,8] [--csv file] [--layer | --gather | --stripes]
+python benchmarks/decode_sweep.py [--batches 1,8] [--csv file] [--layer | --gather]
 
 For each model of the layer benchmark and each batch, the gate_up kernel is timed alone for every gate_up
 configuration below, and the down kernel alone for every down configuration (time_us: events, L2 flushed
@@ -14,13 +14,9 @@ before each replay, warmed up): what the launches cost together, with or without
 
 --gather: the grouped pipeline (_LayerPlan, backend auto; batches such as 256,1024,4096) with its first GEMM
 reading topk scattered copies of each token's quantized row, or gathering the one row by index
-(layer.GATHER_FIRST_GEMM), timed the same way, in two rounds of opposite order (the faster kept); then
-each plan's kernels by the profiler (eager calls): where the difference comes from.
-
---stripes: the same for the grouped pipeline's weighted un-permute after the down GEMM, or beside it summing
-each column stripe the GEMM completes (layer.STRIPED_DOWN), with 8 to 32 SMs left to the sums
-(STRIPE_SPARE_SMS), with the intermediates nothing reads again discarded from the L2 (layer.DISCARD_DEAD_LINES)
-or not, with the first GEMM gathering its rows, and with the GEMMs in the mode native_mt (STRIPE_VARIANTS).
+(layer.GATHER_FIRST_GEMM), or in the mode native_mt (GATHER_VARIANTS), timed the same way, in two rounds
+of opposite order (the faster kept); then each plan's kernels by the profiler (eager calls): where the
+difference comes from.
 """
 import argparse
 import csv
@@ -141,24 +137,10 @@ def layer_sweep(batches, csv_path):
     _write_csv(csv_path, rows)
 
 
-GATHER_VARIANTS = {"scattered": dict(gather=False), "gathered": dict(gather=True)}
-STRIPE_SPARE_SMS = (8, 16, 24, 32)
-STRIPE_VARIANTS = {"after": dict(gather=False, stripes=False),
-                   "after, discarded": dict(gather=False, stripes=False, discard=True),
-                   **{f"beside, {sms} SMs": dict(gather=False, stripes=True, spare_sms=sms) for sms in STRIPE_SPARE_SMS},
-                   **{f"beside, {sms} SMs, discarded": dict(gather=False, stripes=True, spare_sms=sms, discard=True)
-                      for sms in (16, 24)},
-                   # the gate-up GEMM in native_mt (token chunks shared by pairs of weight tiles: fewer L2 bytes;
-                   # it gathers no rows), and the down GEMM too
-                   "gate-up native_mt, after": dict(gather=False, stripes=False, cutlass_modes=("native_mt", None)),
-                   "gate-up native_mt, beside, 16 SMs, discarded": dict(
-                       gather=False, stripes=True, spare_sms=16, discard=True, cutlass_modes=("native_mt", None)),
-                   "both native_mt, beside, 16 SMs, discarded": dict(
-                       gather=False, stripes=True, spare_sms=16, discard=True, cutlass_modes=("native_mt", "native_mt")),
-                   "gathered, after": dict(gather=True, stripes=False),
-                   "gathered, after, discarded": dict(gather=True, stripes=False, discard=True),
-                   **{f"gathered, beside, {sms} SMs, discarded": dict(gather=True, stripes=True, spare_sms=sms,
-                                                                     discard=True) for sms in (16, 24)}}
+# the first GEMM reading scattered copies of each token's row, or gathering the one row; or in native_mt
+# (token chunks shared by pairs of weight tiles, which gathers no rows)
+GATHER_VARIANTS = {"scattered": dict(gather=False), "gathered": dict(gather=True),
+                   "gate-up native_mt": dict(gather=False, cutlass_modes=("native_mt", None))}
 
 
 def grouped_ab(batches, csv_path, variants):
@@ -177,10 +159,9 @@ def grouped_ab(batches, csv_path, variants):
             best[name] = min(us, best.get(name, us))
         for name, plan in plans.items():
             ok = errors[name][0] <= tol[0] and errors[name][1] <= tol[1]
-            rows.append(dict(model=model.name, batch=batch, variant=name, gather=plan.gather, striped=plan.striped,
-                             us=best[name], ok=ok))
-            print(f"{model.name} T={batch} {best[name]:7.1f} µs {name} (gathered {plan.gather}, striped {plan.striped})"
-                  f"{'' if ok else ' !'}", flush=True)
+            rows.append(dict(model=model.name, batch=batch, variant=name, gather=plan.gather, us=best[name], ok=ok))
+            print(f"{model.name} T={batch} {best[name]:7.1f} µs {name} (gathered {plan.gather}){'' if ok else ' !'}",
+                  flush=True)
             for kernel, per_call, us in kernel_breakdown(lambda: plan(*args)):
                 print(f"    {us:8.1f} µs  x{per_call:<4g} {kernel[:100]}")
     _write_csv(csv_path, rows)
@@ -191,13 +172,12 @@ def main():
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--csv")
     parser.add_argument("--layer", action="store_true", help="the whole decode path per LAYER_CONFIGS")
-    parser.add_argument("--gather", action="store_true", help="the grouped pipeline, rows scattered or gathered")
-    parser.add_argument("--stripes", action="store_true",
-                        help="the grouped pipeline, the un-permute after the down GEMM or beside it")
+    parser.add_argument("--gather", action="store_true",
+                        help="the grouped pipeline, rows scattered or gathered (GATHER_VARIANTS)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
-    if args.gather or args.stripes:
-        grouped_ab(batches, args.csv, GATHER_VARIANTS if args.gather else STRIPE_VARIANTS)
+    if args.gather:
+        grouped_ab(batches, args.csv, GATHER_VARIANTS)
     else:
         (layer_sweep if args.layer else sweep)(batches, args.csv)
 

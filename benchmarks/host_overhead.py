@@ -93,7 +93,7 @@ def _library_rows(inputs, out, total_m) -> list:
         overlaps = buckets.OVERLAPS if buckets.fused_kernel(dict(buckets.MODES)[mode]) is None else {0: "none"}
         for overlap, name in overlaps.items():
             call = (lambda code=code, overlap=overlap, ws=ws: lib.es_dual_grouped_gemm(
-                ptrs[0], ptrs[1], 0, None, ptrs[2], ptrs[3], ptrs[4], 0, 0, out.data_ptr(), None, 0, 0, total_m, N, K, len(COUNTS), 0,
+                ptrs[0], ptrs[1], 0, None, ptrs[2], ptrs[3], ptrs[4], 0, 0, out.data_ptr(), total_m, N, K, len(COUNTS), 0,
                 code, overlap, 0, sm_count, ws.data_ptr(), ws.numel(), stream))
             rows.append((f"C library alone, mode {mode}, overlap {name}", call))
     return rows

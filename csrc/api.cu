@@ -226,8 +226,7 @@ int es_dual_workspace_bytes(int64_t total_m, int64_t n, int64_t k, int32_t num_e
 
 int es_dual_grouped_gemm(const void* a, const float* a_scale, int64_t a_scale_ld, const int32_t* row_index,
                          const void* b, const float* b_scale,
-                         const void* expert_offsets, int32_t offsets_int64, int64_t max_m, void* out,
-                         int32_t* stripe_done, int32_t stripe_cols, int32_t spare_sms, int64_t total_m,
+                         const void* expert_offsets, int32_t offsets_int64, int64_t max_m, void* out, int64_t total_m,
                          int64_t n, int64_t k, int32_t num_experts, int32_t out_dtype, int32_t mode,
                          int32_t overlap, int32_t device, int32_t sm_count, void* workspace,
                          size_t workspace_bytes, void* stream) {
@@ -251,17 +250,13 @@ int es_dual_grouped_gemm(const void* a, const float* a_scale, int64_t a_scale_ld
   if (row_index && (max_m > 0 || !table.fused[out_dtype]))
     return fail(ES_DUAL_ERROR_INVALID_ARGUMENT, "row_index: gathered rows need a native mode and expert offsets, "
                 "got mode %d (%s) and max_m = %lld", mode, table.name, (long long)max_m);
-  if (stripe_done && (max_m > 0 || !table.fused[out_dtype] || stripe_cols <= 0 || spare_sms < 0 || spare_sms >= sm_count))
-    return fail(ES_DUAL_ERROR_INVALID_ARGUMENT, "stripe_done: column stripes need a native mode, expert offsets, "
-                "stripe_cols > 0 and 0 <= spare_sms < sm_count = %d, got mode %d (%s), max_m = %lld, stripe_cols = %d, "
-                "spare_sms = %d", sm_count, mode, table.name, (long long)max_m, stripe_cols, spare_sms);
   if (total_m == 0) return ES_DUAL_OK;  // no rows: nothing to write
   const ExpertRows rows{expert_offsets, offsets_int64, max_m, total_m};
   const WorkspacePlan plan = plan_workspace(table, out_dtype, num_experts, sm_count);
   const struct { const char* name; const void* ptr; size_t align; bool needed; } pointers[] = {
       {"a", a, 16, true}, {"a_scale", a_scale, 4, true}, {"b", b, 16, true}, {"b_scale", b_scale, 4, true},
       {"expert_offsets", expert_offsets, size_t(offsets_int64 ? 8 : 4), true}, {"out", out, 16, true},
-      {"row_index", row_index, 4, row_index != nullptr}, {"stripe_done", stripe_done, 4, stripe_done != nullptr},
+      {"row_index", row_index, 4, row_index != nullptr},
       {"workspace", workspace, kRegionAlign, plan.total > 0}};  // a native mode needs none
   for (const auto& p : pointers) {
     if (!p.needed) continue;
@@ -286,8 +281,7 @@ int es_dual_grouped_gemm(const void* a, const float* a_scale, int64_t a_scale_ld
                   "mode %d (%s): native kernels take at most %d experts, (E + 1) * n <= %d and fewer than "
                   "2^31 tiles, got E = %d, n = %lld, total_m = %lld", mode, table.name, kNativeMaxExperts,
                   INT_MAX, num_experts, (long long)n, (long long)total_m);
-    NativeArgs native{a, a_scale, a_scale_ld, row_index, b, b_scale, rows, out, stripe_done, stripe_cols,
-                      spare_sms, total_m, n, k, table.num_buckets, {}};
+    NativeArgs native{a, a_scale, a_scale_ld, row_index, b, b_scale, rows, out, total_m, n, k, table.num_buckets, {}};
     for (int i = 0; i < table.num_buckets; ++i) native.max_tokens[i] = table.buckets[i].max_tokens;
     LaunchArgs launch{num_experts, nullptr, {}, {}, nullptr, device, sm_count, cuda_stream, false, native};
     if (const char* err = fused->run(launch))

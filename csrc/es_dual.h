@@ -74,15 +74,6 @@ ES_DUAL_API int es_dual_workspace_bytes(int64_t total_m, int64_t n, int64_t k, i
 // a and of a_scale (a gather: a and a_scale then have as many rows as the caller's indices address, each
 // index in [0, that count), a_scale K-major with ceil(k/128) floats a row, or MN-major with a_scale_ld
 // above that count; nothing checks the indices on the device). Native modes and expert offsets only.
-// stripe_done: NULL, or (ceil(n / stripe_cols),) int32 counters on the device, which the caller zeroes
-// (or counts on from a base it knows): column stripes. The kernel then runs its tiles column stripe by
-// column stripe (stripe s: columns s * stripe_cols .. (s + 1) * stripe_cols - 1, all experts' rows in
-// expert order) and adds to stripe_done[s] the rows of each tile it has stored there, released at GPU
-// scope once those stores are visible: when a counter reaches the rows of all experts, that stripe of
-// `out` is final. It lets the next kernel on `stream` launch at once if that one is a programmatic
-// dependent (which may then consume the stripes while later ones are computed), leaving it `spare_sms`
-// SMs (0 <= spare_sms < sm_count). Native modes whose tile kinds share one weight tile width
-// (stripe_cols must equal it) in 1-CTA clusters, bfloat16 output, expert offsets, no row_index.
 // `device` is made current for the call (and the caller's device restored); `sm_count` must be the
 // value given to es_dual_workspace_bytes. Alignment: a, b, out 16 bytes; scales 4; offsets their size;
 // workspace 256. k % 16 == 0 and n % 8 == 0 (16-byte rows for TMA). The host-side setup of each
@@ -91,8 +82,7 @@ ES_DUAL_API int es_dual_workspace_bytes(int64_t total_m, int64_t n, int64_t k, i
 ES_DUAL_API int es_dual_grouped_gemm(const void* a, const float* a_scale, int64_t a_scale_ld,
                                      const int32_t* row_index, const void* b,
                                      const float* b_scale, const void* expert_offsets,
-                                     int32_t offsets_int64, int64_t max_m, void* out, int32_t* stripe_done,
-                                     int32_t stripe_cols, int32_t spare_sms, int64_t total_m, int64_t n,
+                                     int32_t offsets_int64, int64_t max_m, void* out, int64_t total_m, int64_t n,
                                      int64_t k, int32_t num_experts, int32_t out_dtype, int32_t mode,
                                      int32_t overlap, int32_t device, int32_t sm_count, void* workspace,
                                      size_t workspace_bytes, void* stream);

@@ -120,7 +120,6 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
 // instead of polling an mbarrier.
 constexpr int kOutFull = 4;
 constexpr int kOutEmpty = 5;
-constexpr int kStoresDone = 6;  // the store warps among themselves: a tile's stores issued (column stripes)
 
 // Shared-memory matrix descriptor of a K-major tile written by TMA with the 128-byte swizzle: rows of
 // 128 bytes, 8-row groups 1024 bytes apart (stride byte offset), swizzle mode 1 (128B).
@@ -297,12 +296,6 @@ struct Mode {
   template <int I> using KindAt = std::tuple_element_t<I, std::tuple<Kinds...>>;
   static constexpr int kMathWGs = KindAt<0>::kMathWGs;
   static_assert(((Kinds::kMathWGs == kMathWGs) && ...), "every kind of a mode has the same math warp groups");
-  // Column stripes (the kernel variant kStripes, see grouped_gemm_kernel): the weight rows of every kind,
-  // where they are the same and every kind's cluster tile is one token chunk (a CTA alone, or a 2-CTA pair
-  // of weight tiles: two adjacent stripes of one chunk); 0 where the mode has no such variant.
-  static constexpr bool kChunkPerClusterTile = Cluster == 1 || !(kMulticastWeights<Kinds> || ...);
-  static constexpr int kStripeCols = kChunkPerClusterTile && ((Kinds::kWeightRows == KindAt<0>::kWeightRows) && ...)
-                                         ? KindAt<0>::kWeightRows : 0;
   static constexpr int kMathThreads = 128 * kMathWGs;
   static constexpr int kThreads = kMathThreads + 128;
   static constexpr int kStoreThreads = 64;  // warps 2-3 of the producer warp group
@@ -357,7 +350,6 @@ struct Params {
   int total_m, n, k, num_experts;
   int k_blocks;                         // ceil(k / 128), read from the parameter space where used (no spill)
   int max_tokens[kMaxKinds];            // kind i: experts with max_tokens[i - 1] < m <= max_tokens[i]
-  int* stripe_done;                     // column stripes (kStripes): (weight tiles) counters of stored rows
 };
 
 // The tile a CTA works on, as both roles decode it from the linear tile index.
@@ -423,17 +415,9 @@ struct Schedule {
     lo = int(lo64), hi = int(hi64);
   }
 
-  // Cluster tile t as CTA `rank` of its cluster sees it. kStripes: tile_start counts token chunks, and
-  // cluster tile t is chunk t % chunks (all experts' chunks in order) of (paired) weight tile t / chunks:
-  // column stripe t / chunks, or in 2-CTA modes stripe 2 (t / chunks) + rank.
-  template <class M, bool kStripes = false>
+  // Cluster tile t as CTA `rank` of its cluster sees it.
+  template <class M>
   __device__ __forceinline__ Tile decode(const Params& p, int t, int rank) const {
-    int stripe = 0;
-    if constexpr (kStripes) {
-      const int chunks = tile_start[p.num_experts];
-      stripe = t / chunks;
-      t -= stripe * chunks;
-    }
     // The last expert whose first tile is <= t: tile_start[lo] <= t < tile_start[lo + 1] (experts with
     // no tile repeat a start; the search lands past them on the expert that owns t).
     int lo = 0, hi = p.num_experts;
@@ -454,9 +438,7 @@ struct Schedule {
     const int pair_chunks = shape.pair_chunks(end_row - first_row);
     const int local = t - tile_start[lo];
     int pair_chunk = 0, pair_weight = local;  // one chunk (all decode experts): no division
-    if constexpr (kStripes) {
-      pair_chunk = local, pair_weight = stripe;
-    } else if (pair_chunks > 1) {
+    if (pair_chunks > 1) {
       const int group = local / (kChunkGroup * paired_weight_tiles);
       const int in_group = local - group * kChunkGroup * paired_weight_tiles;
       const int group_chunks = min(kChunkGroup, pair_chunks - group * kChunkGroup);
@@ -472,9 +454,9 @@ struct Schedule {
   }
 };
 
-// Every thread of the CTA: count each expert's tiles (its kind's shape; kStripes: its token chunks) and
-// scan them into sched.tile_start. Returns the total tiles.
-template <class M, bool kStripes>
+// Every thread of the CTA: count each expert's tiles (its kind's shape) and scan them into
+// sched.tile_start. Returns the total.
+template <class M>
 __device__ int build_schedule(const Params& p, const Schedule& sched, int* warp_sums) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   int carry = 0;
@@ -489,7 +471,7 @@ __device__ int build_schedule(const Params& p, const Schedule& sched, int* warp_
       sched.expert_rows(p, e, lo, hi);
       const int m = hi - lo;
       const int kind = kind_of<M>(p, m);
-      if (kind >= 0) tiles = kStripes ? tile_shape<M>(kind).pair_chunks(m) : tile_shape<M>(kind).cluster_tiles(m, p.n);
+      if (kind >= 0) tiles = tile_shape<M>(kind).cluster_tiles(m, p.n);
     }
     int x = tiles;  // inclusive scan within the warp
 #pragma unroll
@@ -515,8 +497,7 @@ __device__ int build_schedule(const Params& p, const Schedule& sched, int* warp_
   }
   if (threadIdx.x == 0) sched.tile_start[p.num_experts] = carry;
   __syncthreads();
-  // kStripes: every chunk once per weight tile (the same weight rows for every kind)
-  return kStripes ? carry * tile_shape<M>(0).paired_weight_tiles(p.n) : carry;
+  return carry;
 }
 
 // Shared memory of one CTA, carved in this order (see Mode).
@@ -630,19 +611,17 @@ __device__ __forceinline__ void gather_rows(const Params& p, const int (&rows)[(
   }
 }
 
-template <class M, class K, Loads kPart, bool kGather, bool kStripes>
+template <class M, class K, Loads kPart, bool kGather>
 __device__ __forceinline__ void load_tile(const Params& p, const Smem<M>& s, const Tile& tile,
                                           int rank, int lane, int& stage, uint32_t& phase) {
   // L2 policy. Swap-AB kinds (experts of at most a few dozen tokens, one chunk): the token chunk is read
   // once per weight tile (kept), each weight tile once (streamed). Tokens x weights kinds: both are
   // reused across the waves of an expert, with no hint (kept token chunks would pile up over the waves
-  // and push out the weight tiles that the next wave reads again). Column stripes (kStripes): every kind
-  // reads each weight tile once (streamed) and all the token chunks again for every stripe (kept).
-  constexpr bool kKeepTokens = K::kSwapAB || kStripes;
-  constexpr uint64_t kTokenHint = uint64_t(kKeepTokens ? cute::TMA::CacheHintSm90::EVICT_LAST
+  // and push out the weight tiles that the next wave reads again).
+  constexpr uint64_t kTokenHint = uint64_t(K::kSwapAB ? cute::TMA::CacheHintSm90::EVICT_LAST
+                                                      : cute::TMA::CacheHintSm90::EVICT_NORMAL);
+  constexpr uint64_t kWeightHint = uint64_t(K::kSwapAB ? cute::TMA::CacheHintSm90::EVICT_FIRST
                                                        : cute::TMA::CacheHintSm90::EVICT_NORMAL);
-  constexpr uint64_t kWeightHint = uint64_t(kKeepTokens ? cute::TMA::CacheHintSm90::EVICT_FIRST
-                                                        : cute::TMA::CacheHintSm90::EVICT_NORMAL);
   constexpr int kScaleRowsPerLane = (K::kTokenRows + 31) / 32;
   constexpr int kWeightScales = K::kTwoWeightScales ? 2 : 1;
   const int kind = tile.kind;
@@ -1022,36 +1001,11 @@ __device__ __forceinline__ void store_tile(const Params& p, const Smem<M>& s, co
   }
 }
 
-// Column stripes: once the store warps have issued a tile's stores, its rows are added to the counter of
-// its column stripe, stripe_done[col0 / kStripeCols], released at GPU scope after every store thread's
-// stores (a barrier of the store warps, then one release: cumulative over what the barrier ordered before
-// it), so that a kernel running beside this one may read a stripe once its counter reaches the rows of
-// all experts. TMA stores are first waited for until written (not only read from shared memory) and
-// fenced against the generic proxy such a reader loads with.
-template <class M>
-__device__ __forceinline__ void count_stored_rows(const Params& p, const Tile& tile, int thread) {
-  if constexpr (M::kTmaStores) {
-    if (thread == 0) asm volatile("cp.async.bulk.wait_group 0;\n\tfence.proxy.async.global;\n" ::: "memory");
-  }
-  named_barrier_sync(kStoresDone, M::kStoreThreads);
-  if (thread == 0 && tile.col0 < p.n)  // (a 2-CTA pair's spare tile past n stores nothing)
-    asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p.stripe_done + tile.col0 / M::kStripeCols),
-                 "r"(tile.rows) : "memory");
-}
-
 // kGather: the token tiles gathered by row_index (gather_rows), a compile-time choice so that the kernel
 // without it keeps its producer's registers (at 40 each, the gather's spilled there).
-// kStripes (modes with kStripeCols, p.stripe_done): the tiles in order of their column stripe (weight
-// tile; a 2-CTA pair: two adjacent stripes), each stripe all experts' token chunks in expert order, so
-// that the stripes' rows are complete one after the other; every stored tile counted in its stripe's counter (count_stored_rows); and the
-// next kernel on the stream, if launched as a programmatic dependent, may launch at once (the caller
-// leaves it SMs: a smaller persistent grid, LaunchArgs). The MoE layer sums the down GEMM's rows per
-// stripe that way while later stripes are computed (es_dual/moe/kernels.py, unpermute_stripes_kernel).
-template <class M, bool kGather, bool kStripes>
+template <class M, bool kGather>
 __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __grid_constant__ Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(CUTE_ARCH_MMA_SM90A_ENABLED)
-  static_assert(!kStripes || M::kStripeCols > 0, "column stripes need one weight tile width and one chunk per cluster tile");
-  if constexpr (kStripes) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   // Round up to 1024 bytes by an offset from smem_raw, so that the compiler keeps the shared address
   // space (ld/st.shared rather than generic accesses).
@@ -1070,7 +1024,7 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
     }
     cutlass::arch::fence_barrier_init();
   }
-  const int total_tiles = build_schedule<M, kStripes>(p, s.sched, s.warp_sums);  // ends with __syncthreads
+  const int total_tiles = build_schedule<M>(p, s.sched, s.warp_sums);  // ends with __syncthreads
   // Both CTAs' barriers are initialized before either producer multicasts or math arrives remotely.
   if constexpr (M::kCluster > 1) cute::cluster_sync();
   // The cluster's tiles: first, first + step, ... (a cluster tile is one tile per CTA of the cluster).
@@ -1086,11 +1040,10 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
       const int lane = threadIdx.x % 32;
       const bool tiles = threadIdx.x < M::kMathThreads + 32;
       for (int t = first; t < total_tiles; t += step) {
-        const Tile tile = s.sched.template decode<M, kStripes>(p, t, rank);
+        const Tile tile = s.sched.template decode<M>(p, t, rank);
         with_kind<M>(tile.kind, [&](auto k) {
-          using K = decltype(k);
-          if (tiles) load_tile<M, K, Loads::kTiles, kGather, kStripes>(p, s, tile, rank, lane, stage, phase);
-          else load_tile<M, K, Loads::kScales, kGather, kStripes>(p, s, tile, rank, lane, stage, phase);
+          if (tiles) load_tile<M, decltype(k), Loads::kTiles, kGather>(p, s, tile, rank, lane, stage, phase);
+          else load_tile<M, decltype(k), Loads::kScales, kGather>(p, s, tile, rank, lane, stage, phase);
         });
       }
       // In a 2-CTA mode the other CTA's math arrives on this CTA's barriers: wait for its last releases
@@ -1105,14 +1058,13 @@ __global__ void __launch_bounds__(M::kThreads, 1) grouped_gemm_kernel(const __gr
       // --- Store warps: copy each staged tile to out, then free the staging buffer ---------------------
       const int thread = threadIdx.x - (M::kMathThreads + 64);
       for (int t = first; t < total_tiles; t += step) {
-        const Tile tile = s.sched.template decode<M, kStripes>(p, t, rank);
+        const Tile tile = s.sched.template decode<M>(p, t, rank);
         named_barrier_sync(kOutFull, M::kMathThreads + M::kStoreThreads);
         with_kind<M>(tile.kind, [&](auto k) { store_tile<M, decltype(k)>(p, s, tile, thread); });
         if constexpr (M::kTmaStores) __syncwarp();  // (bar.arrive is a warp's, all lanes together)
         // the math waits for this only before it stages a next tile
         if (t + step < total_tiles && !ablated(kAblateStoreWait))
           named_barrier_arrive(kOutEmpty, M::kMathThreads + M::kStoreThreads);
-        if constexpr (kStripes) count_stored_rows<M>(p, tile, thread);
       }
       if (M::kTmaStores && thread == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");  // the TMA stores are done
     }
@@ -1211,11 +1163,6 @@ struct GroupedGemm {
     if (na.num_buckets != M::kNumKinds) return "the mode's bucket count differs from its kernel's tile kinds";
     if (na.row_index && M::kSharesTokens) return "this mode's 2-CTA tiles share token tiles: it gathers no rows";
     if (na.row_index && !kGathers) return "gathered rows are compiled for bfloat16 output only";
-    if (na.stripe_done && !kStripesCompiled)
-      return "column stripes are compiled for bfloat16 output and modes whose kinds have one weight tile width "
-             "and one token chunk per cluster tile only";
-    if (na.stripe_done && na.row_index) return "gathered rows and column stripes are not compiled together";
-    if (na.stripe_done && na.stripe_cols != M::kStripeCols) return "stripe_cols differs from the mode's weight tile rows";
     Params p{};
     int64_t bound = 0;  // CTAs beyond the number of tiles would have nothing to do
     if (const char* err = encode_kinds(p, la, bound)) return err;
@@ -1229,25 +1176,19 @@ struct GroupedGemm {
     p.expert_rows = na.expert_rows;
     p.total_m = int(na.total_m), p.n = int(na.n), p.k = int(na.k), p.num_experts = la.num_experts;
     p.k_blocks = (p.k + kBlockK - 1) / kBlockK;
-    p.stripe_done = na.stripe_done;
     if constexpr (kGathers) {
-      if (na.row_index) return launch<true, false>(la, p, bound);
+      if (na.row_index) return launch<true>(la, p, bound);
     }
-    if constexpr (kStripesCompiled) {
-      if (na.stripe_done) return launch<false, true>(la, p, bound);
-    }
-    return launch<false, false>(la, p, bound);
+    return launch<false>(la, p, bound);
   }
 
-  // The MoE layer's first GEMM, the one that gathers, and its second, whose rows are summed per column
-  // stripe, write bfloat16: the kernels that gather or count stripes are compiled for that output only.
-  static constexpr bool kBf16 = std::is_same_v<typename M::ElementD, cutlass::bfloat16_t>;
-  static constexpr bool kGathers = kBf16 && !M::kSharesTokens;
-  static constexpr bool kStripesCompiled = kBf16 && M::kStripeCols > 0;
+  // The MoE layer's first GEMM, the one that gathers, writes bfloat16: the kernels that gather are
+  // compiled for that output only.
+  static constexpr bool kGathers = std::is_same_v<typename M::ElementD, cutlass::bfloat16_t> && !M::kSharesTokens;
 
-  template <bool kGather, bool kStripes>
+  template <bool kGather>
   static const char* launch(const LaunchArgs& la, const Params& p, int64_t bound) {
-    auto kernel = grouped_gemm_kernel<M, kGather, kStripes>;
+    auto kernel = grouped_gemm_kernel<M, kGather>;
     cudaLaunchConfig_t config{};
     config.blockDim = dim3(M::kThreads);
     config.dynamicSmemBytes = M::kSmemBytes;
@@ -1274,9 +1215,6 @@ struct GroupedGemm {
       }
       if (la.device >= 0 && la.device < kMaxDevices) resident[la.device].store(clusters + 1, std::memory_order_relaxed);
     }
-    // column stripes: SMs left to the kernel that consumes the stripes beside this one
-    if (kStripes) clusters -= (la.native.spare_sms + M::kCluster - 1) / M::kCluster;
-    if (clusters < 1) return "spare_sms leaves no SM to the native kernel";
     // bound counts single tiles: at least as many as cluster tiles
     config.gridDim = dim3(unsigned(bound < clusters ? bound : clusters) * M::kCluster);
     if (cudaLaunchKernelEx(&config, kernel, p) != cudaSuccess) return cudaGetErrorString(cudaGetLastError());

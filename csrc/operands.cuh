@@ -145,9 +145,6 @@ struct NativeArgs {
   const float* b_scale;     // (E, n blocks, k blocks)
   ExpertRows expert_rows;   // offsets (E + 1) or masked counts (E)
   void* out;                // (total_m, n), 2-byte elements
-  int32_t* stripe_done;     // nullptr, or (ceil(n / stripe_cols)) counters of stored rows per column stripe
-  int32_t stripe_cols;      // the stripes' width, the mode's weight tile rows (checked by the kernel)
-  int32_t spare_sms;        // SMs the persistent grid leaves to a kernel running beside it (with stripes)
   int64_t total_m, n, k;
   int32_t num_buckets;             // the mode's buckets, one tile kind each, in routing order:
   int32_t max_tokens[kMaxBuckets]; // experts with max_tokens[i - 1] < m <= max_tokens[i]

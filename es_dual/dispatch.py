@@ -63,8 +63,6 @@ class Backend:
                 reasons.append(f"needs {dim} to be a multiple of {multiple}, got {size}")
         if problem.a_rows and problem.max_m:
             reasons.append("gathers rows in the contiguous layout only, not the masked one")
-        if problem.stripe_cols and problem.max_m:
-            reasons.append("counts column stripes in the contiguous layout only, not the masked one")
         return reasons + self.problem_reasons(problem)
 
 
@@ -91,15 +89,8 @@ def _cutlass_availability(device: torch.device) -> list[str]:
 def _plan_reference(problem, offsets_dtype):
     from .reference import run_reference, run_reference_masked
 
-    if problem.max_m:
-        return lambda ptrs, tensors: run_reference_masked(*tensors())
-    gather, stripes = problem.a_rows > 0, problem.stripe_cols > 0  # (row_index, then the counters, after out)
-
-    def launch(ptrs, tensors):
-        given = tensors()
-        run_reference(*given[:6], row_index=given[6] if gather else None, stripe_done=given[-1] if stripes else None)
-
-    return launch
+    run = run_reference_masked if problem.max_m else run_reference
+    return lambda ptrs, tensors: run(*tensors())
 
 
 def _plan_triton(problem, offsets_dtype):
@@ -120,26 +111,13 @@ def _plan_cutlass(single: bool) -> Callable:
 def _cutlass_problem_reasons(single: bool) -> Callable:
     """MN-major activation scales and gathered rows: only es_dual's native kernels read them (the CUTLASS
     kernels' scale layout is K-major, their rows one TMA box), so the expert-specialized backend takes them
-    where a native mode fits; column stripes: where the call's mode is a native one of that stripe width
-    (buckets.stripe_cols), and not in a call that gathers."""
+    where a native mode fits."""
     def reasons(problem: Problem) -> list[str]:
         from .cutlass.buckets import native_fits
 
         if single:
             return ["reads K-major activation scales only (a_scale is MN-major)"] * bool(problem.a_scale_ld) + [
-                "gathers no rows (its kernels read a's rows in TMA boxes)"] * bool(problem.a_rows) + [
-                "counts no column stripes (one CUTLASS kernel)"] * bool(problem.stripe_cols)
-        if problem.stripe_cols and problem.a_rows:
-            return ["counts column stripes or gathers rows, not both in one call"]
-        if problem.stripe_cols:
-            from .cutlass.buckets import stripe_cols
-            from .cutlass.launch import es_mode_of
-
-            mode = es_mode_of(problem)
-            if problem.out_dtype != torch.bfloat16 or stripe_cols(mode) != problem.stripe_cols:
-                return [f"counts column stripes of {problem.stripe_cols} columns for torch.bfloat16 output only, in "
-                        f"a native mode of that weight tile width; this call's mode is {mode} "
-                        f"(stripes of {stripe_cols(mode)}) and its output {problem.out_dtype}"]
+                "gathers no rows (its kernels read a's rows in TMA boxes)"] * bool(problem.a_rows)
         if problem.a_rows and problem.out_dtype != torch.bfloat16:
             return [f"gathers rows for torch.bfloat16 output only, not {problem.out_dtype}"]
         native_only = [what for what, asked in (("reads MN-major activation scales", problem.a_scale_ld),
@@ -167,8 +145,7 @@ BACKENDS = {
         _cutlass("cutlass", "CUTLASS SM90, expert-specialized: one grouped GEMM per token-count bucket", single=False),
         _cutlass("cutlass_single", "CUTLASS SM90, every expert in one 128x128x128 grouped GEMM", single=True),
         Backend("triton", "Triton kernel (FP8 tensor cores from sm_89, bf16 below; interpreter on CPU)",
-                ("cuda", "cpu"), plan=_plan_triton, availability=_triton_availability,
-                problem_reasons=lambda problem: ["counts no column stripes"] * bool(problem.stripe_cols)),
+                ("cuda", "cpu"), plan=_plan_triton, availability=_triton_availability),
         Backend("reference", "plain torch, float32 on dequantized inputs, loop over experts (host sync)",
                 ("cuda", "cpu"), plan=_plan_reference, availability=lambda device: []),
     )

@@ -36,15 +36,6 @@ class Problem(NamedTuple):
     # a_scale hold a_rows rows, and grouped row r of an expert reads row row_index[r] of both, row_index
     # being an int32 (total_m,) tensor given as a seventh data pointer (after out); contiguous layout
     a_rows: int = 0
-    # 0: no column stripes; > 0: the call counts its stored rows per column stripe of this many columns into
-    # an int32 (ceil(n / stripe_cols),) tensor of counters that the caller zeroed, given as the last data
-    # pointer (after out and a gather's row index): when stripe s's counter reaches the rows of all experts,
-    # columns s * stripe_cols ... of out are final (the MoE layer sums the down GEMM's rows stripe by stripe
-    # beside it); contiguous layout
-    stripe_cols: int = 0
-    # SMs a call with column stripes leaves to a kernel that runs beside it (launched as its programmatic
-    # dependent)
-    spare_sms: int = 0
 
     @property
     def mean_tokens(self) -> float:

@@ -28,10 +28,9 @@ def grouped_gemm_fp8_reference(a, a_scale, b, b_scale, expert_offsets, *, out=No
     return out
 
 
-def run_reference(a, a_scale, b, b_scale, expert_offsets, out, row_index=None, stripe_done=None) -> None:
+def run_reference(a, a_scale, b, b_scale, expert_offsets, out, row_index=None) -> None:
     """The loop itself, on already validated inputs; writes only the rows that belong to an expert.
-    row_index (Problem.a_rows): grouped row r reads row row_index[r] of a and a_scale. stripe_done
-    (Problem.stripe_cols): each column stripe's counter gets the rows stored in it, all of them here."""
+    row_index (Problem.a_rows): grouped row r reads row row_index[r] of a and a_scale."""
     offs = expert_offsets.tolist()
     total_m = out.shape[0]
     # The documented meaning of offsets that break the contract, shared by every backend: clamp to
@@ -41,8 +40,6 @@ def run_reference(a, a_scale, b, b_scale, expert_offsets, out, row_index=None, s
         lo = min(max(offs[e], 0), total_m)
         ranges.append((lo, min(max(offs[e + 1], lo), total_m)))
     _run_ranges(a, a_scale, b, b_scale, ranges, out, row_index)
-    if stripe_done is not None:
-        stripe_done += sum(hi - lo for lo, hi in ranges)
 
 
 def run_reference_masked(a, a_scale, b, b_scale, masked_m, out) -> None:

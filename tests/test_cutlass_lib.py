@@ -359,7 +359,7 @@ def test_workspace_bytes_rejects_bad_sizes(lib):
 
 def _gemm(lib, **overrides):
     args = dict(a=256, a_scale=256, a_scale_ld=0, row_index=None, b=256, b_scale=256, offs=256, offs64=0, max_m=0, out=256,
-                stripe_done=None, stripe_cols=0, spare_sms=0, total_m=10, n=4096, k=7168, experts=8, dtype=0, mode=0, overlap=0, device=0, sms=132, ws=256,
+                total_m=10, n=4096, k=7168, experts=8, dtype=0, mode=0, overlap=0, device=0, sms=132, ws=256,
                 ws_bytes=1 << 30, stream=None)
     args.update(overrides)
     return lib.es_dual_grouped_gemm(*args.values())
@@ -398,16 +398,6 @@ def test_gemm_error_messages_name_the_argument(lib):
          "row_index: gathered rows need a native mode and expert offsets, got mode"),
         (dict(row_index=258, mode=_native_code()), loader.INVALID_ARGUMENT,
          "row_index: expected a 4-byte aligned pointer"),
-        (dict(stripe_done=256, stripe_cols=128, mode=0), loader.INVALID_ARGUMENT,
-         "stripe_done: column stripes need a native mode, expert offsets, stripe_cols > 0 and 0 <= spare_sms < "
-         "sm_count = 132, got mode 0 (es), max_m = 0, stripe_cols = 128, spare_sms = 0"),
-        (dict(stripe_done=256, stripe_cols=128, mode=_native_code(), total_m=16, max_m=2), loader.INVALID_ARGUMENT,
-         "max_m = 2"),
-        (dict(stripe_done=256, stripe_cols=0, mode=_native_code()), loader.INVALID_ARGUMENT, "stripe_cols = 0"),
-        (dict(stripe_done=256, stripe_cols=128, spare_sms=132, mode=_native_code()), loader.INVALID_ARGUMENT,
-         "spare_sms = 132"),
-        (dict(stripe_done=258, stripe_cols=128, mode=_native_code()), loader.INVALID_ARGUMENT,
-         "stripe_done: expected a 4-byte aligned pointer"),
     ]
     for overrides, status, message in cases:
         got = _gemm(lib, **overrides)

@@ -341,48 +341,9 @@ def test_first_gemm_gathers_rows_where_its_backend_can(device, monkeypatch, back
         assert_layer_close(out, reference_of(layer))
 
 
-@pytest.mark.parametrize("backend", GEMM_BACKENDS)
-def test_down_rows_summed_beside_the_gemm_where_its_backend_counts_stripes(device, monkeypatch, backend):
-    """With STRIPED_DOWN the down GEMM counts its column stripes where its backend can (the reference, the
-    CUTLASS backend in its native mode) and the weighted un-permute sums each complete stripe beside it: the
-    bits of the un-permute after the GEMM, with ids out of range, a partial last stripe and, on a GPU, SMs
-    left to the sums or not, the summed rows discarded from the L2 or not; elsewhere the layer keeps the
-    un-permute after the GEMM."""
-    monkeypatch.setattr(layer_module, "STRIPED_DOWN", True)
-    tokens = 96 if ON_GPU else 20
-    for seed, kind in ((40, "uniform"), (41, "hot"), (42, "subset")):
-        for shape in (SHAPES[1], SHAPES[3]):  # SHAPES[3]: hidden not a multiple of 128
-            layer = make_layer(Routing(tokens, 16, 4, kind, seed), *shape, device)
-            layer["topk_ids"].view(-1)[::7] = -1
-            sizes = layer_module.check_moe_inputs(**layer)
-            args = [layer[name] for name in ("hidden", "w13", "w13_scale", "w2", "w2_scale", "topk_weights", "topk_ids")]
-            plain = layer_module._LayerPlan(sizes, torch.int32, backend, stripes=False)(*args)
-            for spare_sms, discard in ((0, False), (16, False), (16, True)) if ON_GPU else ((None, True),):
-                plan = layer_module._LayerPlan(sizes, torch.int32, backend, stripes=True, spare_sms=spare_sms,
-                                               discard=discard)
-                assert plan.striped == (backend in ("reference", "cutlass"))
-                assert torch.equal(plan(*args), plain), (seed, kind, shape, spare_sms, discard)
-            assert_layer_close(fused_moe_fp8(**layer, backend=backend), reference_of(layer))
-
-
-@pytest.mark.parametrize("backend", GEMM_BACKENDS)
-def test_discarded_intermediates_change_no_bit(device, backend):
-    """With DISCARD_DEAD_LINES the SiLU kernel drops from the L2 the gate_up rows it has read and the first
-    GEMM's gathered rows (a GPU's: the interpreter has no discards), the striped sums the down rows: the
-    bits of the layer that keeps them, with hidden and intermediate sizes whose lines are whole or not."""
-    for shape in (SHAPES[1], SHAPES[3]):
-        layer = make_layer(Routing(64 if ON_GPU else 12, 16, 4, "uniform", seed=60), *shape, device)
-        args = [layer[name] for name in ("hidden", "w13", "w13_scale", "w2", "w2_scale", "topk_weights", "topk_ids")]
-        sizes = layer_module.check_moe_inputs(*args)
-        for gather, stripes in ((False, False), (True, False), (True, True)):
-            kept = layer_module._LayerPlan(sizes, torch.int32, backend, gather=gather, stripes=stripes, discard=False)
-            dropped = layer_module._LayerPlan(sizes, torch.int32, backend, gather=gather, stripes=stripes, discard=True)
-            assert torch.equal(dropped(*args), kept(*args)), (shape, gather, stripes)
-
-
 def test_decode_sweep_variants_are_layer_plans(device):
-    """benchmarks/decode_sweep.py's grouped A/B variants (--gather, --stripes) are _LayerPlan keywords, each
-    giving the bits of the plain plan, so that a GPU visit does not stop at one of them."""
+    """benchmarks/decode_sweep.py's grouped A/B variants (--gather) are _LayerPlan keywords, each giving the
+    bits of the plain plan, so that a GPU visit does not stop at one of them."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "decode_sweep.py"
     spec = importlib.util.spec_from_file_location("decode_sweep", path)
     decode_sweep = importlib.util.module_from_spec(spec)
@@ -390,8 +351,8 @@ def test_decode_sweep_variants_are_layer_plans(device):
     layer = make_layer(Routing(24 if ON_GPU else 12, 8, 2, "uniform", seed=50), *SHAPES[1], device)
     args = [layer[name] for name in ("hidden", "w13", "w13_scale", "w2", "w2_scale", "topk_weights", "topk_ids")]
     sizes = layer_module.check_moe_inputs(*args)
-    plain = layer_module._LayerPlan(sizes, torch.int32, "auto", gather=False, stripes=False)(*args)
-    for name, keywords in {**decode_sweep.GATHER_VARIANTS, **decode_sweep.STRIPE_VARIANTS}.items():
+    plain = layer_module._LayerPlan(sizes, torch.int32, "auto", gather=False)(*args)
+    for name, keywords in decode_sweep.GATHER_VARIANTS.items():
         assert torch.equal(layer_module._LayerPlan(sizes, torch.int32, "auto", **keywords)(*args), plain), name
 
 
@@ -649,14 +610,12 @@ def _layer_for_path(decode, seed, kind="uniform"):
 
 
 @needs_gpu
-@pytest.mark.parametrize("backend, decode, faster_paths", [(b, d, False) for b, d in GPU_PATHS] + [("cutlass", False, True)])
-def test_no_host_sync(monkeypatch, backend, decode, faster_paths):
-    """No call synchronizes with the host; faster_paths: also with the first GEMM gathering its rows and the
-    un-permute summing the down GEMM's stripes beside it (discarding them)."""
-    if faster_paths and "cutlass" not in GEMM_BACKENDS:
+@pytest.mark.parametrize("backend, decode, gather", [(b, d, False) for b, d in GPU_PATHS] + [("cutlass", False, True)])
+def test_no_host_sync(monkeypatch, backend, decode, gather):
+    """No call synchronizes with the host, also with the first GEMM gathering its rows."""
+    if gather and "cutlass" not in GEMM_BACKENDS:
         pytest.skip("the CUTLASS library is not available here")
-    for flag in ("GATHER_FIRST_GEMM", "STRIPED_DOWN", "DISCARD_DEAD_LINES"):
-        monkeypatch.setattr(layer_module, flag, faster_paths)
+    monkeypatch.setattr(layer_module, "GATHER_FIRST_GEMM", gather)
     monkeypatch.setattr(layer_module, "_PLANS", {})
     layer = _layer_for_path(decode, seed=4, kind="subset")
     fused_moe_fp8(**layer, backend=backend)  # compile and load first
@@ -668,19 +627,14 @@ def test_no_host_sync(monkeypatch, backend, decode, faster_paths):
 
 
 @needs_gpu
-@pytest.mark.parametrize("backend, decode, gather, stripes", [(b, d, False, False) for b, d in GPU_PATHS] + [
-    ("cutlass", False, True, False), ("cutlass", False, False, True)])
-def test_cuda_graph_replay_follows_new_routing(monkeypatch, backend, decode, gather, stripes):
+@pytest.mark.parametrize("backend, decode, gather", [(b, d, False) for b, d in GPU_PATHS] + [("cutlass", False, True)])
+def test_cuda_graph_replay_follows_new_routing(monkeypatch, backend, decode, gather):
     """Capture once, then change hidden, topk_ids and topk_weights in place: each replay matches the
     reference of the new inputs (the per-expert counts live on the device only; with `gather`, the first
-    GEMM reads gathered rows, by a row index rebuilt on the device by every call; with `stripes`, the
-    un-permute sums the down GEMM's stripes beside it, on counters zeroed by every call, and discards the
-    summed rows from the L2)."""
-    if (gather or stripes) and "cutlass" not in GEMM_BACKENDS:
+    GEMM reads gathered rows, by a row index rebuilt on the device by every call)."""
+    if gather and "cutlass" not in GEMM_BACKENDS:
         pytest.skip("the CUTLASS library is not available here")
     monkeypatch.setattr(layer_module, "GATHER_FIRST_GEMM", gather)
-    monkeypatch.setattr(layer_module, "STRIPED_DOWN", stripes)
-    monkeypatch.setattr(layer_module, "DISCARD_DEAD_LINES", stripes)
     monkeypatch.setattr(layer_module, "_PLANS", {})
     static = _layer_for_path(decode, seed=20)
     stream = torch.cuda.Stream()
@@ -688,8 +642,8 @@ def test_cuda_graph_replay_follows_new_routing(monkeypatch, backend, decode, gat
     with torch.cuda.stream(stream):
         fused_moe_fp8(**static, backend=backend)
     torch.cuda.current_stream().wait_stream(stream)
-    plan = layer_module._layer_plan(layer_module.check_moe_inputs(**static), torch.int32, backend, None)
-    assert (getattr(plan, "gather", False), getattr(plan, "striped", False)) == (gather, stripes)
+    if gather:
+        assert layer_module._layer_plan(layer_module.check_moe_inputs(**static), torch.int32, backend, None).gather
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = fused_moe_fp8(**static, backend=backend)

@@ -47,18 +47,12 @@ SCRIPT = textwrap.dedent('''
     compile_for_sm90(moe.quantize_gather_kernel,
                      dict(hidden_ptr="*bf16", pair_rows_ptr="*i32", offsets_ptr="*i32", q_ptr="*fp8e4nv",
                           scale_ptr="*fp32", row_index_ptr="*i32"), dict(GROUP=128, BLOCK_UNITS=8, INTERPRETER=False))
-    for stripes, discard in ((0, False), (64, True)):
-        compile_for_sm90(moe.silu_mul_quantize_kernel,
-                         dict(gate_up_ptr="*bf16", offsets_ptr="*i32", q_ptr="*fp8e4nv", scale_ptr="*fp32",
-                              stripe_done_ptr="*i32" if stripes else "i32"),
-                         dict(GROUP=128, BLOCK_UNITS=8, STRIPES_BLOCK=stripes, DISCARD=discard, DEAD_BLOCK=32,
-                              INTERPRETER=False))
-    unpermute = dict(down_ptr="*bf16", pair_rows_ptr="*i32", topk_ids_ptr="*i32", topk_weights_ptr="*fp32",
-                     out_ptr="*bf16")
-    compile_for_sm90(moe.unpermute_sum_kernel, unpermute, dict(BLOCK_T=1, BLOCK_H=1024, INTERPRETER=False))
-    for discard in (False, True):
-        compile_for_sm90(moe.unpermute_stripes_kernel, dict(unpermute, offsets_ptr="*i32", stripe_done_ptr="*i32"),
-                         dict(BLOCK_T=16, BLOCK_H=128, TOPK=8, DISCARD=discard, INTERPRETER=False), num_warps=4)
+    compile_for_sm90(moe.silu_mul_quantize_kernel,
+                     dict(gate_up_ptr="*bf16", offsets_ptr="*i32", q_ptr="*fp8e4nv", scale_ptr="*fp32"),
+                     dict(GROUP=128, BLOCK_UNITS=8, INTERPRETER=False))
+    compile_for_sm90(moe.unpermute_sum_kernel,
+                     dict(down_ptr="*bf16", pair_rows_ptr="*i32", topk_ids_ptr="*i32", topk_weights_ptr="*fp32",
+                          out_ptr="*bf16"), dict(BLOCK_T=1, BLOCK_H=1024, INTERPRETER=False))
     gate_up = dict(hidden_ptr="*bf16", topk_ids_ptr="*i32", w_ptr="*fp8e4nv", w_scale_ptr="*fp32",
                    partial_ptr="*fp32")
     for overlap in (False, True):

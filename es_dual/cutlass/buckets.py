@@ -459,20 +459,6 @@ def fused_kernel(buckets: tuple[Bucket, ...]) -> NativeFused | None:
     return None
 
 
-def stripe_cols(mode: str) -> int:
-    """The column stripe width of a mode (csrc/native_gemm.cuh, Mode::kStripeCols): the weight rows of its
-    native kinds where they are all the same and each cluster tile is one token chunk (1-CTA clusters, or
-    2-CTA pairs of weight tiles: no kind multicasts its weight tile to a pair of chunks); 0: it counts no
-    stripes."""
-    kernel = fused_kernel(dict((*MODES, *TUNING_MODES))[mode])
-    if kernel is None:
-        return 0
-    if kernel.cluster == 2 and not all(k.swap_ab or k.multicast_tokens for k in kernel.kinds):
-        return 0
-    widths = {k.tile_m if k.swap_ab else k.tile_n for k in kernel.kinds}
-    return widths.pop() if len(widths) == 1 else 0
-
-
 def kernel_of(buckets: tuple[Bucket, ...], bucket: Bucket) -> KernelConfig | NativeFused:
     """What runs a bucket's experts: the mode's fused native kernel, or the bucket's CUTLASS kernel."""
     return fused_kernel(buckets) or bucket.config

@@ -83,13 +83,6 @@ def mode_code(mode: str) -> int:
                          f"was built with; ES_DUAL_TUNING=1 builds add the tuning tables), got {mode!r}") from None
 
 
-def es_mode_of(problem) -> str:
-    """The expert-specialized mode of a call of these sizes (buckets.es_mode)."""
-    return buckets.es_mode(problem.total_m, problem.n, problem.k, problem.num_experts,
-                           tokens_known=problem.max_m == 0, k_major_scales=not problem.a_scale_ld,
-                           gather=problem.a_rows > 0)
-
-
 @functools.lru_cache(maxsize=4096)
 def plan_cutlass(problem, offsets_dtype, mode: str | None = None, overlap: int | None = None):
     """The launch of a call of these sizes, ``launch(ptrs, tensors)`` (dispatch.Backend.plan), with
@@ -102,8 +95,7 @@ def plan_cutlass(problem, offsets_dtype, mode: str | None = None, overlap: int |
 
     The arguments are validated by the caller (es_dual.problem.check_call, with masked=True for the
     masked layout, problem.max_m > 0: ptrs[4] then points to the E counts; a gather, problem.a_rows > 0:
-    ptrs[6] points to the int32 row index, and the mode is a native one; column stripes,
-    problem.stripe_cols > 0: the last pointer is the counters): contiguous, on one CUDA
+    ptrs[6] points to the int32 row index, and the mode is a native one): contiguous, on one CUDA
     device, shapes and dtypes of the tensor contract. A launch only enqueues work ordered before later
     work on the current stream of that device: no host synchronization, so it can be captured in a CUDA
     graph.
@@ -112,7 +104,8 @@ def plan_cutlass(problem, offsets_dtype, mode: str | None = None, overlap: int |
     lib = loader.load_library()
     total_m, n, k, num_experts, max_m = problem.total_m, problem.n, problem.k, problem.num_experts, problem.max_m
     a_scale_ld = problem.a_scale_ld
-    mode = mode or es_mode_of(problem)
+    mode = mode or buckets.es_mode(total_m, n, k, num_experts, tokens_known=max_m == 0,
+                                   k_major_scales=not a_scale_ld, gather=problem.a_rows > 0)
     code = mode_code(mode)
     overlap = buckets.DEFAULT_OVERLAP if overlap is None else overlap
     device = problem.device
@@ -123,15 +116,13 @@ def plan_cutlass(problem, offsets_dtype, mode: str | None = None, overlap: int |
     nbytes = _workspace_bytes(n, k, num_experts, out_code, code, sm_count)
     run, empty, uint8 = lib.es_dual_grouped_gemm, torch.empty, torch.uint8
     gather = problem.a_rows > 0  # the row index is a seventh pointer
-    stripe_cols, spare_sms = problem.stripe_cols, problem.spare_sms  # the counters: the last pointer
 
     def launch(ptrs, tensors):
         # From the caching allocator on the current stream: reused only by work ordered after this call's.
         # A native mode needs none (nbytes 0: no allocation).
         workspace = empty(nbytes, dtype=uint8, device=device).data_ptr() if nbytes else None
         status = run(ptrs[0], ptrs[1], a_scale_ld, ptrs[6] if gather else None, ptrs[2], ptrs[3], ptrs[4],
-                     offsets_int64, max_m, ptrs[5], ptrs[-1] if stripe_cols else None, stripe_cols, spare_sms,
-                     total_m, n, k,
+                     offsets_int64, max_m, ptrs[5], total_m, n, k,
                      num_experts, out_code, code, overlap, index, sm_count, workspace, nbytes,
                      raw_stream(index))
         if status != loader.OK:

@@ -21,7 +21,6 @@ SIGNATURES = {
             _c.c_void_p, _c.c_void_p, _c.c_int64, _c.c_void_p,  # a, a_scale, a_scale_ld, row_index
             _c.c_void_p, _c.c_void_p,  # b, b_scale
             _c.c_void_p, _c.c_int32, _c.c_int64, _c.c_void_p,  # expert_offsets, offsets_int64, max_m, out
-            _c.c_void_p, _c.c_int32, _c.c_int32,  # stripe_done, stripe_cols, spare_sms
             _c.c_int64, _c.c_int64, _c.c_int64, _c.c_int32,  # total_m, n, k, num_experts
             _c.c_int32, _c.c_int32, _c.c_int32,  # out_dtype, mode, overlap
             _c.c_int32, _c.c_int32,  # device, sm_count

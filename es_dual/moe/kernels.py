@@ -13,8 +13,6 @@ out of range; no kernel reads or writes them.
     silu_mul_quantize:  y[r], y_scale[r]  = quantize(silu(gate_up[r, :I]) * gate_up[r, I:])
     unpermute_sum:      out[t] = sum over k with 0 <= topk_ids[t, k] < E of
                                  topk_weights[t, k] * down[pair_rows[t * topk + k]]
-      or, beside a down GEMM that counts its column stripes (layer.STRIPED_DOWN),
-    unpermute_stripes:  the same, stripe by stripe as the GEMM completes them
 
 quantize is the per-token-group FP8 quantizer of es_dual.quant, group by group of 128 columns:
 
@@ -180,25 +178,15 @@ def quantize_gather_kernel(
 
 @triton.jit
 def silu_mul_quantize_kernel(
-    # pointers (stripe_done: the down GEMM's column stripe counters, or an unused 0 when STRIPES_BLOCK is 0)
-    gate_up_ptr, offsets_ptr, q_ptr, scale_ptr, stripe_done_ptr,
-    # sizes (dead_offset: bytes from gate_up to the DISCARD region of dead_lines 128-byte lines)
-    rows, intermediate, num_experts, stripes, dead_offset, dead_lines,
+    # pointers
+    gate_up_ptr, offsets_ptr, q_ptr, scale_ptr,
+    # sizes
+    rows, intermediate, num_experts,
     # strides, in elements
     stride_gate_up, stride_q, stride_scale,
-    # meta-parameters (DISCARD, a GPU's only: see below)
-    GROUP: tl.constexpr, BLOCK_UNITS: tl.constexpr, STRIPES_BLOCK: tl.constexpr, DISCARD: tl.constexpr,
-    DEAD_BLOCK: tl.constexpr, INTERPRETER: tl.constexpr,
+    # meta-parameters
+    GROUP: tl.constexpr, BLOCK_UNITS: tl.constexpr, INTERPRETER: tl.constexpr,
 ):
-    """DISCARD: L2 lines that nothing reads again are dropped (discard.global.L2: never written back to
-    DRAM): once a program's units are stored, the 128-byte lines of gate_up they read that lie whole in
-    their half; and the program's share of dead_lines lines from dead_offset bytes after gate_up (the layer
-    puts there the first GEMM's gathered rows, which it loaded evict-last: they would otherwise keep their
-    place in the L2 through the down GEMM)."""
-    if STRIPES_BLOCK > 0:  # the counters zeroed before the down GEMM, which runs after this kernel, counts
-        i = tl.arange(0, STRIPES_BLOCK)
-        zeroed = tl.where(tl.program_id(0) == 0, stripes, 0)  # by the first program
-        tl.store(stripe_done_ptr + i, tl.zeros((STRIPES_BLOCK,), dtype=tl.int32), mask=i < zeroed)
     row, group, cols, row_ok, col_ok = _unit_tile(
         rows, tl.load(offsets_ptr + num_experts), intermediate, GROUP, BLOCK_UNITS)
 
@@ -211,29 +199,6 @@ def silu_mul_quantize_kernel(
     # ---- quantize ----
     _quantize_store(y, row, group, cols, row_ok, col_ok, q_ptr, stride_q, scale_ptr, stride_scale,
                     INTERPRETER)
-
-    if DISCARD:
-        tl.debug_barrier()  # every thread's loads of the units' lines are back
-        LINE: tl.constexpr = 64  # bf16 columns
-        line_cols = group[:, None] * GROUP + tl.arange(0, GROUP // LINE)[None, :] * LINE
-        lines = gate_up_ptr + row.to(tl.int64)[:, None] * stride_gate_up + line_cols
-        whole = row_ok[:, None] & (line_cols + LINE <= intermediate)
-        _discard_l2_lines(lines, whole)
-        _discard_l2_lines(lines + intermediate, whole)
-        dead = gate_up_ptr.to(tl.pointer_type(tl.uint8)) + dead_offset
-        per_program = tl.cdiv(dead_lines, tl.num_programs(0))
-        for start in range(tl.program_id(0) * per_program, (tl.program_id(0) + 1) * per_program, DEAD_BLOCK):
-            line = start + tl.arange(0, DEAD_BLOCK)
-            _discard_l2_lines(dead + line.to(tl.int64) * 128, line < dead_lines)
-
-
-@triton.jit
-def _discard_l2_lines(ptrs, mask):
-    """discard.global.L2 of the 128-byte line at each pointer where mask holds (each pointer 128-byte aligned):
-    its contents become undefined and it is never written back. An asm with side effects, which the
-    compiler does not move across the memory operations before it."""
-    tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p discard.global.L2 [$1], 128; mov.b32 $0, 0; }",
-                              "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -248,112 +213,24 @@ def unpermute_sum_kernel(
     BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, INTERPRETER: tl.constexpr,
 ):
     """Program (i, j): tokens i * BLOCK_T ..., columns j * BLOCK_H ...; the k summed in order in float32."""
-    _unpermute_sum_tile(down_ptr, pair_rows_ptr, topk_ids_ptr, topk_weights_ptr, out_ptr, tl.program_id(0),
-                        tl.program_id(1), tokens, hidden_size, topk, num_experts, stride_down, stride_out,
-                        BLOCK_T, BLOCK_H, 0, "", INTERPRETER)
-
-
-@triton.jit
-def unpermute_stripes_kernel(
-    # pointers: stripe_done, the down GEMM's counters of stored rows per column stripe (Problem.stripe_cols)
-    down_ptr, pair_rows_ptr, topk_ids_ptr, topk_weights_ptr, out_ptr, offsets_ptr, stripe_done_ptr,
-    # sizes
-    tokens, hidden_size, topk, num_experts,
-    # strides, in elements
-    stride_down, stride_out,
-    # meta-parameters: BLOCK_H, the stripes' width; TOPK = topk; DISCARD (a GPU only): see below
-    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, TOPK: tl.constexpr, DISCARD: tl.constexpr,
-    INTERPRETER: tl.constexpr,
-):
-    """unpermute_sum_kernel beside the down GEMM that writes `down` column stripe by column stripe and
-    counts each stripe's stored rows: the same sums, bit for bit, while the GEMM computes later stripes, so
-    that a stripe's rows are read from the L2 soon after they were stored instead of from DRAM after the
-    GEMM. A persistent grid (launched as the GEMM's programmatic dependent, on the SMs the GEMM leaves
-    free) walks the units (stripe, BLOCK_T tokens), stripe-major: program p takes units p, p + programs,
-    ...; before its first unit of a stripe it waits until the stripe's counter reaches the rows of all
-    experts (offs[E]), an acquire at GPU scope that the GEMM's releases of its counts synchronize with.
-    The GEMM never waits for this kernel, so no order of the two grids' programs deadlocks.
-    DISCARD: once a unit's sums are stored, the 128-byte lines of the rows it read are discarded from the
-    L2 (discard.global.L2: their contents become undefined and are never written back to DRAM), since
-    nothing reads the down rows again: the GEMM's stores of them then cost no DRAM writes either."""
-    token_blocks = tl.cdiv(tokens, BLOCK_T)
-    units = token_blocks * tl.cdiv(hidden_size, BLOCK_H)
-    routed = tl.load(offsets_ptr + num_experts)
-    ready = tl.program_id(0) * 0 - 1  # the last stripe this program has seen complete
-    for unit in range(tl.program_id(0), units, tl.num_programs(0)):
-        stripe = unit // token_blocks
-        if stripe > ready:
-            while tl.atomic_add(stripe_done_ptr + stripe, 0, sem="acquire", scope="gpu") < routed:
-                pass
-            ready = stripe
-        # (the rows straight from the L2: ".cg" keeps them out of the L1, which nothing here reads twice)
-        _unpermute_sum_tile(down_ptr, pair_rows_ptr, topk_ids_ptr, topk_weights_ptr, out_ptr,
-                            unit - stripe * token_blocks, stripe, tokens, hidden_size, topk, num_experts,
-                            stride_down, stride_out, BLOCK_T, BLOCK_H, TOPK, ".cg", INTERPRETER)
-        if DISCARD:
-            _discard_down_rows(down_ptr, pair_rows_ptr, topk_ids_ptr, unit - stripe * token_blocks, stripe, tokens,
-                               hidden_size, num_experts, stride_down, BLOCK_T, BLOCK_H, TOPK)
-
-
-@triton.jit
-def _discard_down_rows(down_ptr, pair_rows_ptr, topk_ids_ptr, token_block, col_block, tokens, hidden_size,
-                       num_experts, stride_down, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, TOPK: tl.constexpr):
-    """discard.global.L2 of each 128-byte line (64 bf16 columns) of the rows _unpermute_sum_tile read for
-    this tile, once every thread of the program has stored its sums (a barrier: the threads that read a line
-    have their loads back), each thread's discards after it (_discard_l2_lines). A line that the tile's
-    columns only partly cover (the last stripe's columns past hidden_size) is kept."""
-    LINE: tl.constexpr = 64
-    tl.debug_barrier()
-    token = token_block.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
-    line_cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H // LINE) * LINE
-    whole = (line_cols + LINE) <= hidden_size
-    for k in tl.static_range(TOPK):
-        pair = token * TOPK + k
-        expert = tl.load(topk_ids_ptr + pair, mask=token < tokens, other=-1)
-        valid = (token < tokens) & (expert >= 0) & (expert < num_experts)
-        row = tl.load(pair_rows_ptr + pair, mask=valid, other=0).to(tl.int64)
-        lines = down_ptr + row[:, None] * stride_down + line_cols[None, :]
-        _discard_l2_lines(lines, valid[:, None] & whole[None, :])  # (a pair out of range points at row 0: kept)
-
-
-@triton.jit
-def _unpermute_sum_tile(down_ptr, pair_rows_ptr, topk_ids_ptr, topk_weights_ptr, out_ptr, token_block, col_block,
-                        tokens, hidden_size, topk, num_experts, stride_down, stride_out, BLOCK_T: tl.constexpr,
-                        BLOCK_H: tl.constexpr, TOPK: tl.constexpr, DOWN_CACHE: tl.constexpr, INTERPRETER: tl.constexpr):
-    """out of tokens token_block * BLOCK_T ..., columns col_block * BLOCK_H ...: the k summed in order in
-    float32, then rounded once. TOPK > 0 (= topk): the k loop unrolled, so that every k's rows are loaded
-    at once; 0: a loop over the run-time topk."""
-    token = token_block.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
-    cols = col_block * BLOCK_H + tl.arange(0, BLOCK_H)
+    token = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     token_ok = token < tokens
     col_ok = cols < hidden_size
     acc = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)
-    if TOPK > 0:
-        for k in tl.static_range(TOPK):
-            acc += _weighted_down_rows(down_ptr, pair_rows_ptr, topk_ids_ptr, topk_weights_ptr, token * TOPK + k,
-                                       token_ok, cols, col_ok, num_experts, stride_down, DOWN_CACHE)
-    else:
-        for k in range(topk):
-            acc += _weighted_down_rows(down_ptr, pair_rows_ptr, topk_ids_ptr, topk_weights_ptr, token * topk + k,
-                                       token_ok, cols, col_ok, num_experts, stride_down, DOWN_CACHE)
+    for k in range(topk):
+        pair = token * topk + k
+        expert = tl.load(topk_ids_ptr + pair, mask=token_ok, other=-1)
+        valid = token_ok & (expert >= 0) & (expert < num_experts)  # a pair out of range contributes nothing
+        row = tl.load(pair_rows_ptr + pair, mask=valid, other=0).to(tl.int64)
+        weight = tl.load(topk_weights_ptr + pair, mask=valid, other=0.0)
+        down = tl.load(down_ptr + row[:, None] * stride_down + cols[None, :], mask=valid[:, None] & col_ok[None, :],
+                       other=0.0)
+        acc += weight[:, None] * down.to(tl.float32)
     if INTERPRETER:
         acc = _round_to_bf16_bits(acc)
     out_ptrs = out_ptr + token[:, None] * stride_out + cols[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=token_ok[:, None] & col_ok[None, :])
-
-
-@triton.jit
-def _weighted_down_rows(down_ptr, pair_rows_ptr, topk_ids_ptr, topk_weights_ptr, pair, token_ok, cols, col_ok,
-                        num_experts, stride_down, DOWN_CACHE: tl.constexpr):
-    """topk_weights[pair] * down[pair_rows[pair], cols] in float32 for each token's pair (zero for a pair
-    whose expert id is out of range: it contributes nothing)."""
-    expert = tl.load(topk_ids_ptr + pair, mask=token_ok, other=-1)
-    valid = token_ok & (expert >= 0) & (expert < num_experts)
-    row = tl.load(pair_rows_ptr + pair, mask=valid, other=0).to(tl.int64)
-    weight = tl.load(topk_weights_ptr + pair, mask=valid, other=0.0)
-    down = tl.load(down_ptr + row[:, None] * stride_down + cols[None, :], mask=valid[:, None] & col_ok[None, :],
-                   other=0.0, cache_modifier=DOWN_CACHE)
-    return weight[:, None] * down.to(tl.float32)
 
 
 @triton.jit

@@ -25,7 +25,6 @@ from typing import NamedTuple
 
 import torch
 
-from ..device import device_properties
 from ..dispatch import BACKEND_NAMES, BACKENDS, launch_for, select_backend
 from ..environment import getenv
 from ..quant import quantize_fp8_per_token_group
@@ -304,27 +303,17 @@ def _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device, gathe
                          GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=_interpreted(device))
 
 
-def _silu_mul_quantize_step(rows, intermediate, num_experts, device, stripes: int = 0, discard: bool = False,
-                            dead: tuple[int, int] = (0, 0)):
-    """silu_mul_quantize_kernel's launch; stripes > 0: it also zeroes that many counters (a fifth pointer);
-    discard (on a GPU, where gate_up's lines are whole: I a multiple of 64): the gate_up lines it read, and
-    dead = (bytes from gate_up, 128-byte lines) of a region nothing reads again, discarded from the L2."""
+def _silu_mul_quantize_step(rows, intermediate, num_experts, device):
     from ..triton_ref.direct import direct_launch
     from .kernels import silu_mul_quantize_kernel
 
     groups = cdiv(intermediate, SCALE_BLOCK)
     per_program = _units_per_program(rows, groups, device)
     dtypes = (torch.bfloat16, torch.int32, _fp8_target_dtype(device), torch.float32)
-    dtypes, no_counters = (dtypes + (torch.int32,), {}) if stripes else (dtypes, dict(stripe_done_ptr=0))
-    discard = discard and not _interpreted(device) and intermediate % 64 == 0
-    dead_offset, dead_lines = dead if discard else (0, 0)
     return direct_launch(silu_mul_quantize_kernel, (cdiv(rows * groups, per_program),), dtypes, device,
-                         **no_counters, rows=rows, intermediate=intermediate, num_experts=num_experts, stripes=stripes,
-                         dead_offset=dead_offset, dead_lines=dead_lines,
+                         rows=rows, intermediate=intermediate, num_experts=num_experts,
                          stride_gate_up=2 * intermediate, stride_q=intermediate, stride_scale=groups,
-                         GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program,
-                         STRIPES_BLOCK=_next_power_of_2(stripes) if stripes else 0, DISCARD=discard, DEAD_BLOCK=32,
-                         INTERPRETER=_interpreted(device))
+                         GROUP=SCALE_BLOCK, BLOCK_UNITS=per_program, INTERPRETER=_interpreted(device))
 
 
 def _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, device):
@@ -340,27 +329,6 @@ def _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, devic
                          tokens=tokens, hidden_size=hidden_size, topk=topk, num_experts=num_experts,
                          stride_down=hidden_size, stride_out=hidden_size,
                          BLOCK_T=block_t, BLOCK_H=block_h, INTERPRETER=_interpreted(device))
-
-
-def _unpermute_stripes_step(tokens, hidden_size, topk, num_experts, ids_dtype, device, programs: int,
-                            discard: bool = False):
-    """unpermute_stripes_kernel's launch: `programs` programs (the interpreter: a few) beside the down GEMM,
-    as its programmatic dependent where the GPU has them; discard: the rows it has summed discarded from the
-    L2 (on a GPU, where every row's lines are whole: hidden_size a multiple of 64)."""
-    from ..device import device_capability
-    from ..triton_ref.direct import direct_launch
-    from .kernels import unpermute_stripes_kernel
-
-    interpreted = _interpreted(device)
-    block_t = _next_power_of_2(min(tokens, CPU_ROWS)) if interpreted else STRIPES_BLOCK_T
-    units = cdiv(tokens, block_t) * cdiv(hidden_size, DOWN_STRIPE_COLS)
-    dependent = {} if interpreted or device_capability(device) < (9, 0) else dict(launch_pdl=True)
-    dtypes = (torch.bfloat16, torch.int32, ids_dtype, torch.float32, torch.bfloat16, torch.int32, torch.int32)
-    return direct_launch(unpermute_stripes_kernel, (max(min(programs, units), 1),), dtypes, device,
-                         dict(num_warps=4, **dependent), tokens=tokens, hidden_size=hidden_size, topk=topk,
-                         num_experts=num_experts, stride_down=hidden_size, stride_out=hidden_size,
-                         BLOCK_T=block_t, BLOCK_H=DOWN_STRIPE_COLS, TOPK=topk,
-                         DISCARD=discard and not interpreted and hidden_size % 64 == 0, INTERPRETER=interpreted)
 
 
 def _run(step, *tensors) -> None:
@@ -522,25 +490,10 @@ DECODE_REREAD_BYTES = 16 << 20
 # The grouped pipeline's first GEMM reading each token's one quantized row by index (_LayerPlan's gather),
 # where its backend can: the quantizer writes T rows instead of T * topk (DeepSeek-R1 TP8 at 4096 tokens:
 # 29 MB instead of 235 MB), and the GEMM's T * topk row reads mostly hit the L2, which holds the T rows.
-# Predicted there about 140 µs of 1281 on an H100; not yet measured (benchmarks/decode_sweep.py --gather),
-# so off.
+# Measured on an H100 (2026-12-08, benchmarks/decode_sweep.py --gather, kernel mode) at 4096 tokens: 1572.5
+# against 1249.2 µs (DeepSeek-R1 TP8), 1028.8 against 720.2 (Qwen3-235B TP4): the gathered gate-up GEMM took
+# 847 µs against 446, its producer warp issuing 1024 16-byte copies per K block (docs/perf-notes.md), so off.
 GATHER_FIRST_GEMM = False
-# The down GEMM counting the rows it has stored per column stripe (Problem.stripe_cols) and the weighted
-# un-permute summing each stripe as soon as it is complete, beside the GEMM (unpermute_stripes_kernel), where
-# the down GEMM's backend counts stripes (the CUTLASS backend in its native mode; the reference): the down
-# rows (DeepSeek-R1 TP8 at 4096 tokens: 470 MB) are read back from the L2 a stripe after they were stored
-# instead of from DRAM after the GEMM, and the sums run under the GEMM on DOWN_SPARE_SMS SMs that it leaves
-# them, STRIPES_PROGRAMS_PER_SM programs of STRIPES_BLOCK_T tokens each. Not yet measured, so off.
-STRIPED_DOWN = False
-DOWN_STRIPE_COLS = 128  # the stripes' width: the weight tile rows of the native mode's kinds
-DOWN_SPARE_SMS = 16
-STRIPES_PROGRAMS_PER_SM = 4
-STRIPES_BLOCK_T = 16
-# Intermediates that nothing reads again discarded from the L2 (discard.global.L2), so that they are never
-# written back to DRAM nor keep their place in the L2: the gate_up rows once the SiLU kernel has read them
-# (DeepSeek-R1 TP8 at 4096 tokens: 34 MB), the first GEMM's gathered rows after it (29 MB, loaded
-# evict-last), and, beside a striped down GEMM, the down rows once summed (470 MB). Not yet measured, so off.
-DISCARD_DEAD_LINES = False
 
 
 def _layer_plan(shape: MoeShape, ids_dtype: torch.dtype, backend: str, env_backend):
@@ -771,19 +724,11 @@ class _LayerPlan:
     tensor and the first GEMM reads it by the row_index of each grouped row, instead of topk copies of it
     scattered in grouped order.
 
-    stripes (default STRIPED_DOWN): where the down GEMM's backend counts column stripes, the weighted
-    un-permute sums each stripe beside it (unpermute_stripes_kernel) on spare_sms SMs (default
-    DOWN_SPARE_SMS) that the GEMM leaves it; the SiLU kernel zeroes the counters.
-
-    discard (default DISCARD_DEAD_LINES): the intermediates that nothing reads again discarded from the L2
-    (the gate_up rows and the gathered rows by the SiLU kernel, the down rows by the striped sums).
-
     cutlass_modes (a tuning hook, benchmarks/decode_sweep.py): the CUTLASS library mode of each GEMM (first,
     down; None: es_mode's choice) where that GEMM's backend is the CUTLASS one; a mode whose pairs share
     token tiles (native_mt) gathers no rows."""
 
     def __init__(self, shape: MoeShape, ids_dtype: torch.dtype, backend: str, gather: bool | None = None,
-                 stripes: bool | None = None, spare_sms: int | None = None, discard: bool | None = None,
                  cutlass_modes: tuple[str | None, str | None] = (None, None)):
         tokens, hidden_size, intermediate, num_experts, topk, device = shape
         rows = tokens * topk
@@ -811,22 +756,6 @@ class _LayerPlan:
         }
         if self.gather:
             regions["row_index"] = (torch.int32, (rows,))
-        down = Problem(rows, hidden_size, intermediate, num_experts, torch.bfloat16, device)
-        stripe_count = cdiv(hidden_size, DOWN_STRIPE_COLS)
-        sm_count = device_properties(device).multi_processor_count if device.type == "cuda" else 1
-        spare_sms = min(DOWN_SPARE_SMS if spare_sms is None else spare_sms, sm_count - 1)
-        self.gemm2 = None
-        if rows and not in_torch and (STRIPED_DOWN if stripes is None else stripes):
-            try:
-                self.gemm2 = plan_gemm(down._replace(stripe_cols=DOWN_STRIPE_COLS, spare_sms=spare_sms),
-                                       cutlass_modes[1])
-            except RuntimeError:  # the down GEMM's backend counts no stripes: the un-permute after it
-                pass
-        self.striped = self.gemm2 is not None
-        # the counters: zeroed by the SiLU kernel, counted by the down GEMM, waited on by the un-permute
-        self.counted = ("stripe_done",) if self.striped else ()
-        if self.striped:
-            regions["stripe_done"] = (torch.int32, (stripe_count,))
         # routing as route() does it, into the buffer (chunk_offsets too), or none: torch's sort, into
         # tensors of its own
         way = _route_way(rows, num_experts, device)
@@ -842,21 +771,13 @@ class _LayerPlan:
             self.unpermute = functools.partial(_unpermute_sum_torch, num_experts=num_experts)
         elif rows:
             self.quantize_scatter = _quantize_scatter_step(tokens, hidden_size, topk, num_experts, device, self.gather)
-            discard = DISCARD_DEAD_LINES if discard is None else discard
-            # the gathered rows (the first GEMM's only), where they lie from gate_up in the buffer
-            a_at, a_bytes = self.regions["a"][:2]
-            dead = (a_at - self.regions["gate_up"][0], a_bytes // 128 if self.gather else 0)
-            self.silu = _silu_mul_quantize_step(rows, intermediate, num_experts, device,
-                                                stripe_count if self.striped else 0, discard, dead)
-            self.unpermute = (
-                _unpermute_stripes_step(tokens, hidden_size, topk, num_experts, ids_dtype, device,
-                                        max(spare_sms, 1) * STRIPES_PROGRAMS_PER_SM, discard) if self.striped else
-                _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, device))
+            self.silu = _silu_mul_quantize_step(rows, intermediate, num_experts, device)
+            self.unpermute = _unpermute_sum_step(tokens, hidden_size, topk, num_experts, ids_dtype, device)
         if rows:
             if not self.gather:
                 self.gemm1 = plan_gemm(gemm1, cutlass_modes[0])
-            if not self.striped:
-                self.gemm2 = plan_gemm(down, cutlass_modes[1])
+            self.gemm2 = plan_gemm(Problem(rows, hidden_size, intermediate, num_experts, torch.bfloat16, device),
+                                   cutlass_modes[1])
 
     def __call__(self, hidden, w13, w13_scale, w2, w2_scale, topk_weights, topk_ids):
         tokens, hidden_size, _, num_experts, topk, device = self.shape
@@ -881,14 +802,8 @@ class _LayerPlan:
                               tensors(hidden, "pair_rows", "offsets", "a_bits", "a_scale", *gathered))
         self.gemm1((a, a_scale, w13p, w13s, offs, gate_up, *row_index),
                    tensors("a", "a_scale", w13, w13_scale, "offsets", "gate_up", *gathered))
-        counted = self.counted
-        counters = tuple(ptr_of[name] for name in counted)
-        self.silu((gate_up, offs, y, y_scale, *counters), tensors("gate_up", "offsets", "y_bits", "y_scale", *counted))
-        self.gemm2((y, y_scale, w2p, w2s, offs, down, *counters),
-                   tensors("y", "y_scale", w2, w2_scale, "offsets", "down", *counted))
-        # beside the down GEMM, the un-permute also reads the offsets (the rows a complete stripe counts) and
-        # the counters
-        waited_ptrs, waited = ((offs, *counters), ("offsets", *counted)) if counted else ((), ())
-        self.unpermute((down, pair_rows, ids, weights, out.data_ptr(), *waited_ptrs),
-                       tensors("down", "pair_rows", topk_ids, topk_weights, out, *waited))
+        self.silu((gate_up, offs, y, y_scale), tensors("gate_up", "offsets", "y_bits", "y_scale"))
+        self.gemm2((y, y_scale, w2p, w2s, offs, down), tensors("y", "y_scale", w2, w2_scale, "offsets", "down"))
+        self.unpermute((down, pair_rows, ids, weights, out.data_ptr()),
+                       tensors("down", "pair_rows", topk_ids, topk_weights, out))
         return out
