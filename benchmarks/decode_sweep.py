@@ -14,7 +14,7 @@ before each replay, warmed up): what the launches cost together, with or without
 
 --gather: the grouped pipeline (_LayerPlan, backend auto; batches such as 256,1024,4096) with its first GEMM
 reading topk scattered copies of each token's quantized row, or gathering the one row by index
-(layer.GATHER_FIRST_GEMM), or in the mode native_mt (GATHER_VARIANTS), timed the same way, in two rounds
+(layer.GATHER_FIRST_GEMM), or in the native mode (GATHER_VARIANTS), timed the same way, in two rounds
 of opposite order (the faster kept); then each plan's kernels by the profiler (eager calls): where the
 difference comes from.
 """
@@ -137,10 +137,10 @@ def layer_sweep(batches, csv_path):
     _write_csv(csv_path, rows)
 
 
-# the first GEMM reading scattered copies of each token's row, or gathering the one row; or in native_mt
-# (token chunks shared by pairs of weight tiles, which gathers no rows)
+# the first GEMM reading scattered copies of each token's row, or gathering the one row (which takes a native
+# mode); or in the native mode without gathering (at k = 7168 es_mode takes the CUTLASS tables otherwise)
 GATHER_VARIANTS = {"scattered": dict(gather=False), "gathered": dict(gather=True),
-                   "gate-up native_mt": dict(gather=False, cutlass_modes=("native_mt", None))}
+                   "gate-up native": dict(gather=False, cutlass_modes=("native", None))}
 
 
 def grouped_ab(batches, csv_path, variants):

@@ -33,7 +33,7 @@ HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9,
 pytestmark = pytest.mark.skipif(not HOPPER, reason="needs a compute capability 9.0 GPU (the library is sm_90a)")
 
 # "native*": the modes of es_dual's own kernels (csrc/native_gemm.cuh), through the launcher
-NATIVE_MODES = ("native", "native_wide", "native_mc", "native_mt")
+NATIVE_MODES = ("native", "native_wide", "native_mc")
 BACKENDS = ("cutlass", "cutlass_single", *NATIVE_MODES)
 MODE_OF = {"cutlass": None, "cutlass_single": "single", **{m: m for m in NATIVE_MODES}}  # None: the production table for k
 OVERLAPS = (None, *buckets.OVERLAPS)  # None: through the public API (production default overlap)

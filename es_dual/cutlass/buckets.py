@@ -309,21 +309,10 @@ BUCKETS_NATIVE_MC: tuple[Bucket, ...] = table(
     ("large", None, NativeConfig(128, 192, swap_ab=False, cluster=2), _N_MC),
 )
 
-# The same 2-CTA clusters with the large kind's pair sharing its token chunk instead: two 128-row weight
-# tiles of one chunk, the token tile multicast. For experts of one or two 128-token chunks the weight-tile
-# multicast of native_mc finds no chunk pair, and every weight tile reads its chunk from the L2 again: the
-# MoE layer's gate-up GEMM at 4096 tokens (DeepSeek-R1 TP8: about 128 tokens per expert, n = 512 in four
-# weight tiles, k = 7168) moves about 1.8 MB from the L2 per tile, 2.4-2.8 GB per call, about its measured
-# time at the L2's bandwidth; sharing the chunk takes a quarter of that away. Not yet measured
-# (benchmarks/mode_ab.py --shapes), so es_mode does not take it.
-_N_MT = "128 tokens x 128 weight rows, two math warp groups; 2-CTA clusters, the token chunk multicast to two weight tiles"
-BUCKETS_NATIVE_MT: tuple[Bucket, ...] = BUCKETS_NATIVE_MC[:-1] + table(
-    ("large", None, NativeConfig(128, 128, swap_ab=False, cluster=2, multicast_tokens=True), _N_MT),
-)
 # The production modes, in the order of the library's mode argument (0, 1, ...).
 MODES: tuple[tuple[str, tuple[Bucket, ...]], ...] = (
     ("es", BUCKETS), ("single", (SINGLE,)), ("es_small_k", BUCKETS_SMALL_K), ("native", BUCKETS_NATIVE),
-    ("native_wide", BUCKETS_NATIVE_WIDE), ("native_mc", BUCKETS_NATIVE_MC), ("native_mt", BUCKETS_NATIVE_MT),
+    ("native_wide", BUCKETS_NATIVE_WIDE), ("native_mc", BUCKETS_NATIVE_MC),
 )
 
 # How the bucket kernels of one call are enqueued (the C API's overlap argument, csrc/es_dual.h). They
@@ -355,9 +344,19 @@ DEFAULT_OVERLAP = 1
 #   predicted 9 % faster: ds_decode_ep16 es 190.0, native_narrow 192.9; ds_decode_ep8 370.8 / 366.4;
 #   decode_uniform8 343.9 / 337.3 (ncu, ds_decode_ep16: DRAM 81 % busy, the token chunks read twice as
 #   often, an L2 hit rate of 40 %).
+# - native_mt: native_mc's decode and small kinds, and a large kind of 128 tokens x 128 weight rows whose
+#   2-CTA pair shares its token chunk (two weight tiles of one chunk, the token tile multicast), for experts
+#   of one or two 128-token chunks, where native_mc's weight-tile multicast finds no chunk pair: a quarter
+#   fewer L2-to-SM bytes for the MoE layer's gate-up GEMM at 4096 tokens (DeepSeek-R1 TP8: 128 tokens per
+#   expert, n = 512, k = 7168). In the layer (benchmarks/decode_sweep.py, its gate-up GEMM in this mode, one
+#   H100, 2026-12-08, kernel mode): DeepSeek-R1 TP8 1246.3 against 1249.2 µs (the GEMM 451 against the
+#   CUTLASS tables' 446), Qwen3-235B TP4 743.7 against 720.2: no gain.
 _N_M192 = "192 tokens x 128 weight rows, three math warp groups; 2-CTA clusters, "
 _N_NARROW = "64 weight rows (one math warp group): half the tile of the 128-row kinds, finer waves"
+_N_MT = "128 tokens x 128 weight rows, two math warp groups; 2-CTA clusters, the token chunk multicast to two weight tiles"
 NATIVE_TUNING_MODES: tuple[tuple[str, tuple[Bucket, ...]], ...] = (
+    ("native_mt", BUCKETS_NATIVE_MC[:-1] + table(
+        ("large", None, NativeConfig(128, 128, swap_ab=False, cluster=2, multicast_tokens=True), _N_MT))),
     ("native_m192", table(("large", None, NativeConfig(192, 128, swap_ab=False, cluster=2),
                            _N_M192 + "the weight tile multicast to two token chunks"))),
     ("native_m192t", table(("large", None, NativeConfig(192, 128, swap_ab=False, cluster=2, multicast_tokens=True),

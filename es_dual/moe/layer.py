@@ -725,8 +725,7 @@ class _LayerPlan:
     scattered in grouped order.
 
     cutlass_modes (a tuning hook, benchmarks/decode_sweep.py): the CUTLASS library mode of each GEMM (first,
-    down; None: es_mode's choice) where that GEMM's backend is the CUTLASS one; a mode whose pairs share
-    token tiles (native_mt) gathers no rows."""
+    down; None: es_mode's choice) where that GEMM's backend is the CUTLASS one."""
 
     def __init__(self, shape: MoeShape, ids_dtype: torch.dtype, backend: str, gather: bool | None = None,
                  cutlass_modes: tuple[str | None, str | None] = (None, None)):
